@@ -1,0 +1,142 @@
+//! API errors: what the caller got wrong comes back as a 4xx saying what; anything else is logged
+//! once and answered with an opaque 5xx.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::db::DbError;
+use crate::domain::Invalid;
+use crate::supervisor::SupervisorError;
+
+/// Every way a request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String, Value),
+    #[error("{0}")]
+    Invalid(String, Vec<String>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(..) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid(..) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_stream"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A malformed query string or path parameter.
+    pub fn bad(what: impl Into<String>) -> Self {
+        ApiError::BadRequest(what.into(), Value::Null)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let detail = match &self {
+            ApiError::BadRequest(message, detail) => {
+                json!({"code": code, "message": message, "info": detail})
+            }
+            ApiError::Invalid(message, problems) => {
+                json!({"code": code, "message": message, "problems": problems})
+            }
+            ApiError::Internal(cause) => {
+                // Logged once here; the caller learns nothing about internals.
+                tracing::error!("internal error: {cause}");
+                json!({"code": code})
+            }
+            other => json!({"code": code, "message": other.to_string()}),
+        };
+        let error = match &self {
+            ApiError::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        (
+            status,
+            axum::Json(json!({"error": error, "detail": detail})),
+        )
+            .into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "send the body as JSON with Content-Type: application/json".into(),
+            ),
+            JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("request body too large".into())
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest("malformed JSON".into(), json!(e.body_text()))
+            }
+            JsonRejection::JsonDataError(e) => ApiError::BadRequest(
+                "JSON does not match the expected shape".into(),
+                json!(e.body_text()),
+            ),
+            other => ApiError::BadRequest(other.body_text(), Value::Null),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest("bad query string".into(), json!(rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest("bad path parameter".into(), json!(rejection.body_text()))
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(Invalid(problems): Invalid) -> Self {
+        ApiError::Invalid("the stream is not valid".into(), problems)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        if err.is_transient() {
+            ApiError::Unavailable("the database is not reachable; try again".into())
+        } else {
+            ApiError::Internal(err.to_string())
+        }
+    }
+}
+
+impl From<SupervisorError> for ApiError {
+    fn from(err: SupervisorError) -> Self {
+        match err {
+            SupervisorError::Db(e) => e.into(),
+            SupervisorError::NotFound(id) => ApiError::NotFound(format!("stream {id} not found")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Reading back what the event path stored: references, readings and failed runs.
+
+use uuid::Uuid;
+
+use super::{on_pool, Db, DbError, FailureRow, MeasurementRow, ResultRow};
+
+macro_rules! result_columns {
+    () => {
+        "id, stream_id, bucket, key, fetched_at, size, sha256, status"
+    };
+}
+
+// Keyset pagination on the UUIDv7 id: rows inserted while a client pages are newer, so they
+// sort before the cursor and never shift the pages still to come. One row more than asked
+// tells whether there is a next page.
+const RESULTS_FIRST_PAGE: &str = concat!(
+    "SELECT ",
+    result_columns!(),
+    " FROM results WHERE stream_id = $1 ORDER BY id DESC LIMIT $2"
+);
+const RESULTS_AFTER: &str = concat!(
+    "SELECT ",
+    result_columns!(),
+    " FROM results WHERE stream_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2"
+);
+
+const GET_RESULT: &str = concat!("SELECT ", result_columns!(), " FROM results WHERE id = $1");
+
+const COUNT_ALL_RESULTS: &str = "SELECT COUNT(*) FROM results";
+const COUNT_STREAM_RESULTS: &str = "SELECT COUNT(*) FROM results WHERE stream_id = $1";
+
+const LIST_MEASUREMENTS: &str = "SELECT stream_id, result_id, ts, city, state, country, lat, lon, \
+       aqius, mainus, aqicn, maincn, weather_ts, tp, pr, hu, ws, wd, ic, heat_index \
+     FROM measurements WHERE stream_id = $1 AND ts >= $2 AND ts <= $3 \
+     ORDER BY ts LIMIT $4";
+
+const LIST_FAILURES: &str = "SELECT run_id, stream_id, at, class, message, stream_stopped \
+     FROM run_failures WHERE stream_id = $1 ORDER BY at DESC, run_id DESC LIMIT $2";
+
+impl Db {
+    /// A stream's references, newest first, `limit` (at least 1) per page. `after` is the last
+    /// id of the previous page; the second value is the cursor for the next page, `None` at
+    /// the end.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, limit = limit, after = ?after))]
+    pub async fn list_results(
+        &self,
+        stream_id: Uuid,
+        limit: i64,
+        after: Option<Uuid>,
+    ) -> Result<(Vec<ResultRow>, Option<Uuid>), DbError> {
+        // A page of nothing could never advance the cursor.
+        let limit = limit.max(1);
+        let mut rows: Vec<ResultRow> = on_pool!(self, |pool, DB| {
+            let sql = if after.is_some() {
+                RESULTS_AFTER
+            } else {
+                RESULTS_FIRST_PAGE
+            };
+            let mut query = sqlx::query_as(sql)
+                .bind(stream_id)
+                .bind(limit.saturating_add(1));
+            if let Some(after) = after {
+                query = query.bind(after);
+            }
+            query.fetch_all(pool).await?
+        });
+        let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next = if rows.len() > page_len {
+            rows.truncate(page_len);
+            rows.last().map(|row| row.id)
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    /// One reference.
+    #[tracing::instrument(level = "debug", skip_all, fields(result_id = %id))]
+    pub async fn get_result(&self, id: Uuid) -> Result<Option<ResultRow>, DbError> {
+        let row = on_pool!(self, |pool, DB| {
+            sqlx::query_as(GET_RESULT)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row)
+    }
+
+    /// How many references a stream has, or all streams together.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = ?stream_id))]
+    pub async fn count_results(&self, stream_id: Option<Uuid>) -> Result<i64, DbError> {
+        let count = on_pool!(self, |pool, DB| {
+            match stream_id {
+                Some(stream_id) => {
+                    sqlx::query_scalar(COUNT_STREAM_RESULTS)
+                        .bind(stream_id)
+                        .fetch_one(pool)
+                        .await?
+                }
+                None => {
+                    sqlx::query_scalar(COUNT_ALL_RESULTS)
+                        .fetch_one(pool)
+                        .await?
+                }
+            }
+        });
+        Ok(count)
+    }
+
+    /// A stream's readings with `from_ms <= ts <= to_ms` (either bound optional), oldest
+    /// first, at most `limit`.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, from_ms = ?from_ms, to_ms = ?to_ms, limit = limit))]
+    pub async fn list_measurements(
+        &self,
+        stream_id: Uuid,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<MeasurementRow>, DbError> {
+        let rows = on_pool!(self, |pool, DB| {
+            sqlx::query_as(LIST_MEASUREMENTS)
+                .bind(stream_id)
+                .bind(from_ms.unwrap_or(i64::MIN))
+                .bind(to_ms.unwrap_or(i64::MAX))
+                .bind(limit.max(0))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// A stream's failed runs, newest first, at most `limit`.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, limit = limit))]
+    pub async fn list_failures(
+        &self,
+        stream_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<FailureRow>, DbError> {
+        let rows = on_pool!(self, |pool, DB| {
+            sqlx::query_as(LIST_FAILURES)
+                .bind(stream_id)
+                .bind(limit.max(0))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+}

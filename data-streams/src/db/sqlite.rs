@@ -1,0 +1,67 @@
+//! SQLite specifics: opening the file, and the SQL that differs from PostgreSQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use super::{ConnectOptions, DbError, Dialect};
+
+pub(crate) static DIALECT: Dialect = Dialect {
+    begin_write: "BEGIN IMMEDIATE",
+    lock_streams: "",
+};
+
+/// How long a writer waits for the one write lock before SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens (creating if missing) the database file and its folders, and migrates it.
+pub(super) async fn connect(
+    url: &str,
+    target: &str,
+    options: ConnectOptions,
+) -> Result<SqlitePool, DbError> {
+    let unreachable = |source| DbError::Unreachable {
+        backend: "sqlite",
+        target: target.to_owned(),
+        source,
+    };
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let mut connect_options = SqliteConnectOptions::from_str(url)
+        .map_err(|source| DbError::InvalidUrl {
+            target: target.to_owned(),
+            source,
+        })?
+        .create_if_missing(true)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    if !in_memory {
+        // WAL lets the API read while the event path writes.
+        connect_options = connect_options.journal_mode(SqliteJournalMode::Wal);
+        if let Some(folder) = connect_options.get_filename().parent() {
+            if !folder.as_os_str().is_empty() {
+                tokio::fs::create_dir_all(folder)
+                    .await
+                    .map_err(|e| unreachable(sqlx::Error::Io(e)))?;
+            }
+        }
+    }
+    let mut pool_options = SqlitePoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.acquire_timeout);
+    if in_memory {
+        // An in-memory database lives only as long as one of its connections does.
+        pool_options = pool_options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    let pool = pool_options
+        .connect_with(connect_options)
+        .await
+        .map_err(unreachable)?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    Ok(pool)
+}

@@ -1,0 +1,290 @@
+//! The reconciler: the object store is the source of truth for what was fetched, the database is
+//! the index. For each stream it lists the recent `dt=` partitions and inserts every reference the
+//! database lacks (a worker that died between storing and reporting loses nothing), and it counts
+//! references whose object is gone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use objects::{ObjectInfo, ObjectStore, StoreError};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::db::{Db, DbError, ReconciledRef, StreamRow};
+
+/// What one pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Findings {
+    /// Streams whose partitions were listed.
+    pub streams: u64,
+    /// Objects seen in the listed partitions.
+    pub objects: u64,
+    /// References that were missing and are now inserted.
+    pub inserted: u64,
+    /// Objects whose name is not a result id (left alone, counted).
+    pub foreign: u64,
+    /// Streams whose bucket could not be listed (missing bucket, store down).
+    pub unlisted: u64,
+    /// References in the listed window whose object is missing from the store.
+    pub dangling: u64,
+}
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Reconciles one database against one object store.
+#[derive(Clone)]
+pub struct Reconciler {
+    db: Db,
+    store: Arc<dyn ObjectStore>,
+    /// How many days back (UTC, today included) the partitions are listed.
+    days: u32,
+}
+
+impl Reconciler {
+    pub fn new(db: Db, store: Arc<dyn ObjectStore>, days: u32) -> Self {
+        Reconciler {
+            db,
+            store,
+            days: days.max(1),
+        }
+    }
+
+    /// One pass over every stream.
+    pub async fn run_once(&self) -> Result<Findings, ReconcileError> {
+        let mut findings = Findings::default();
+        for stream in self.db.list_streams().await? {
+            self.stream(&stream, &mut findings).await?;
+        }
+        if findings.inserted > 0 {
+            tracing::warn!(
+                inserted = findings.inserted,
+                "reconciler indexed objects that were stored but never reported"
+            );
+        }
+        metrics::counter!("ds_reconciler_inserted_total").increment(findings.inserted);
+        metrics::gauge!("ds_reconciler_last_objects").set(findings.objects as f64);
+        metrics::gauge!("ds_reconciler_last_dangling").set(findings.dangling as f64);
+        Ok(findings)
+    }
+
+    async fn stream(&self, stream: &StreamRow, findings: &mut Findings) -> Result<(), DbError> {
+        findings.streams += 1;
+        let today = Utc::now().date_naive();
+        let mut listed: Vec<ObjectInfo> = Vec::new();
+        for back in 0..self.days {
+            let day = today - ChronoDuration::days(back as i64);
+            let prefix = format!(
+                "{}/{}/dt={}/",
+                stream.adapter,
+                stream.id,
+                day.format("%Y-%m-%d")
+            );
+            match self.store.list(&stream.bucket_name, &prefix).await {
+                Ok(mut objects) => listed.append(&mut objects),
+                Err(StoreError::NoSuchBucket { .. }) => return Ok(()),
+                Err(err) => {
+                    findings.unlisted += 1;
+                    tracing::warn!(stream_id = %stream.id, "reconciler cannot list {}/{prefix}: {err}", stream.bucket_name);
+                    return Ok(());
+                }
+            }
+        }
+        findings.objects += listed.len() as u64;
+        let listed_keys: HashSet<String> = listed.iter().map(|o| o.key.clone()).collect();
+        let window_start_ms = (today - ChronoDuration::days(self.days as i64 - 1))
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis())
+            .unwrap_or(0);
+        findings.dangling += self.dangling(stream, &listed_keys, window_start_ms).await?;
+        let mut by_id = Vec::with_capacity(listed.len());
+        for object in listed {
+            match result_id_of(&object.key) {
+                Some(id) => by_id.push((id, object)),
+                None => findings.foreign += 1,
+            }
+        }
+        for chunk in by_id.chunks(500) {
+            let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| *id).collect();
+            let known: HashSet<Uuid> = self.db.existing_result_ids(&ids).await?;
+            let mut missing = Vec::new();
+            for (id, object) in chunk.iter().filter(|(id, _)| !known.contains(id)) {
+                match self.reference(stream, *id, object).await {
+                    Ok(r) => missing.push(r),
+                    Err(err) => {
+                        tracing::warn!(stream_id = %stream.id, key = %object.key, "reconciler cannot read the object: {err}")
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                findings.inserted += self.db.insert_reconciled(&missing).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// References of the window whose object is not in the listing. A candidate is checked once
+    /// more with `head`, since its object may have landed after the listing was taken.
+    async fn dangling(
+        &self,
+        stream: &StreamRow,
+        listed: &HashSet<String>,
+        window_start_ms: i64,
+    ) -> Result<u64, DbError> {
+        let mut dangling = 0;
+        let mut after = None;
+        'pages: loop {
+            let (page, next) = self.db.list_results(stream.id, 1000, after).await?;
+            for r in page {
+                if r.fetched_at < window_start_ms {
+                    break 'pages;
+                }
+                if listed.contains(&r.key) {
+                    continue;
+                }
+                if let Err(StoreError::NoSuchKey { .. }) = self.store.head(&r.bucket, &r.key).await
+                {
+                    dangling += 1;
+                    tracing::error!(
+                        stream_id = %stream.id,
+                        result_id = %r.id,
+                        "reference without its object: {}/{} is missing from the store",
+                        r.bucket,
+                        r.key
+                    );
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        Ok(dangling)
+    }
+
+    /// A reference for an unreported object: size and SHA-256 from the store's metadata when it
+    /// has them, else from the bytes; the fetch time from the UUIDv7.
+    async fn reference(
+        &self,
+        stream: &StreamRow,
+        id: Uuid,
+        object: &ObjectInfo,
+    ) -> Result<ReconciledRef, StoreError> {
+        let meta = match &object.meta {
+            Some(m) => Some(m.clone()),
+            None => {
+                self.store
+                    .head(&stream.bucket_name, &object.key)
+                    .await?
+                    .meta
+            }
+        };
+        let sha256 = match meta.map(|m| m.sha256).filter(|s| s.len() == 64) {
+            Some(sha) => sha,
+            None => {
+                let bytes = self.store.get(&stream.bucket_name, &object.key).await?;
+                objects::sha256_hex(&bytes)
+            }
+        };
+        let fetched_at = id
+            .get_timestamp()
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs as i64 * 1000 + (nanos / 1_000_000) as i64
+            })
+            .unwrap_or_else(|| Utc::now().timestamp_millis());
+        Ok(ReconciledRef {
+            id,
+            stream_id: stream.id,
+            bucket: stream.bucket_name.clone(),
+            key: object.key.clone(),
+            fetched_at,
+            size: object.size as i64,
+            sha256,
+        })
+    }
+}
+
+/// A full comparison of the object store with the references: every partition of every stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Objects in the streams' prefixes.
+    pub objects: u64,
+    /// References in the database.
+    pub references: u64,
+    /// Objects without a reference (the reconciler's work).
+    pub orphans: u64,
+    /// References whose object is missing.
+    pub dangling: u64,
+    /// References beyond the first that point at the same object.
+    pub duplicates: u64,
+    /// Streams whose bucket could not be listed.
+    pub unlisted: u64,
+}
+
+impl Reconciler {
+    /// Compare everything: slow on big buckets, meant for operators and the chaos check.
+    pub async fn audit(&self) -> Result<Audit, ReconcileError> {
+        let mut audit = Audit::default();
+        for stream in self.db.list_streams().await? {
+            let prefix = format!("{}/{}/", stream.adapter, stream.id);
+            let objects: HashSet<String> = match self.store.list(&stream.bucket_name, &prefix).await
+            {
+                Ok(list) => list.into_iter().map(|o| o.key).collect(),
+                Err(StoreError::NoSuchBucket { .. }) => HashSet::new(),
+                Err(err) => {
+                    audit.unlisted += 1;
+                    tracing::warn!(stream_id = %stream.id, "audit cannot list {}/{prefix}: {err}", stream.bucket_name);
+                    continue;
+                }
+            };
+            let mut keys: HashSet<String> = HashSet::new();
+            let mut after = None;
+            loop {
+                let (page, next) = self.db.list_results(stream.id, 1000, after).await?;
+                for r in page {
+                    audit.references += 1;
+                    if !keys.insert(r.key.clone()) {
+                        audit.duplicates += 1;
+                    } else if !objects.contains(&r.key) {
+                        audit.dangling += 1;
+                    }
+                }
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            audit.objects += objects.len() as u64;
+            audit.orphans += objects.iter().filter(|k| !keys.contains(*k)).count() as u64;
+        }
+        Ok(audit)
+    }
+}
+
+/// `<...>/<result_id>.json` → the result id.
+fn result_id_of(key: &str) -> Option<Uuid> {
+    let name = key.rsplit('/').next()?;
+    Uuid::parse_str(name.strip_suffix(".json")?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_ids_come_from_the_file_name() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            result_id_of(&format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json")),
+            Some(id)
+        );
+        assert_eq!(result_id_of("IQAIR_DAILY/x/dt=2026-11-22/notes.txt"), None);
+        assert_eq!(result_id_of("IQAIR_DAILY/x/dt=2026-11-22/abc.json"), None);
+    }
+}

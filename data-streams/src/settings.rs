@@ -1,0 +1,185 @@
+//! The supervisor's settings: every one a flag with an environment fallback and a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+/// Settings of the `data-streams` binary.
+// No derived Debug: it would print the tokens. `Debug` is `describe()`, secrets redacted.
+#[derive(Clone, Parser)]
+#[command(
+    name = "data-streams",
+    version,
+    about = "data-streams supervisor: streams, HTTP API, worker link"
+)]
+pub struct Settings {
+    /// Address of the HTTP API.
+    #[arg(long, env = "DATA_STREAMS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Address workers dial.
+    #[arg(
+        long,
+        env = "DATA_STREAMS_WORKER_ADDR",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub worker_addr: String,
+    /// Shared secret of the worker link.
+    #[arg(long, env = "DATA_STREAMS_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// PEM certificate chain (leaf first) of the worker port; with `WORKER_TLS_KEY`, the port
+    /// accepts TLS only.
+    #[arg(long, env = "WORKER_TLS_CERT")]
+    pub worker_tls_cert: Option<PathBuf>,
+    /// PEM private key of `WORKER_TLS_CERT`.
+    #[arg(long, env = "WORKER_TLS_KEY")]
+    pub worker_tls_key: Option<PathBuf>,
+    /// Bearer token for the HTTP API; unset leaves the API open (with a warning).
+    #[arg(long, env = "DATA_STREAMS_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// `sqlite://path` (created if missing) or `postgres://...`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/data-streams.db"
+    )]
+    pub database_url: String,
+    /// How long to keep trying to reach the database at start before exiting non-zero, in s.
+    #[arg(long, env = "DATABASE_CONNECT_RETRY_SECS", default_value_t = 30)]
+    pub database_connect_retry_secs: u64,
+    /// Where raw responses are: `file://<folder>` or `s3://`.
+    #[arg(long, env = "OBJECT_STORE_URL", default_value = "file://data/objects")]
+    pub object_store_url: String,
+    /// Create a missing bucket when asked to (the worker writes; this side reads).
+    #[arg(long, env = "OBJECT_STORE_CREATE_BUCKETS", default_value_t = true, action = ArgAction::Set)]
+    pub create_buckets: bool,
+    /// Heartbeat period on the worker link, in ms.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 2_000)]
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent this long is gone and loses its streams, in ms.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// How long a `worker:start`/`worker:stop` call waits for its reply, in ms.
+    #[arg(long, env = "CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub call_timeout_ms: u64,
+    /// A new worker connection must finish the handshake within this, in ms.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Most worker connections at once (handshakes included).
+    #[arg(long, env = "MAX_WORKER_CONNECTIONS", default_value_t = 1024)]
+    pub max_worker_connections: usize,
+    /// Largest frame accepted on the worker link, in bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = protocol::codec::DEFAULT_MAX_FRAME)]
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// How often running streams without a worker are assigned, in ms.
+    #[arg(long, env = "ASSIGN_INTERVAL_MS", default_value_t = 5_000)]
+    pub assign_interval_ms: u64,
+    /// How often the reconciler indexes stored objects that were never reported, in ms.
+    #[arg(long, env = "RECONCILE_INTERVAL_MS", default_value_t = 60_000)]
+    pub reconcile_interval_ms: u64,
+    /// How many days of `dt=` partitions (UTC, today included) the reconciler lists.
+    #[arg(long, env = "RECONCILE_DAYS", default_value_t = 2)]
+    pub reconcile_days: u32,
+}
+
+impl Settings {
+    /// The worker token, and whether it is the development fallback.
+    pub fn worker_token(&self) -> (String, bool) {
+        match &self.worker_token {
+            Some(t) if !t.is_empty() => (t.clone(), false),
+            _ => (protocol::handshake::DEV_TOKEN.to_owned(), true),
+        }
+    }
+
+    /// The API token, if one is configured.
+    pub fn api_token(&self) -> Option<String> {
+        self.api_token.clone().filter(|t| !t.is_empty())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms.max(30))
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms.max(1))
+    }
+
+    /// The worker port's certificate and key files: both or neither (an empty value is unset).
+    pub fn worker_tls(&self) -> Result<Option<(&Path, &Path)>, &'static str> {
+        fn set(path: &Option<PathBuf>) -> Option<&Path> {
+            path.as_deref().filter(|p| !p.as_os_str().is_empty())
+        }
+        match (set(&self.worker_tls_cert), set(&self.worker_tls_key)) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("WORKER_TLS_KEY"),
+            (None, Some(_)) => Err("WORKER_TLS_CERT"),
+        }
+    }
+
+    /// One line of settings, secrets and database password redacted, for the start-up log.
+    pub fn describe(&self) -> String {
+        let (_, dev) = self.worker_token();
+        format!(
+            "http_addr={} worker_addr={} worker_tls={} worker_token={} api_token={} database_url={} \
+             object_store_url={} create_buckets={} heartbeat_interval_ms={} heartbeat_timeout_ms={} \
+             call_timeout_ms={} handshake_timeout_ms={} max_worker_connections={} max_frame_bytes={} max_body_bytes={} \
+             assign_interval_ms={} reconcile_interval_ms={} reconcile_days={}",
+            self.http_addr,
+            self.worker_addr,
+            match self.worker_tls() {
+                Ok(Some((cert, _))) => format!("on(cert={})", cert.display()),
+                Ok(None) => "off".to_owned(),
+                Err(missing) => format!("<{missing} missing>"),
+            },
+            if dev { "<dev token>" } else { "***" },
+            if self.api_token().is_some() { "***" } else { "<none: API open>" },
+            crate::db::redact_url(&self.database_url),
+            self.object_store_url,
+            self.create_buckets,
+            self.heartbeat_interval_ms,
+            self.heartbeat_timeout_ms,
+            self.call_timeout_ms,
+            self.handshake_timeout_ms,
+            self.max_worker_connections,
+            self.max_frame_bytes,
+            self.max_body_bytes,
+            self.assign_interval_ms,
+            self.reconcile_interval_ms,
+            self.reconcile_days,
+        )
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_describe_never_print_the_tokens() {
+        let s = Settings::parse_from([
+            "data-streams",
+            "--worker-token=worker-canary-123",
+            "--api-token=api-canary-456",
+            "--database-url=postgres://u:db-canary-789@localhost/x",
+        ]);
+        for text in [format!("{s:?}"), s.describe()] {
+            for canary in ["worker-canary-123", "api-canary-456", "db-canary-789"] {
+                assert!(!text.contains(canary), "{canary} leaked: {text}");
+            }
+        }
+    }
+}

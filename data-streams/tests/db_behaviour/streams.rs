@@ -1,0 +1,530 @@
+//! Cases for streams, their assignment, and workers.
+
+use std::collections::{HashMap, HashSet};
+
+use data_streams::db::{Db, DbError, StreamPatch, StreamState};
+use protocol::Schedule;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::fixtures::{new_stream, params, result, stream, stream_in, T0};
+
+pub async fn stream_crud_round_trip(db: Db) {
+    db.ping().await.expect("ping");
+    assert!(["sqlite", "postgres"].contains(&db.backend()));
+
+    let interval = new_stream(T0);
+    let mut cron = new_stream(T0 + 1);
+    cron.interval_ms = None;
+    cron.cron = Some("0 */15 * * * *".to_owned());
+    cron.state = StreamState::Stopped;
+
+    let stored = db.insert_stream(&interval).await.expect("insert");
+    assert_eq!(stored.id, interval.id);
+    assert_eq!(stored.adapter, "IQAIR_DAILY");
+    assert_eq!(stored.endpoint, interval.endpoint);
+    assert_eq!(stored.secret_key, interval.secret_key);
+    assert_eq!(stored.interval_ms, Some(300_000));
+    assert_eq!(stored.cron, None);
+    assert_eq!(stored.timeout_ms, 180_000);
+    assert_eq!(stored.bucket_name, "results");
+    assert_eq!(stored.params, params(), "params keep their JSON types");
+    assert_eq!(stored.params["lat"], json!(52.52));
+    assert_eq!(stored.state, StreamState::Running);
+    assert_eq!(stored.worker_id, None);
+    assert_eq!(stored.generation, 0);
+    assert_eq!(stored.last_result_at, None);
+    assert_eq!(stored.last_error, None);
+    assert_eq!(stored.last_error_at, None);
+    assert_eq!((stored.created_at, stored.updated_at), (T0, T0));
+    assert_eq!(
+        stored.schedule(),
+        Some(Schedule::Interval { millis: 300_000 })
+    );
+
+    let stored_cron = db.insert_stream(&cron).await.expect("insert cron");
+    assert_eq!(stored_cron.cron.as_deref(), Some("0 */15 * * * *"));
+    assert_eq!(stored_cron.interval_ms, None);
+    assert_eq!(stored_cron.state, StreamState::Stopped);
+    assert_eq!(
+        stored_cron.schedule(),
+        Some(Schedule::Cron {
+            expr: "0 */15 * * * *".to_owned()
+        })
+    );
+
+    assert_eq!(
+        db.get_stream(interval.id).await.expect("get"),
+        Some(stored.clone())
+    );
+    assert_eq!(
+        db.get_stream(Uuid::new_v4()).await.expect("get missing"),
+        None
+    );
+    let listed = db.list_streams().await.expect("list");
+    assert_eq!(listed, vec![stored, stored_cron], "created_at order");
+
+    // Same id twice is a query error, and not a transient one.
+    let again = db.insert_stream(&interval).await.expect_err("duplicate id");
+    assert!(matches!(again, DbError::Query(_)), "{again:?}");
+    assert!(!again.is_transient());
+}
+
+pub async fn stream_patch(db: Db) {
+    let created = stream(&db, T0).await;
+
+    let patch = StreamPatch {
+        endpoint: Some("http://api.airvisual.com/v2/city".to_owned()),
+        secret_key: Some("sk-rotated".to_owned()),
+        interval_ms: Some(None),
+        cron: Some(Some("0 0 * * * *".to_owned())),
+        timeout_ms: Some(60_000),
+        bucket_name: Some("air".to_owned()),
+        params: Some(
+            json!({"city": "Los Angeles", "state": "California", "country": "USA"})
+                .as_object()
+                .cloned()
+                .expect("an object"),
+        ),
+        adapter: None,
+        rate_limit: None,
+        now_ms: T0 + 5_000,
+    };
+    let patched = db
+        .update_stream(created.id, &patch)
+        .await
+        .expect("update")
+        .expect("the stream exists");
+    assert_eq!(patched.endpoint, "http://api.airvisual.com/v2/city");
+    assert_eq!(patched.secret_key, "sk-rotated");
+    assert_eq!(patched.interval_ms, None);
+    assert_eq!(patched.cron.as_deref(), Some("0 0 * * * *"));
+    assert_eq!(patched.timeout_ms, 60_000);
+    assert_eq!(patched.bucket_name, "air");
+    assert_eq!(patched.params["city"], json!("Los Angeles"));
+    assert_eq!(patched.params.len(), 3);
+    assert_eq!(patched.adapter, created.adapter, "an absent field is kept");
+    assert_eq!(patched.created_at, T0);
+    assert_eq!(patched.updated_at, T0 + 5_000);
+    assert_eq!(
+        db.get_stream(created.id).await.expect("get"),
+        Some(patched.clone())
+    );
+
+    // An empty patch only touches updated_at.
+    let touched = db
+        .update_stream(
+            created.id,
+            &StreamPatch {
+                now_ms: T0 + 6_000,
+                ..StreamPatch::default()
+            },
+        )
+        .await
+        .expect("empty patch")
+        .expect("exists");
+    assert_eq!(
+        touched,
+        data_streams::db::StreamRow {
+            updated_at: T0 + 6_000,
+            ..patched.clone()
+        }
+    );
+
+    // Back to an interval.
+    let back = db
+        .update_stream(
+            created.id,
+            &StreamPatch {
+                interval_ms: Some(Some(60_000)),
+                cron: Some(None),
+                now_ms: T0 + 7_000,
+                ..StreamPatch::default()
+            },
+        )
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(
+        (back.interval_ms, back.cron.as_deref()),
+        (Some(60_000), None)
+    );
+
+    // Neither schedule: the schema refuses, and the row stays as it was.
+    let neither = db
+        .update_stream(
+            created.id,
+            &StreamPatch {
+                interval_ms: Some(None),
+                now_ms: T0 + 8_000,
+                ..StreamPatch::default()
+            },
+        )
+        .await
+        .expect_err("a stream needs a schedule");
+    assert!(!neither.is_transient(), "{neither:?}");
+    assert_eq!(db.get_stream(created.id).await.expect("get"), Some(back));
+
+    let missing = db
+        .update_stream(Uuid::new_v4(), &patch)
+        .await
+        .expect("update of a missing stream");
+    assert_eq!(missing, None);
+}
+
+pub async fn delete_cascades(db: Db) {
+    let doomed = stream(&db, T0).await;
+    let kept = stream(&db, T0 + 1).await;
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (i, s) in [&doomed, &kept].into_iter().enumerate() {
+        for hour in 0..3 {
+            let at = T0 + 10_000 * (i as i64 + 1) + hour;
+            results.push(result(
+                s.id,
+                at,
+                Some(crate::fixtures::reading(T0 + hour * 3_600_000, 20.0)),
+            ));
+        }
+        failures.push(crate::fixtures::failure(
+            s.id,
+            T0 + 50_000 + i as i64,
+            protocol::FailureClass::Timeout,
+            "timed out after 180 s",
+        ));
+    }
+    db.persist_events(&results, &failures)
+        .await
+        .expect("persist");
+    let doomed_ids: Vec<Uuid> = results
+        .iter()
+        .filter(|r| r.stream_id == doomed.id)
+        .map(|r| r.result_id)
+        .collect();
+
+    assert!(db.delete_stream(doomed.id).await.expect("delete"));
+    assert_eq!(db.get_stream(doomed.id).await.expect("get"), None);
+    assert_eq!(db.count_results(Some(doomed.id)).await.expect("count"), 0);
+    assert!(db
+        .existing_result_ids(&doomed_ids)
+        .await
+        .expect("existing")
+        .is_empty());
+    assert!(db
+        .list_measurements(doomed.id, None, None, 100)
+        .await
+        .expect("measurements")
+        .is_empty());
+    assert!(db
+        .list_failures(doomed.id, 100)
+        .await
+        .expect("failures")
+        .is_empty());
+
+    // The other stream keeps everything.
+    assert_eq!(db.count_results(Some(kept.id)).await.expect("count"), 3);
+    assert_eq!(db.count_results(None).await.expect("count all"), 3);
+    assert_eq!(
+        db.list_measurements(kept.id, None, None, 100)
+            .await
+            .expect("measurements")
+            .len(),
+        3
+    );
+    assert_eq!(
+        db.list_failures(kept.id, 100)
+            .await
+            .expect("failures")
+            .len(),
+        1
+    );
+
+    assert!(!db.delete_stream(doomed.id).await.expect("delete again"));
+}
+
+pub async fn set_state_failed_and_running(db: Db) {
+    let s = stream(&db, T0).await;
+    assert_eq!(db.assign(s.id, "w1").await.expect("assign"), Some(1));
+
+    let failed = db
+        .set_state(
+            s.id,
+            StreamState::Failed,
+            Some("incorrect_api_key"),
+            false,
+            T0 + 5_000,
+        )
+        .await
+        .expect("set failed")
+        .expect("exists");
+    assert_eq!(failed.state, StreamState::Failed);
+    assert_eq!(failed.worker_id, None, "failed drops the assignment");
+    assert_eq!(failed.generation, 1);
+    assert_eq!(failed.last_error.as_deref(), Some("incorrect_api_key"));
+    assert_eq!(failed.last_error_at, Some(T0 + 5_000));
+    assert_eq!(failed.updated_at, T0 + 5_000);
+    assert_eq!(
+        db.assign(s.id, "w1").await.expect("assign"),
+        None,
+        "not running"
+    );
+    assert!(db
+        .assignable_streams(10)
+        .await
+        .expect("assignable")
+        .is_empty());
+
+    let restarted = db
+        .set_state(s.id, StreamState::Running, None, false, T0 + 6_000)
+        .await
+        .expect("set running")
+        .expect("exists");
+    assert_eq!(restarted.state, StreamState::Running);
+    assert_eq!(
+        restarted.last_error.as_deref(),
+        Some("incorrect_api_key"),
+        "kept without clear_error"
+    );
+
+    let cleared = db
+        .set_state(s.id, StreamState::Running, None, true, T0 + 7_000)
+        .await
+        .expect("set running")
+        .expect("exists");
+    assert_eq!(cleared.last_error, None);
+    assert_eq!(cleared.last_error_at, Some(T0 + 5_000), "the time stays");
+    assert_eq!(cleared.updated_at, T0 + 7_000);
+
+    // Stopping keeps the assignment: the supervisor still has to tell that worker.
+    assert_eq!(db.assign(s.id, "w2").await.expect("assign"), Some(2));
+    let stopped = db
+        .set_state(s.id, StreamState::Stopped, None, false, T0 + 8_000)
+        .await
+        .expect("stop")
+        .expect("exists");
+    assert_eq!(stopped.state, StreamState::Stopped);
+    assert_eq!(stopped.worker_id.as_deref(), Some("w2"));
+    assert!(db.unassign(s.id, "w2", 2).await.expect("unassign"));
+
+    let missing = db
+        .set_state(Uuid::new_v4(), StreamState::Running, None, true, T0)
+        .await
+        .expect("set_state of a missing stream");
+    assert_eq!(missing, None);
+}
+
+pub async fn assign_bumps_generation_and_stale_unassign_is_noop(db: Db) {
+    let s = stream(&db, T0).await;
+    assert_eq!(db.assign(s.id, "w1").await.expect("assign"), Some(1));
+    assert_eq!(db.assign(s.id, "w2").await.expect("reassign"), Some(2));
+    let row = db.get_stream(s.id).await.expect("get").expect("exists");
+    assert_eq!((row.worker_id.as_deref(), row.generation), (Some("w2"), 2));
+
+    assert!(!db.unassign(s.id, "w1", 1).await.expect("stale worker"));
+    assert!(!db.unassign(s.id, "w2", 1).await.expect("stale generation"));
+    let row = db.get_stream(s.id).await.expect("get").expect("exists");
+    assert_eq!(
+        row.worker_id.as_deref(),
+        Some("w2"),
+        "stale clears change nothing"
+    );
+
+    assert!(db.unassign(s.id, "w2", 2).await.expect("current"));
+    let row = db.get_stream(s.id).await.expect("get").expect("exists");
+    assert_eq!((row.worker_id, row.generation), (None, 2));
+    assert!(!db.unassign(s.id, "w2", 2).await.expect("twice"));
+
+    assert_eq!(
+        db.assign(Uuid::new_v4(), "w1")
+            .await
+            .expect("assign missing"),
+        None
+    );
+    let stopped = stream_in(&db, T0 + 1, StreamState::Stopped).await;
+    assert_eq!(
+        db.assign(stopped.id, "w1").await.expect("assign stopped"),
+        None
+    );
+    let row = db
+        .get_stream(stopped.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!((row.worker_id, row.generation), (None, 0));
+}
+
+pub async fn release_worker_frees_its_streams(db: Db) {
+    let a = stream(&db, T0).await;
+    let b = stream(&db, T0 + 1).await;
+    let c = stream(&db, T0 + 2).await;
+    db.assign(a.id, "w1").await.expect("assign");
+    db.assign(b.id, "w1").await.expect("assign");
+    db.assign(c.id, "w2").await.expect("assign");
+
+    let released: HashSet<Uuid> = db
+        .release_worker("w1")
+        .await
+        .expect("release")
+        .into_iter()
+        .collect();
+    assert_eq!(released, HashSet::from([a.id, b.id]));
+    assert!(db.streams_of_worker("w1").await.expect("of w1").is_empty());
+    let of_w2: Vec<Uuid> = db
+        .streams_of_worker("w2")
+        .await
+        .expect("of w2")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(of_w2, vec![c.id]);
+    assert!(db.release_worker("w1").await.expect("again").is_empty());
+
+    // Released streams keep their generation: a later assignment moves past it.
+    assert_eq!(db.assign(a.id, "w2").await.expect("reassign"), Some(2));
+}
+
+pub async fn assignable_streams_order_limit_and_filter(db: Db) {
+    let newest = stream(&db, T0 + 500).await;
+    let oldest = stream(&db, T0 + 100).await;
+    let middle = stream(&db, T0 + 300).await;
+    stream_in(&db, T0 + 50, StreamState::Stopped).await;
+    stream_in(&db, T0 + 60, StreamState::Failed).await;
+    let assigned = stream(&db, T0 + 70).await;
+    db.assign(assigned.id, "w1").await.expect("assign");
+
+    let ids =
+        |rows: Vec<data_streams::db::StreamRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(db.assignable_streams(10).await.expect("assignable")),
+        vec![oldest.id, middle.id, newest.id]
+    );
+    assert_eq!(
+        ids(db.assignable_streams(2).await.expect("assignable")),
+        vec![oldest.id, middle.id]
+    );
+    assert!(db.assignable_streams(0).await.expect("zero").is_empty());
+    assert!(db
+        .assignable_streams(-5)
+        .await
+        .expect("negative")
+        .is_empty());
+}
+
+pub async fn assigned_counts_per_worker(db: Db) {
+    assert!(db.assigned_counts().await.expect("counts").is_empty());
+    for i in 0..5 {
+        let s = stream(&db, T0 + i).await;
+        let worker = if i < 3 { "w1" } else { "w2" };
+        db.assign(s.id, worker).await.expect("assign");
+    }
+    stream(&db, T0 + 10).await;
+    assert_eq!(
+        db.assigned_counts().await.expect("counts"),
+        HashMap::from([("w1".to_owned(), 3), ("w2".to_owned(), 2)])
+    );
+}
+
+pub async fn workers_lifecycle(db: Db) {
+    let adapters = vec!["IQAIR_DAILY".to_owned(), "IQAIR_HOURLY".to_owned()];
+    db.upsert_worker("w1", 10, &adapters, T0)
+        .await
+        .expect("upsert");
+    db.upsert_worker("w2", 5, &adapters[..1], T0 + 10)
+        .await
+        .expect("upsert");
+    db.touch_worker("w1", T0 + 2_000).await.expect("touch");
+    db.touch_worker("never-seen", T0)
+        .await
+        .expect("touch unknown");
+    db.set_worker_disconnected("w2", T0 + 3_000)
+        .await
+        .expect("disconnect");
+    for i in 0..2 {
+        let s = stream(&db, T0 + i).await;
+        db.assign(s.id, "w1").await.expect("assign");
+    }
+
+    let workers = db.list_workers().await.expect("list");
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let w1 = &workers[0];
+    assert_eq!(w1.id, "w1");
+    assert_eq!(w1.capacity, 10);
+    assert_eq!(w1.adapters, adapters);
+    assert!(w1.connected);
+    assert_eq!((w1.connected_at, w1.last_seen), (T0, T0 + 2_000));
+    assert_eq!(w1.streams, 2);
+    let w2 = &workers[1];
+    assert_eq!(w2.id, "w2");
+    assert!(!w2.connected);
+    assert_eq!(w2.last_seen, T0 + 3_000);
+    assert_eq!(w2.streams, 0);
+
+    // Reconnecting refreshes everything.
+    db.upsert_worker("w2", 7, &adapters, T0 + 4_000)
+        .await
+        .expect("upsert again");
+    let workers = db.list_workers().await.expect("list");
+    let w2 = &workers[1];
+    assert!(w2.connected);
+    assert_eq!(w2.capacity, 7);
+    assert_eq!(w2.adapters, adapters);
+    assert_eq!((w2.connected_at, w2.last_seen), (T0 + 4_000, T0 + 4_000));
+}
+
+/// Runs raw SQL, bypassing the layer, to plant rows it would never write.
+async fn raw(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+        Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+pub async fn corrupt_rows_are_reported_as_corrupt(db: Db) {
+    let s = stream(&db, T0).await;
+    raw(&db, "UPDATE streams SET params = 'not json'").await;
+    let error = db.get_stream(s.id).await.expect_err("params do not decode");
+    assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
+    assert!(!error.is_transient());
+    assert!(error.to_string().contains(&s.id.to_string()), "{error}");
+    let error = db.list_streams().await.expect_err("params do not decode");
+    assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
+
+    db.upsert_worker("w", 1, &[], T0).await.expect("upsert");
+    raw(&db, "UPDATE workers SET adapters = '{'").await;
+    let error = db.list_workers().await.expect_err("adapters do not decode");
+    assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
+}
+
+pub async fn secrets_are_never_printed(db: Db) {
+    let new = new_stream(T0);
+    let row = db.insert_stream(&new).await.expect("insert");
+    let secret = &new.secret_key;
+    let patch = StreamPatch {
+        secret_key: Some("sk-new-secret".to_owned()),
+        ..StreamPatch::default()
+    };
+    for printed in [
+        format!("{row:?}"),
+        format!("{new:?}"),
+        format!("{patch:?}"),
+        serde_json::to_string(&row).expect("serialize"),
+    ] {
+        assert!(!printed.contains(secret.as_str()), "{printed}");
+        assert!(!printed.contains("sk-new-secret"), "{printed}");
+        assert!(printed.contains("***"), "{printed}");
+    }
+    let json = serde_json::to_value(&row).expect("serialize");
+    assert_eq!(json["state"], json!("running"));
+    assert_eq!(json["secret_key"], json!("***"));
+}
+
+/// Migrations run at every connect and change nothing the second time; data survives.
+pub async fn reconnect_keeps_data(url: String) {
+    let db = Db::connect(&url).await.expect("first connect");
+    let s = stream(&db, T0).await;
+    db.close().await;
+    let db = Db::connect(&url).await.expect("second connect");
+    assert_eq!(db.get_stream(s.id).await.expect("get"), Some(s));
+    db.close().await;
+}

@@ -1,0 +1,239 @@
+//! Where raw API responses live: one object per fetch, in a local folder or an S3 bucket, with
+//! the same behaviour behind one [`ObjectStore`] trait.
+//!
+//! Keys look like `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`. Result ids are UUIDv7,
+//! so [`ObjectStore::list`], which returns keys in S3 order (byte-wise lexicographic), is also a
+//! timeline. The worker writes objects; the supervisor reads them back and lists partitions for
+//! its reconciler.
+//!
+//! Pick a store with [`open`]: `file://<path>` gives a [`FolderStore`], `s3://` an [`S3Store`]
+//! configured from the environment (the AWS SDK's standard chain plus `S3_FORCE_PATH_STYLE`).
+
+mod error;
+mod folder;
+mod names;
+mod s3;
+#[cfg(feature = "test-server")]
+pub mod test_server;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use error::StoreError;
+pub use folder::FolderStore;
+pub use names::{validate_bucket_name, validate_key, validate_prefix};
+pub use s3::{S3Settings, S3Store};
+
+/// What is recorded with every object: which stream fetched it, when, and the SHA-256 of its
+/// bytes. Stored as `x-amz-meta-stream-id`, `x-amz-meta-fetched-at` and `x-amz-meta-sha256` on
+/// S3, and in a hidden sidecar file in the folder store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The stream the object belongs to.
+    pub stream_id: String,
+    /// When the response was fetched, RFC 3339.
+    pub fetched_at: String,
+    /// SHA-256 of the object's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// One object as seen by [`ObjectStore::head`] or [`ObjectStore::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key inside its bucket.
+    pub key: String,
+    /// Size of the object in bytes.
+    pub size: u64,
+    /// The metadata written by [`ObjectStore::put`]. Always `None` from `list` (S3
+    /// ListObjectsV2 does not return user metadata, and the folder store matches it so callers
+    /// cannot come to rely on it); from `head`, `None` only for objects not written by `put`.
+    pub meta: Option<ObjectMeta>,
+}
+
+/// How a store behaves where the two backends could differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Create a missing bucket on `put` (and the folder store's root on open) instead of failing
+    /// with [`StoreError::NoSuchBucket`].
+    pub create_buckets: bool,
+}
+
+/// A place to keep raw objects. Both implementations pass the same behaviour suite
+/// (`objects/tests/behaviour`).
+///
+/// Every method validates bucket names with [`validate_bucket_name`] and keys with
+/// [`validate_key`] before touching the store, so a bad name is always
+/// [`StoreError::InvalidName`], whichever backend is behind the trait.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Store `body` under `key`, replacing any object already there. Readers see either the old
+    /// object or the new one, never part of one. `meta.sha256` must be the SHA-256 of `body`
+    /// ([`StoreError::ChecksumMismatch`] otherwise).
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<(), StoreError>;
+
+    /// The object's bytes, exactly as stored.
+    async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError>;
+
+    /// Size and metadata of one object; [`StoreError::NoSuchKey`] when it is absent.
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
+
+    /// Every object under `prefix`, in key order (S3 lexicographic order), following pagination.
+    /// The prefix is a plain string prefix, as in S3: `a/stream-1` also matches `a/stream-10/..`;
+    /// end it with `/` to stay inside one folder. An empty prefix lists the whole bucket.
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Create the bucket if missing (no-op when it exists).
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+
+    /// Readiness: can the store be reached at all (for /readyz and start-up checks).
+    async fn check(&self) -> Result<(), StoreError>;
+
+    /// Where the store points, for logs and start-up banners, e.g. `file://data/objects` or
+    /// `s3 endpoint http://127.0.0.1:9000 (path-style, region us-east-1)`. Never holds a secret.
+    fn describe(&self) -> String;
+}
+
+/// Open the store named by `url` (the `OBJECT_STORE_URL` setting).
+///
+/// - `file://<path>`: a [`FolderStore`] rooted at `<path>`, taken literally (no percent
+///   decoding); `file://data/objects` is relative to the working directory,
+///   `file:///var/lib/objects` is absolute.
+/// - `s3://`: an [`S3Store`] built from [`S3Settings::from_env`]. Anything after `s3://` is
+///   ignored with a warning: the bucket is each stream's `bucket_name` and the endpoint comes from
+///   `AWS_ENDPOINT_URL`.
+///
+/// Opening does not contact the store; call [`ObjectStore::check`] for that.
+pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err(StoreError::Config {
+                setting: format!("object store URL {url:?}"),
+                reason: "a file:// URL needs a path, e.g. file://data/objects".into(),
+            });
+        }
+        let store = FolderStore::new(path, options).await?;
+        Ok(Arc::new(store))
+    } else if let Some(rest) = url.strip_prefix("s3://") {
+        if !rest.is_empty() {
+            tracing::warn!(
+                url,
+                "ignoring {rest:?} after s3://: buckets come from each stream's bucket_name, \
+                 the endpoint from AWS_ENDPOINT_URL"
+            );
+        }
+        let store = S3Store::new(S3Settings::from_env()?, options).await?;
+        Ok(Arc::new(store))
+    } else {
+        Err(StoreError::Config {
+            setting: format!("object store URL {url:?}"),
+            reason: "expected file://<path> or s3://".into(),
+        })
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex: the value for [`ObjectMeta::sha256`].
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks done by both stores before a `put`, so they fail alike: names, metadata values that
+/// could not be stored as HTTP headers, and a `sha256` that does not match the body.
+fn check_put(bucket: &str, key: &str, body: &[u8], meta: &ObjectMeta) -> Result<(), StoreError> {
+    validate_bucket_name(bucket)?;
+    validate_key(key)?;
+    names::validate_meta(meta)?;
+    let actual = sha256_hex(body);
+    if !actual.eq_ignore_ascii_case(&meta.sha256) {
+        return Err(StoreError::ChecksumMismatch {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            claimed: meta.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_matches_known_vectors() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn check_put_rejects_a_sha256_that_is_not_the_body() {
+        let meta = ObjectMeta {
+            stream_id: "s1".into(),
+            fetched_at: "2024-05-01T10:00:00Z".into(),
+            sha256: sha256_hex(b"other"),
+        };
+        let err = check_put("results", "a/b.json", b"body", &meta).unwrap_err();
+        assert!(matches!(err, StoreError::ChecksumMismatch { .. }), "{err}");
+        assert!(!err.is_transient());
+        let upper = ObjectMeta {
+            sha256: sha256_hex(b"body").to_uppercase(),
+            ..meta
+        };
+        check_put("results", "a/b.json", b"body", &upper).unwrap();
+    }
+
+    #[tokio::test]
+    async fn open_rejects_unknown_schemes_and_empty_paths() {
+        let options = StoreOptions {
+            create_buckets: false,
+        };
+        for url in ["ftp://host/x", "data/objects", "file://", ""] {
+            let err = open(url, options).await.unwrap_err();
+            assert!(matches!(err, StoreError::Config { .. }), "{url}: {err}");
+            assert!(err.to_string().contains("object store URL"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_file_url_gives_a_folder_store_that_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nested/objects");
+        let url = format!("file://{}", root.display());
+        let store = open(
+            &url,
+            StoreOptions {
+                create_buckets: true,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.describe(), url);
+        store.check().await.unwrap();
+        let body = Bytes::from_static(b"{}");
+        let meta = ObjectMeta {
+            stream_id: "s1".into(),
+            fetched_at: "2024-05-01T10:00:00Z".into(),
+            sha256: sha256_hex(&body),
+        };
+        store
+            .put("results", "a/b.json", body.clone(), &meta)
+            .await
+            .unwrap();
+        assert_eq!(store.get("results", "a/b.json").await.unwrap(), body);
+        assert!(root.join("results/a/b.json").is_file());
+    }
+}

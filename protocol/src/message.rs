@@ -1,0 +1,451 @@
+//! The message types of the control link. Pure data: no I/O and no encoding choices live here.
+//!
+//! One [`Frame`] enum travels in both directions. The names of the original design stay visible
+//! through [`Call::name`] and [`Event::name`] (`worker:start`, `data-streams:results`, ...), which
+//! is what logs and metrics print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the wire format. A peer with another version is rejected during the handshake.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Everything that crosses the link, in either direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    /// supervisor → worker, first frame on a new connection.
+    Challenge(Challenge),
+    /// worker → supervisor, the answer to the challenge.
+    Hello(Hello),
+    /// supervisor → worker: the hello was accepted.
+    Welcome(Welcome),
+    /// supervisor → worker: the hello was refused; the socket closes after this frame.
+    Reject(Reject),
+    /// A request that expects a [`Frame::Reply`] with the same id.
+    Call { id: u64, call: Call },
+    /// The answer to the call with the same id.
+    Reply { id: u64, reply: Reply },
+    /// worker → supervisor: a numbered event, kept by the worker until acknowledged.
+    Event { seq: u64, event: Event },
+    /// supervisor → worker: every event up to and including `seq` is committed.
+    Ack { seq: u64 },
+    /// Either way: "I am alive". Any frame counts as a sign of life; this one carries nothing.
+    Heartbeat,
+}
+
+impl Frame {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Challenge(_) => "challenge",
+            Frame::Hello(_) => "hello",
+            Frame::Welcome(_) => "welcome",
+            Frame::Reject(_) => "reject",
+            Frame::Call { call, .. } => call.name(),
+            Frame::Reply { .. } => "reply",
+            Frame::Event { event, .. } => event.name(),
+            Frame::Ack { .. } => "ack",
+            Frame::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+/// The supervisor's opening move: a random nonce the worker must sign with the shared token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub protocol_version: u32,
+    pub nonce: [u8; 32],
+}
+
+/// The worker's answer to the challenge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// Stable identity across restarts (`WORKER_ID`).
+    pub worker_id: String,
+    /// The most streams this worker will run.
+    pub capacity: u32,
+    /// Adapter names this worker can run, e.g. `IQAIR_DAILY`.
+    pub adapters: Vec<String>,
+    /// What the worker is running right now (empty after a crash).
+    pub running: Vec<RunningStream>,
+    /// HMAC-SHA256 over the nonce and the worker id under the shared token.
+    pub mac: Vec<u8>,
+}
+
+/// A stream a worker runs, with the assignment generation it was started under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunningStream {
+    pub stream_id: Uuid,
+    pub generation: u64,
+}
+
+/// The supervisor accepted the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// How often each side sends a heartbeat when otherwise idle.
+    pub heartbeat_interval_ms: u64,
+    /// After this long without any frame, a peer is declared gone.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// Why the supervisor refused a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reject {
+    pub reason: String,
+}
+
+/// Requests from the supervisor to a worker.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub enum Call {
+    /// `worker:start` — run this stream (idempotent; a changed config applies at the end of the
+    /// current interval).
+    Start(StreamConfig),
+    /// `worker:stop` — stop this stream (idempotent). `generation` of 0 stops whatever runs.
+    Stop { stream_id: Uuid, generation: u64 },
+}
+
+impl Call {
+    /// The name from the original design.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Start(_) => "worker:start",
+            Call::Stop { .. } => "worker:stop",
+        }
+    }
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Call::Start(cfg) => f.debug_tuple("Start").field(cfg).finish(),
+            Call::Stop {
+                stream_id,
+                generation,
+            } => f
+                .debug_struct("Stop")
+                .field("stream_id", stream_id)
+                .field("generation", generation)
+                .finish(),
+        }
+    }
+}
+
+/// The answer to a call, in the original shape `{"success": true, "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub success: bool,
+    pub message: String,
+}
+
+impl Reply {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Reply {
+            success: true,
+            message: message.into(),
+        }
+    }
+
+    pub fn err(message: impl Into<String>) -> Self {
+        Reply {
+            success: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// When a stream runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Every `millis` milliseconds, the first run right away.
+    Interval { millis: u64 },
+    /// A cron expression with seconds, e.g. `0 */15 * * * *`, evaluated in UTC.
+    Cron { expr: String },
+}
+
+/// Everything a worker needs to run one stream.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    pub stream_id: Uuid,
+    /// Settles stale claims: a worker's run of an older generation is stopped.
+    pub generation: u64,
+    /// e.g. `IQAIR_DAILY`.
+    pub adapter: String,
+    /// e.g. `http://api.airvisual.com/v2/nearest_city`.
+    pub endpoint: String,
+    /// The external API key. Never printed: `Debug` redacts it.
+    pub secret_key: String,
+    pub schedule: Schedule,
+    /// Per-fetch timeout (fetch, retries and upload together).
+    pub timeout_ms: u64,
+    /// The bucket (or folder under the `file://` root) that raw objects go to.
+    pub bucket_name: String,
+    /// Adapter parameters as strings, e.g. `lat`/`lon`, or `city`/`state`/`country`.
+    pub params: BTreeMap<String, String>,
+    /// The call budget of this stream's key. Every stream with the same key on one worker draws
+    /// from one shared budget; when their configured limits differ, the strictest applies per
+    /// window (the smallest non-zero limit).
+    pub rate_limit: RateLimit,
+}
+
+/// Calls allowed per API key in fixed UTC windows (calendar minute, day and month), the way
+/// IQAir counts them. 0 means no limit on that window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    pub per_day: u32,
+    pub per_month: u32,
+}
+
+impl RateLimit {
+    /// IQAir Community (free) plan: 5 per minute, 500 per day, 10 000 per month (IQAIR.md §7).
+    pub const COMMUNITY: RateLimit = RateLimit {
+        per_minute: 5,
+        per_day: 500,
+        per_month: 10_000,
+    };
+    /// No local limit at all (the API's own limit answers still back off).
+    pub const UNLIMITED: RateLimit = RateLimit {
+        per_minute: 0,
+        per_day: 0,
+        per_month: 0,
+    };
+
+    /// The stricter of two limits, window by window (0, no limit, loses to any number).
+    pub fn strictest(self, other: RateLimit) -> RateLimit {
+        fn min(a: u32, b: u32) -> u32 {
+            match (a, b) {
+                (0, x) | (x, 0) => x,
+                (a, b) => a.min(b),
+            }
+        }
+        RateLimit {
+            per_minute: min(self.per_minute, other.per_minute),
+            per_day: min(self.per_day, other.per_day),
+            per_month: min(self.per_month, other.per_month),
+        }
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit::COMMUNITY
+    }
+}
+
+impl fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamConfig")
+            .field("stream_id", &self.stream_id)
+            .field("generation", &self.generation)
+            .field("adapter", &self.adapter)
+            .field("endpoint", &self.endpoint)
+            .field("secret_key", &"***")
+            .field("schedule", &self.schedule)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("bucket_name", &self.bucket_name)
+            .field("params", &self.params)
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
+}
+
+/// Events from a worker to the supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// `data-streams:results` — a raw object was stored; here is its reference and reading.
+    Results(ResultRecord),
+    /// `data-streams:run_failed` — a run ended without an object.
+    RunFailed(RunFailure),
+    /// `data-streams:worker_available` — sent on every (re)connect with what the worker runs.
+    WorkerAvailable { running: Vec<RunningStream> },
+}
+
+impl Event {
+    /// The name from the original design.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Results(_) => "data-streams:results",
+            Event::RunFailed(_) => "data-streams:run_failed",
+            Event::WorkerAvailable { .. } => "data-streams:worker_available",
+        }
+    }
+}
+
+/// A reference to one stored raw object, plus the reading parsed from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// UUIDv7: time ordered, and the object's file name.
+    pub result_id: Uuid,
+    pub stream_id: Uuid,
+    pub adapter: String,
+    pub bucket: String,
+    /// Object key inside the bucket: `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`.
+    pub key: String,
+    /// Milliseconds since the Unix epoch, when the response arrived.
+    pub fetched_at_ms: i64,
+    pub size: u64,
+    /// Hex SHA-256 of the raw bytes.
+    pub sha256: String,
+    /// The parsed reading; `None` when the response held no reading. Boxed: it is most of the
+    /// record's size, and events are moved through channels and queues many times.
+    pub measurement: Option<Box<Measurement>>,
+}
+
+/// The flattened reading of an IQAir city response. Every field is optional: the API drops
+/// fields without notice (IQAIR.md §8), and numbers arrive as integers or floats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub city: Option<String>,
+    pub state: Option<String>,
+    pub country: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    /// `current.pollution.ts`, ISO-8601 as sent. With the stream id, the reading's identity.
+    pub pollution_ts: Option<String>,
+    pub aqius: Option<f64>,
+    pub mainus: Option<String>,
+    pub aqicn: Option<f64>,
+    pub maincn: Option<String>,
+    /// `current.weather.ts`, independent of `pollution_ts`.
+    pub weather_ts: Option<String>,
+    /// Temperature, °C.
+    pub tp: Option<f64>,
+    /// Pressure, hPa.
+    pub pr: Option<f64>,
+    /// Relative humidity, %.
+    pub hu: Option<f64>,
+    /// Wind speed, m/s.
+    pub ws: Option<f64>,
+    /// Wind direction, degrees.
+    pub wd: Option<f64>,
+    /// Weather icon code.
+    pub ic: Option<String>,
+    /// Apparent temperature, °C (`heatIndex`, formerly `heat_index`).
+    pub heat_index: Option<f64>,
+}
+
+/// A run that produced no object, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFailure {
+    /// UUIDv7 of the run; persistence is idempotent on it.
+    pub run_id: Uuid,
+    pub stream_id: Uuid,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub class: FailureClass,
+    /// Human-readable detail, e.g. `HTTP 502` or `call_per_minute_limit_reached`. Never a key.
+    pub message: String,
+    /// True when the worker stopped the stream because of it (bad or expired key).
+    pub stream_stopped: bool,
+}
+
+/// The class of a failed run (DESIGN.md "Failures").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// The fetch did not finish within the stream's timeout.
+    Timeout,
+    /// Connection refused, reset, DNS, TLS: the request never got an answer.
+    Network,
+    /// A non-success HTTP status without a recognisable API error body.
+    Http,
+    /// The body was not the JSON the adapter expects.
+    InvalidBody,
+    /// The API answered with an error message that is not one of the classes below.
+    Api,
+    /// A rate limit (`call_*_limit_reached`, `too_many_requests`, HTTP 429).
+    RateLimited,
+    /// The key is wrong, expired or lacks permission: the stream stops and waits for a person.
+    Auth,
+    /// The object store refused or could not be reached.
+    Storage,
+}
+
+impl FailureClass {
+    /// The lower-case name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Timeout => "timeout",
+            FailureClass::Network => "network",
+            FailureClass::Http => "http",
+            FailureClass::InvalidBody => "invalid_body",
+            FailureClass::Api => "api",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Auth => "auth",
+            FailureClass::Storage => "storage",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The object key of a raw result: `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`.
+pub fn object_key(adapter: &str, stream_id: Uuid, date: &str, result_id: Uuid) -> String {
+    format!("{adapter}/{stream_id}/dt={date}/{result_id}.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_secret_key() {
+        let cfg = StreamConfig {
+            stream_id: Uuid::nil(),
+            generation: 1,
+            adapter: "IQAIR_DAILY".into(),
+            endpoint: "http://x".into(),
+            secret_key: "super-secret-value".into(),
+            schedule: Schedule::Interval { millis: 1000 },
+            timeout_ms: 1000,
+            bucket_name: "results".into(),
+            params: BTreeMap::new(),
+            rate_limit: RateLimit::COMMUNITY,
+        };
+        let printed = format!("{:?} {:?}", cfg, Call::Start(cfg.clone()));
+        assert!(!printed.contains("super-secret-value"), "{printed}");
+        assert!(printed.contains("***"));
+    }
+
+    #[test]
+    fn the_strictest_limit_wins_per_window_and_zero_is_no_limit() {
+        let a = RateLimit {
+            per_minute: 5,
+            per_day: 0,
+            per_month: 10_000,
+        };
+        let b = RateLimit {
+            per_minute: 10,
+            per_day: 100,
+            per_month: 0,
+        };
+        assert_eq!(
+            a.strictest(b),
+            RateLimit {
+                per_minute: 5,
+                per_day: 100,
+                per_month: 10_000
+            }
+        );
+        assert_eq!(
+            RateLimit::UNLIMITED.strictest(RateLimit::UNLIMITED),
+            RateLimit::UNLIMITED
+        );
+    }
+
+    #[test]
+    fn object_key_has_the_documented_layout() {
+        let id = Uuid::nil();
+        assert_eq!(
+            object_key("IQAIR_DAILY", id, "2026-11-22", id),
+            format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json")
+        );
+    }
+}

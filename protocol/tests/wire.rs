@@ -1,0 +1,409 @@
+//! The wire over real loopback TCP: round trips, hostile bytes, the handshake, calls and timeouts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use protocol::codec;
+use protocol::handshake::{self, WorkerIdentity};
+use protocol::link::{self, Incoming, LinkConfig};
+use protocol::{
+    Call, Challenge, Connection, Event, FailureClass, Frame, Hello, Measurement, ProtocolError,
+    Reject, Reply, ResultRecord, RunFailure, RunningStream, Schedule, StreamConfig, Welcome,
+    PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+const TOKEN: &[u8] = b"test-token";
+
+fn config() -> StreamConfig {
+    let mut params = BTreeMap::new();
+    params.insert("lat".into(), "52.52".into());
+    params.insert("lon".into(), "13.4".into());
+    StreamConfig {
+        stream_id: Uuid::now_v7(),
+        generation: 3,
+        adapter: "IQAIR_DAILY".into(),
+        endpoint: "http://api.airvisual.com/v2/nearest_city".into(),
+        secret_key: "k".into(),
+        schedule: Schedule::Cron {
+            expr: "0 */15 * * * *".into(),
+        },
+        timeout_ms: 180_000,
+        bucket_name: "results".into(),
+        params,
+        rate_limit: protocol::RateLimit::COMMUNITY,
+    }
+}
+
+fn every_frame() -> Vec<Frame> {
+    let stream_id = Uuid::now_v7();
+    let result_id = Uuid::now_v7();
+    let running = vec![RunningStream {
+        stream_id,
+        generation: 7,
+    }];
+    vec![
+        Frame::Challenge(Challenge {
+            protocol_version: PROTOCOL_VERSION,
+            nonce: [7; 32],
+        }),
+        Frame::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "worker-1".into(),
+            capacity: 10_000,
+            adapters: vec!["IQAIR_DAILY".into()],
+            running: running.clone(),
+            mac: vec![1, 2, 3],
+        }),
+        Frame::Welcome(Welcome {
+            heartbeat_interval_ms: 5000,
+            heartbeat_timeout_ms: 15000,
+        }),
+        Frame::Reject(Reject {
+            reason: "authentication failed".into(),
+        }),
+        Frame::Call {
+            id: 1,
+            call: Call::Start(config()),
+        },
+        Frame::Call {
+            id: 2,
+            call: Call::Stop {
+                stream_id,
+                generation: 7,
+            },
+        },
+        Frame::Reply {
+            id: 1,
+            reply: Reply::ok("Started fetching from adapter IQAIR_DAILY."),
+        },
+        Frame::Event {
+            seq: 1,
+            event: Event::Results(ResultRecord {
+                result_id,
+                stream_id,
+                adapter: "IQAIR_DAILY".into(),
+                bucket: "results".into(),
+                key: protocol::object_key("IQAIR_DAILY", stream_id, "2026-11-22", result_id),
+                fetched_at_ms: 1_763_800_000_000,
+                size: 512,
+                sha256: "ab".repeat(32),
+                measurement: Some(Box::new(Measurement {
+                    city: Some("Berlin".into()),
+                    pollution_ts: Some("2026-11-22T13:00:00.000Z".into()),
+                    aqius: Some(17.0),
+                    ws: Some(4.54),
+                    ..Measurement::default()
+                })),
+            }),
+        },
+        Frame::Event {
+            seq: 2,
+            event: Event::RunFailed(RunFailure {
+                run_id: Uuid::now_v7(),
+                stream_id,
+                at_ms: 1,
+                class: FailureClass::RateLimited,
+                message: "call_per_minute_limit_reached".into(),
+                stream_stopped: false,
+            }),
+        },
+        Frame::Event {
+            seq: 3,
+            event: Event::WorkerAvailable { running },
+        },
+        Frame::Ack { seq: 3 },
+        Frame::Heartbeat,
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for frame in every_frame() {
+        let bytes = codec::encode(&frame).unwrap();
+        assert_eq!(codec::decode(&bytes).unwrap(), frame, "{}", frame.kind());
+    }
+}
+
+#[test]
+fn garbage_and_trailing_bytes_are_decode_errors() {
+    assert!(matches!(
+        codec::decode(&[0xff; 64]),
+        Err(ProtocolError::Decode(_))
+    ));
+    let mut bytes = codec::encode(&Frame::Heartbeat).unwrap();
+    bytes.push(0);
+    assert!(matches!(
+        codec::decode(&bytes),
+        Err(ProtocolError::Decode(_))
+    ));
+    // A tiny frame claiming a huge vector must fail without allocating it.
+    let mut claim = codec::encode(&Frame::Reject(Reject { reason: "x".into() })).unwrap();
+    claim.truncate(1);
+    claim.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(codec::decode(&claim).is_err());
+}
+
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (client.unwrap(), server.unwrap().0)
+}
+
+#[tokio::test]
+async fn frames_cross_a_real_socket_and_close_cleanly() {
+    let (a, b) = pair().await;
+    let mut a = Connection::new(a, codec::DEFAULT_MAX_FRAME);
+    let mut b = Connection::new(b, codec::DEFAULT_MAX_FRAME);
+    for frame in every_frame() {
+        a.write_frame(&frame).await.unwrap();
+        assert_eq!(b.read_frame().await.unwrap(), Some(frame));
+    }
+    drop(a);
+    assert!(b.read_frame().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn oversize_frame_is_refused_before_its_body_is_read() {
+    let (mut raw, b) = pair().await;
+    let mut b = Connection::new(b, 1024);
+    raw.write_all(&(10 * 1024 * 1024u32).to_be_bytes())
+        .await
+        .unwrap();
+    let err = b.read_frame().await.unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::FrameTooLarge { len, max: 1024 } if len == 10 * 1024 * 1024),
+        "{err}"
+    );
+    // And the sender refuses to write one.
+    let (a, _b2) = pair().await;
+    let mut small = Connection::new(a, 64);
+    let err = small
+        .write_frame(&Frame::Reject(Reject {
+            reason: "x".repeat(100),
+        }))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn random_bytes_and_a_hang_up_mid_frame_are_errors_not_closes() {
+    let (mut raw, b) = pair().await;
+    let mut b = Connection::new(b, 1024);
+    raw.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef])
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.read_frame().await,
+        Err(ProtocolError::Decode(_))
+    ));
+
+    let (mut raw, b) = pair().await;
+    let mut b = Connection::new(b, 1024);
+    raw.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
+    drop(raw);
+    assert!(matches!(
+        b.read_frame().await,
+        Err(ProtocolError::Truncated)
+    ));
+}
+
+fn identity() -> WorkerIdentity {
+    WorkerIdentity {
+        worker_id: "w1".into(),
+        capacity: 5,
+        adapters: vec!["IQAIR_DAILY".into()],
+        running: vec![],
+    }
+}
+
+fn welcome() -> Welcome {
+    Welcome {
+        heartbeat_interval_ms: 1000,
+        heartbeat_timeout_ms: 3000,
+    }
+}
+
+#[tokio::test]
+async fn handshake_accepts_the_right_token_and_rejects_a_wrong_one_with_a_reason() {
+    let t = Duration::from_secs(5);
+    let (a, b) = pair().await;
+    let (mut w, mut s) = (Connection::new(a, 4096), Connection::new(b, 4096));
+    let (worker, server) = tokio::join!(
+        handshake::connect(&mut w, TOKEN, identity(), t),
+        handshake::accept(&mut s, TOKEN, welcome(), t)
+    );
+    assert_eq!(worker.unwrap(), welcome());
+    assert_eq!(server.unwrap().worker_id, "w1");
+
+    let (a, b) = pair().await;
+    let (mut w, mut s) = (Connection::new(a, 4096), Connection::new(b, 4096));
+    let (worker, server) = tokio::join!(
+        handshake::connect(&mut w, b"wrong", identity(), t),
+        handshake::accept(&mut s, TOKEN, welcome(), t)
+    );
+    match worker.unwrap_err() {
+        ProtocolError::Rejected(reason) => assert!(reason.contains("token"), "{reason}"),
+        other => panic!("expected a rejection, got {other}"),
+    }
+    assert!(server.unwrap_err().to_string().contains("authentication"));
+}
+
+#[tokio::test]
+async fn handshake_rejects_a_wrong_protocol_version() {
+    let (a, b) = pair().await;
+    let (mut w, mut s) = (Connection::new(a, 4096), Connection::new(b, 4096));
+    let server = tokio::spawn(async move {
+        handshake::accept(&mut s, TOKEN, welcome(), Duration::from_secs(5)).await
+    });
+    let Some(Frame::Challenge(c)) = w.read_frame().await.unwrap() else {
+        panic!("no challenge")
+    };
+    w.write_frame(&Frame::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION + 1,
+        worker_id: "w1".into(),
+        capacity: 1,
+        adapters: vec![],
+        running: vec![],
+        mac: handshake::sign(TOKEN, &c.nonce, "w1"),
+    }))
+    .await
+    .unwrap();
+    let Some(Frame::Reject(r)) = w.read_frame().await.unwrap() else {
+        panic!("no reject")
+    };
+    assert!(r.reason.contains("protocol version"), "{}", r.reason);
+    assert!(server.await.unwrap().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_dropped_at_the_handshake_timeout() {
+    let (_a, b) = pair().await;
+    let mut s = Connection::new(b, 4096);
+    let err = handshake::accept(&mut s, TOKEN, welcome(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no hello"), "{err}");
+}
+
+fn fast_link() -> LinkConfig {
+    LinkConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(400),
+        ..LinkConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn calls_get_their_replies_and_events_flow_with_acks() {
+    let (a, b) = pair().await;
+    let (sup, _sup_in, _t1) = link::spawn(Connection::new(a, 1 << 20), fast_link());
+    let (wrk, mut wrk_in, _t2) = link::spawn(Connection::new(b, 1 << 20), fast_link());
+
+    // The worker side answers every call.
+    let responder = wrk.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = wrk_in.recv().await {
+            if let Incoming::Call { id, call } = msg {
+                let text = format!("{} ok", call.name());
+                responder.reply(id, Reply::ok(text)).await.unwrap();
+            }
+        }
+    });
+    let mut calls = Vec::new();
+    for _ in 0..64 {
+        let sup = sup.clone();
+        calls.push(tokio::spawn(async move {
+            sup.call(Call::Start(config()), Duration::from_secs(5))
+                .await
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), Reply::ok("worker:start ok"));
+    }
+}
+
+#[tokio::test]
+async fn a_call_without_a_reply_times_out_with_an_error() {
+    let (a, b) = pair().await;
+    let (sup, _sup_in, _t1) = link::spawn(Connection::new(a, 1 << 20), fast_link());
+    // The peer keeps the link alive (heartbeats) but never answers.
+    let (_wrk, _wrk_in, _t2) = link::spawn(Connection::new(b, 1 << 20), fast_link());
+    let err = sup
+        .call(
+            Call::Stop {
+                stream_id: Uuid::nil(),
+                generation: 0,
+            },
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        protocol::CallError::Timeout {
+            call: "worker:stop",
+            timeout_ms: 200
+        }
+    );
+    assert!(err.to_string().contains("worker:stop"));
+}
+
+#[tokio::test]
+async fn events_arrive_in_order_and_acks_come_back() {
+    let (a, b) = pair().await;
+    let (sup, mut sup_in, _t1) = link::spawn(Connection::new(a, 1 << 20), fast_link());
+    let (wrk, mut wrk_in, _t2) = link::spawn(Connection::new(b, 1 << 20), fast_link());
+    for seq in 1..=1000u64 {
+        wrk.event(seq, Event::WorkerAvailable { running: vec![] })
+            .await
+            .unwrap();
+    }
+    for want in 1..=1000u64 {
+        match sup_in.recv().await.unwrap() {
+            Incoming::Event { seq, .. } => assert_eq!(seq, want),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    sup.ack(1000).await.unwrap();
+    assert_eq!(wrk_in.recv().await.unwrap(), Incoming::Ack { seq: 1000 });
+}
+
+#[tokio::test]
+async fn a_silent_peer_ends_the_link_and_pending_calls_fail_fast() {
+    let (a, b) = pair().await;
+    let (sup, _sup_in, task) = link::spawn(Connection::new(a, 1 << 20), fast_link());
+    // The other end is a bare socket that never sends a byte.
+    let _silent = b;
+    let call = tokio::spawn({
+        let sup = sup.clone();
+        async move {
+            sup.call(Call::Start(config()), Duration::from_secs(30))
+                .await
+        }
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("link must end")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(ProtocolError::PeerSilent(_))),
+        "{ended:?}"
+    );
+    let err = tokio::time::timeout(Duration::from_secs(1), call)
+        .await
+        .expect("the waiting call must be released")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        protocol::CallError::LinkClosed {
+            call: "worker:start"
+        }
+    );
+    assert!(sup.is_closed());
+}

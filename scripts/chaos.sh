@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# Chaos run: "nothing lost, nobody let in". Starts iqair-sim, the backends, data-streams and two
+# workers, creates ~10 streams at 1-2 s intervals, then for the duration rotates simulator faults
+# (never the auth faults, which would legitimately stop streams), SIGKILLs and restarts workers
+# and the supervisor at random moments, restarts the database once (throwaway cluster only) and
+# the object store once (production backend only). Then it lets everything settle and checks with
+# GET /audit that every object has exactly one reference and every stream runs again.
+#
+#   scripts/chaos.sh [--duration SECS] [--backend embedded|production]
+#
+#   --duration   seconds of chaos (default 300, or CHAOS_DURATION)
+#   --backend    production: PostgreSQL (a throwaway cluster from scripts/pg.sh when initdb is
+#                there, so it can be restarted; else the server pg.sh finds) with a fresh
+#                database, and the s3-test-server binary; embedded: SQLite + a folder. Default:
+#                production when scripts/pg.sh finds PostgreSQL, else embedded.
+#
+# The last line printed is exactly
+#   objects=N references=N orphans=0 dangling=0 duplicates=0 streams_running=M/M
+# and the exit status is non-zero when orphans, dangling or duplicates are not 0, objects differ
+# from references, or not every stream runs. Logs live under a temp folder printed at the start,
+# kept on failure. Every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${CHAOS_DURATION:-300}
+BACKEND=${CHAOS_BACKEND:-}
+while (($#)); do
+  case $1 in
+    --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
+    --duration=*) DURATION=${1#*=}; shift ;;
+    --backend) BACKEND=${2:?--backend needs embedded or production}; shift 2 ;;
+    --backend=*) BACKEND=${1#*=}; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "chaos: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 10 ]] || { echo "chaos: --duration must be >= 10 s" >&2; exit 2; }
+[[ -z $BACKEND || $BACKEND == embedded || $BACKEND == production ]] \
+  || { echo "chaos: --backend is embedded or production" >&2; exit 2; }
+
+LOG=$(mktemp -d -t ds-chaos.XXXXXX)
+echo "chaos: logs under $LOG"
+
+ts() { date -u +%H:%M:%S; }
+say() { echo "chaos $(ts): $*"; }
+now_iso() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+API_TOKEN=chaos-api-token
+WORKER_TOKEN=chaos-worker-token
+IQAIR_KEYS=(chaos-key-a chaos-key-b)
+
+declare -A PID=()
+FAULT_LOOP=
+PG_DIR=
+PG_BINDIR=
+PG_RUN=()
+PG_URL=
+DB_NAME=
+PASSED=0
+CLEANED=0
+
+stop_pid() { # pid, then wait for it
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  ((CLEANED)) && return 0
+  CLEANED=1
+  if [[ -n $FAULT_LOOP ]]; then kill "$FAULT_LOOP" 2>/dev/null || true; wait "$FAULT_LOOP" 2>/dev/null || true; fi
+  local name
+  for name in worker-1 worker-2 data-streams iqair-sim s3-test-server; do
+    [[ -n ${PID[$name]:-} ]] && stop_pid "${PID[$name]}"
+  done
+  if [[ -n $DB_NAME && -z $PG_DIR && -n $PG_URL ]]; then
+    psql "$PG_URL" -Atqc "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  if [[ -n $PG_DIR && -d $PG_DIR/data ]]; then
+    "${PG_RUN[@]}" "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+  fi
+  if ((PASSED)); then
+    rm -rf "$LOG"
+  else
+    echo "chaos: logs kept under $LOG"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() { echo "chaos: FAILED: $*" >&2; exit 1; }
+
+start() { # name, then the command (env included); appends to $LOG/<name>.log
+  local name=$1; shift
+  echo "---- start $(now_iso)" >>"$LOG/$name.log"
+  "$@" >>"$LOG/$name.log" 2>&1 &
+  PID[$name]=$!
+}
+
+kill9() { # name
+  local pid=${PID[$1]}
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  echo "---- SIGKILL $(now_iso)" >>"$LOG/$1.log"
+}
+
+wait_line() { # name, pattern, seconds: the last matching line of the log (since the last start)
+  local name=$1 pattern=$2 line
+  for _ in $(seq 1 $(($3 * 5))); do
+    line=$(sed -n '/^---- start/h; /^---- start/!H; ${x;p}' "$LOG/$name.log" | grep -a -- "$pattern" | tail -1 || true)
+    [[ -n $line ]] && { echo "$line"; return 0; }
+    kill -0 "${PID[$name]}" 2>/dev/null || { tail -20 "$LOG/$name.log" >&2; fail "$name exited"; }
+    sleep 0.2
+  done
+  tail -20 "$LOG/$name.log" >&2
+  fail "$name did not print '$pattern' within $3 s"
+}
+
+api() { # path [curl args...]: the body, or nothing when the supervisor does not answer
+  local path=$1; shift
+  curl -sS --max-time 30 -H "Authorization: Bearer $API_TOKEN" "$@" "http://$HTTP_ADDR$path" 2>/dev/null || true
+}
+
+num() { # field: the number of "field": in the JSON on stdin (nothing when absent)
+  { grep -o "\"$1\":[0-9]*" || true; } | head -1 | cut -d: -f2
+}
+count() { # pattern: how many times it occurs on stdin
+  { grep -o -- "$1" || true; } | wc -l
+}
+
+# --- build -------------------------------------------------------------------------------------
+say "building"
+cargo build --bins >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; fail "cargo build --bins"; }
+cargo build -p objects --features test-server --bin s3-test-server >>"$LOG/build.log" 2>&1 \
+  || { tail -30 "$LOG/build.log"; fail "cargo build s3-test-server"; }
+BIN=target/debug
+
+# --- backends ----------------------------------------------------------------------------------
+SKIPPED=()
+if [[ $BACKEND != embedded ]]; then
+  state="$LOG/pg-state"
+  : >"$state"
+  # A throwaway cluster first: it can be restarted without touching anyone else's server.
+  if PG_URL=$(DS_PG_THROWAWAY=1 DS_PG_STATE="$state" bash scripts/pg.sh 2>>"$LOG/pg.log"); then
+    PG_DIR=$(cat "$state")
+    PG_BINDIR=$(dirname "$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+    if [[ $(id -u) == 0 ]]; then PG_RUN=(runuser -u "$(stat -c %U "$PG_DIR")" --); fi
+    say "PostgreSQL: throwaway cluster in $PG_DIR"
+  elif PG_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh 2>>"$LOG/pg.log"); then
+    PG_DIR=$(cat "$state")
+    if [[ -n $PG_DIR ]]; then
+      PG_BINDIR=$(dirname "$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+      if [[ $(id -u) == 0 ]]; then PG_RUN=(runuser -u "$(stat -c %U "$PG_DIR")" --); fi
+    fi
+    say "PostgreSQL: ${PG_URL%%@*}@${PG_URL#*@} (shared: it will not be restarted)"
+  else
+    PG_URL=
+    [[ $BACKEND == production ]] && { cat "$LOG/pg.log"; fail "--backend production, but scripts/pg.sh found no PostgreSQL"; }
+    say "no PostgreSQL found (see $LOG/pg.log): embedded backend"
+  fi
+  if [[ -n $PG_URL ]]; then
+    BACKEND=production
+    command -v psql >/dev/null || fail "psql is needed to create the chaos database"
+    DB_NAME="ds_chaos_$(date +%s)_$$"
+    psql "$PG_URL" -Atqc "CREATE DATABASE $DB_NAME" >/dev/null || fail "CREATE DATABASE $DB_NAME"
+  fi
+fi
+[[ -n $BACKEND ]] || BACKEND=embedded
+
+STORE_ENV=()
+if [[ $BACKEND == production ]]; then
+  DATABASE_URL="${PG_URL%/*}/$DB_NAME"
+  S3_ROOT="$LOG/s3"
+  start s3-test-server "$BIN/s3-test-server" --addr 127.0.0.1:0 --root "$S3_ROOT"
+  line=$(wait_line s3-test-server "s3-test-server listening on" 30)
+  S3_ENDPOINT=$(sed -n 's/.*listening on \(http:\/\/[^ ]*\).*/\1/p' <<<"$line")
+  S3_ACCESS=$(sed -n 's/.*access_key=\([^ ]*\).*/\1/p' <<<"$line")
+  S3_SECRET=$(sed -n 's/.*secret_key=\([^ ]*\).*/\1/p' <<<"$line")
+  STORE_ENV=(OBJECT_STORE_URL=s3:// AWS_ENDPOINT_URL="$S3_ENDPOINT" AWS_REGION=us-east-1
+    AWS_ACCESS_KEY_ID="$S3_ACCESS" AWS_SECRET_ACCESS_KEY="$S3_SECRET" S3_FORCE_PATH_STYLE=true
+    AWS_EC2_METADATA_DISABLED=true)
+  say "backend production: PostgreSQL database $DB_NAME, S3 at $S3_ENDPOINT (root $S3_ROOT)"
+else
+  DATABASE_URL="sqlite://$LOG/ds.db"
+  STORE_ENV=(OBJECT_STORE_URL="file://$LOG/objects")
+  say "backend embedded: SQLite $LOG/ds.db, objects under $LOG/objects"
+fi
+
+# --- processes ---------------------------------------------------------------------------------
+start iqair-sim env IQAIR_SIM_ADDR=127.0.0.1:0 IQAIR_SIM_KEYS="$(IFS=,; echo "${IQAIR_KEYS[*]}")" \
+  IQAIR_SIM_LIMITS=off "$BIN/iqair-sim"
+SIM_ADDR=$(wait_line iqair-sim "listening on" 30 | sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p')
+
+HTTP_ADDR=127.0.0.1:0
+WORKER_ADDR=127.0.0.1:0
+start_supervisor() {
+  start data-streams env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_HTTP_ADDR="$HTTP_ADDR" \
+    DATA_STREAMS_WORKER_ADDR="$WORKER_ADDR" DATA_STREAMS_WORKER_TOKEN="$WORKER_TOKEN" \
+    DATA_STREAMS_API_TOKEN="$API_TOKEN" DATABASE_URL="$DATABASE_URL" "${STORE_ENV[@]}" \
+    HEARTBEAT_INTERVAL_MS=500 HEARTBEAT_TIMEOUT_MS=3000 ASSIGN_INTERVAL_MS=1000 \
+    RECONCILE_INTERVAL_MS=2000 DATABASE_CONNECT_RETRY_SECS=60 "$BIN/data-streams"
+  local line
+  line=$(wait_line data-streams "data-streams listening" 90)
+  HTTP_ADDR=$(sed -n 's/.*listening: http:\/\/\([^ ]*\) (API).*/\1/p' <<<"$line")
+  WORKER_ADDR=$(sed -n 's/.*(API), \([^ ]*\) (workers).*/\1/p' <<<"$line")
+  [[ -n $HTTP_ADDR && -n $WORKER_ADDR ]] || fail "cannot read the supervisor's addresses from: $line"
+}
+start_worker() { # 1 or 2
+  start "worker-$1" env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_WORKER_ADDR="$WORKER_ADDR" \
+    DATA_STREAMS_WORKER_TOKEN="$WORKER_TOKEN" WORKER_ID="chaos-worker-$1" "${STORE_ENV[@]}" \
+    WORKER_RECONNECT_MAX_MS=1000 "$BIN/worker"
+}
+start_s3() {
+  start s3-test-server "$BIN/s3-test-server" --addr "${S3_ENDPOINT#http://}" --root "$S3_ROOT"
+  wait_line s3-test-server "s3-test-server listening on" 30 >/dev/null
+}
+
+start_supervisor
+say "data-streams: http://$HTTP_ADDR (API), $WORKER_ADDR (workers); iqair-sim: $SIM_ADDR"
+start_worker 1
+start_worker 2
+wait_line worker-1 "connected to the supervisor" 60 >/dev/null
+wait_line worker-2 "connected to the supervisor" 60 >/dev/null
+
+# --- streams -----------------------------------------------------------------------------------
+STREAMS=10
+for i in $(seq 0 $((STREAMS - 1))); do
+  interval=$((1000 + (i % 5) * 250))
+  key=${IQAIR_KEYS[$((i % 2))]}
+  body=$(api /streams -X POST -H 'Content-Type: application/json' -d "{\"adapter\": \"IQAIR_DAILY\",
+    \"endpoint\": \"http://$SIM_ADDR/v2/nearest_city\", \"secret_key\": \"$key\",
+    \"interval\": $interval, \"bucket_name\": \"chaos\",
+    \"params\": {\"lat\": $((40 + i)).5, \"lon\": $((i * 7 - 30)).25},
+    \"rate_limit\": {\"per_minute\": 0, \"per_day\": 0, \"per_month\": 0}}")
+  grep -q '"id":"' <<<"$body" || fail "creating stream $i: $body"
+done
+say "created $STREAMS streams (1-2 s intervals, keys ${IQAIR_KEYS[*]}, no local call budget)"
+
+# --- the schedule ------------------------------------------------------------------------------
+# Worker kills: >= 20 at 300 s, proportionally fewer for shorter runs, at least 6.
+# Supervisor kills: >= 5 at 300 s, at least 3. One database and one object store restart.
+N_WORKER=$((DURATION * 24 / 300)); ((N_WORKER < 6)) && N_WORKER=6
+N_SUPER=$((DURATION * 6 / 300)); ((N_SUPER < 3)) && N_SUPER=3
+events=()
+spread() { # kind, count: one event at a random moment in each of `count` equal slots
+  local kind=$1 n=$2 span=$((DURATION - 6)) i
+  for ((i = 0; i < n; i++)); do
+    local lo=$((3 + i * span / n)) width=$((span / n))
+    ((width < 1)) && width=1
+    events+=("$((lo * 1000 + RANDOM % (width * 1000))) $kind")
+  done
+}
+spread W "$N_WORKER"
+spread S "$N_SUPER"
+if [[ -n $PG_DIR ]]; then
+  events+=("$(((DURATION / 3 + RANDOM % (DURATION / 6 + 1)) * 1000)) D")
+elif [[ $BACKEND == production ]]; then
+  SKIPPED+=("database restart: PostgreSQL is the shared server, not a throwaway cluster")
+else
+  SKIPPED+=("database restart: embedded backend (SQLite in-process)")
+fi
+if [[ $BACKEND == production ]]; then
+  events+=("$(((DURATION * 2 / 3 + RANDOM % (DURATION / 6 + 1)) * 1000)) O")
+else
+  SKIPPED+=("object store restart: embedded backend (a folder)")
+fi
+mapfile -t events < <(printf '%s\n' "${events[@]}" | sort -n)
+
+# --- faults, rotating in the background --------------------------------------------------------
+FAULTS=(server_error hang html_502 too_many_requests truncated html_504 not_json slow_body)
+fault_loop() {
+  local i=0 f
+  while :; do
+    f=${FAULTS[$((i % ${#FAULTS[@]}))]}
+    curl -sS -o /dev/null --max-time 5 -X POST "http://$SIM_ADDR/admin/faults" \
+      -H 'content-type: application/json' -d "{\"key\": null, \"fault\": \"$f\", \"count\": null}" 2>/dev/null \
+      && echo "$(now_iso) on $f" >>"$LOG/faults.log"
+    sleep $((2 + RANDOM % 3))
+    curl -sS -o /dev/null --max-time 5 -X DELETE "http://$SIM_ADDR/admin/faults" 2>/dev/null || true
+    echo "$(now_iso) off" >>"$LOG/faults.log"
+    sleep $((2 + RANDOM % 4))
+    i=$((i + 1))
+  done
+}
+: >"$LOG/faults.log"
+fault_loop &
+FAULT_LOOP=$!
+
+# --- chaos -------------------------------------------------------------------------------------
+say "chaos for $DURATION s: ${#events[@]} events ($N_WORKER worker kills, $N_SUPER supervisor kills$([[ -n $PG_DIR ]] && echo ", 1 database restart")$([[ $BACKEND == production ]] && echo ", 1 object store restart")), faults rotating"
+KILLS_W=0 KILLS_S=0 RESTARTS_D=0 RESTARTS_O=0
+t0=$(date +%s%3N)
+for ev in "${events[@]}"; do
+  at=${ev%% *} kind=${ev#* }
+  left=$((t0 + at - $(date +%s%3N)))
+  ((left > 0)) && sleep "$((left / 1000)).$(printf %03d $((left % 1000)))"
+  case $kind in
+    W)
+      w=$((1 + (RANDOM >> 7) % 2))
+      kill9 "worker-$w"
+      sleep "0.$((RANDOM % 10))"
+      start_worker "$w"
+      KILLS_W=$((KILLS_W + 1))
+      say "SIGKILL worker-$w, restarted ($KILLS_W)"
+      ;;
+    S)
+      kill9 data-streams
+      sleep "$((RANDOM % 2)).$((RANDOM % 10))"
+      start_supervisor
+      KILLS_S=$((KILLS_S + 1))
+      say "SIGKILL data-streams, restarted on the same ports ($KILLS_S)"
+      ;;
+    D)
+      say "restarting PostgreSQL (pg_ctl restart -m fast)"
+      "${PG_RUN[@]}" "$PG_BINDIR/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 -m fast restart \
+        >>"$LOG/pg.log" 2>&1 || fail "pg_ctl restart (see $LOG/pg.log)"
+      RESTARTS_D=1
+      say "PostgreSQL restarted"
+      ;;
+    O)
+      kill9 s3-test-server
+      sleep 2
+      start_s3
+      RESTARTS_O=1
+      say "s3-test-server killed and restarted on the same port and root (down 2 s)"
+      ;;
+  esac
+done
+left=$((t0 + DURATION * 1000 - $(date +%s%3N)))
+((left > 0)) && sleep "$((left / 1000)).$(printf %03d $((left % 1000)))"
+kill "$FAULT_LOOP" 2>/dev/null || true
+wait "$FAULT_LOOP" 2>/dev/null || true
+FAULT_LOOP=
+curl -sS -o /dev/null --max-time 5 -X DELETE "http://$SIM_ADDR/admin/faults" || fail "cannot clear the faults"
+FAULTS_ON=$(grep -c ' on ' "$LOG/faults.log" || true)
+CHAOS_END=$(now_iso)
+say "chaos over: $KILLS_W worker kills, $KILLS_S supervisor kills, $RESTARTS_D database restart(s), $RESTARTS_O object store restart(s), $FAULTS_ON faults switched on ($(grep -o ' on .*' "$LOG/faults.log" | sort | uniq -c | awk '{printf "%s%s x%s", s, $3, $1; s=", "}'))"
+for s in "${SKIPPED[@]}"; do say "skipped $s"; done
+
+# --- settle ------------------------------------------------------------------------------------
+# Every stream running again (on a connected worker), with a result after the chaos.
+deadline=$(($(date +%s) + 120))
+while :; do
+  audit=$(api /audit)
+  running=$(num streams_running <<<"$audit"); total=$(num streams_total <<<"$audit")
+  fresh=$(api /streams | { grep -o '"last_result_at":"[^"]*"' || true; } | cut -d'"' -f4 | awk -v t="$CHAOS_END" '$0 > t' | wc -l)
+  [[ -n $running && $running == "$total" && $total == "$STREAMS" && $fresh == "$STREAMS" ]] && break
+  (($(date +%s) < deadline)) || fail "after 120 s: streams running ${running:-?}/${total:-?}, $fresh of $STREAMS with a result since the chaos ended"
+  sleep 1
+done
+say "all $STREAMS streams running, each with results since the chaos ended"
+
+# Quiesce: every fetch fails (server_error for every key, a transient error that stops nothing),
+# so no new objects appear; wait until objects and references stop changing with both workers
+# connected (their outboxes replayed and acknowledged).
+curl -sS -o /dev/null --max-time 5 -X POST "http://$SIM_ADDR/admin/faults" -H 'content-type: application/json' \
+  -d '{"key": null, "fault": "server_error", "count": null}' || fail "cannot quiesce the simulator"
+deadline=$(($(date +%s) + 120)) last= same=0
+while :; do
+  sleep 2
+  audit=$(api /audit)
+  connected=$(api /workers | count '"connected":true')
+  now="$(num objects <<<"$audit")/$(num references <<<"$audit")"
+  if [[ $connected == 2 && $now == "$last" && -n $(num objects <<<"$audit") ]]; then
+    same=$((same + 1))
+  else
+    same=0
+  fi
+  last=$now
+  ((same >= 3)) && break
+  (($(date +%s) < deadline)) || fail "no quiet point within 120 s (objects/references $now, workers connected $connected)"
+done
+QUIET=$(now_iso)
+say "quiet at $QUIET (objects/references $last, both workers connected); waiting for a reconciler pass"
+deadline=$(($(date +%s) + 60))
+while :; do
+  at=$(api /reconciler | { grep -o '"last_run_at":"[^"]*"' || true; } | cut -d'"' -f4)
+  [[ -n $at && $at > $QUIET ]] && break
+  (($(date +%s) < deadline)) || fail "no reconciler pass after $QUIET within 60 s"
+  sleep 1
+done
+say "reconciler pass at $at: $(api /reconciler)"
+
+audit=$(api /audit)
+say "audit: $audit"
+objects=$(num objects <<<"$audit"); references=$(num references <<<"$audit")
+orphans=$(num orphans <<<"$audit"); dangling=$(num dangling <<<"$audit")
+duplicates=$(num duplicates <<<"$audit"); unlisted=$(num unlisted <<<"$audit")
+running=$(num streams_running <<<"$audit"); total=$(num streams_total <<<"$audit")
+[[ -n $objects && -n $references && -n $running ]] || fail "no audit: $audit"
+curl -sS -o /dev/null --max-time 5 -X DELETE "http://$SIM_ADDR/admin/faults" || true
+
+ok=1
+[[ $orphans == 0 && $dangling == 0 && $duplicates == 0 && $unlisted == 0 ]] || ok=0
+[[ $objects == "$references" && $running == "$total" && $total == "$STREAMS" ]] || ok=0
+((ok)) && PASSED=1
+cleanup
+echo "objects=$objects references=$references orphans=$orphans dangling=$dangling duplicates=$duplicates streams_running=$running/$total"
+((ok))

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, behaviour (SQLite and PostgreSQL, folder and loopback S3),
+# protocol, adapter/simulator and end-to-end tests with the real binaries.
+# PostgreSQL is found or started by scripts/pg.sh; its tests never skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+state=$(mktemp -t ds-pg-state.XXXXXX)
+cleanup() {
+  local dir; dir=$(cat "$state" 2>/dev/null || true)
+  if [[ -n "$dir" && -d "$dir/data" ]]; then
+    local bindir; bindir=$(dirname "$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+    if [[ $(id -u) == 0 ]]; then runuser -u "$(stat -c %U "$dir")" -- "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+    else "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true; fi
+    rm -rf "$dir"
+  fi
+  rm -f "$state"
+}
+trap cleanup EXIT
+
+TEST_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)
+export TEST_POSTGRES_URL
+echo "test.sh: PostgreSQL for the tests: ${TEST_POSTGRES_URL%%@*}@${TEST_POSTGRES_URL#*@}" >&2
+
+# Bins first: the end-to-end tests run the real data-streams, worker and iqair-sim.
+cargo build --workspace --bins
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,330 @@
+//! The worker's connection to the supervisor: dial, prove the token, announce what runs here,
+//! replay every unacknowledged event, then serve `worker:start`/`worker:stop` and stream new
+//! events — and when the link drops, dial again with backoff and jitter. Streams keep running
+//! and storing while the supervisor is away; their events wait in the outbox.
+//!
+//! With a CA configured the link runs over TLS; the session is the same code over TLS or plain
+//! TCP, and the HMAC handshake runs inside TLS as well.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::handshake::{self, WorkerIdentity};
+use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
+use protocol::tls::{ServerName, TlsConnector};
+use protocol::{Call, Connection, Event, ProtocolError, Reply, Schedule};
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+use crate::scheduler::{Scheduler, StartError, Started, Stopped};
+
+/// TLS to the supervisor: whom to trust, and the name its certificate must carry.
+#[derive(Clone)]
+pub struct LinkTls {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the worker dials.
+#[derive(Clone)]
+pub struct LinkSettings {
+    pub supervisor_addr: String,
+    pub token: String,
+    pub worker_id: String,
+    pub capacity: u32,
+    pub adapters: Vec<String>,
+    pub max_frame: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// The connect, the TLS handshake and the hello each get this long.
+    pub connect_timeout: Duration,
+    /// When set, the link runs over TLS.
+    pub tls: Option<LinkTls>,
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings")
+            .field("supervisor_addr", &self.supervisor_addr)
+            .field("token", &"***")
+            .field("worker_id", &self.worker_id)
+            .field("capacity", &self.capacity)
+            .field("adapters", &self.adapters)
+            .field("max_frame", &self.max_frame)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// How many events go out per wake-up before checking for calls again.
+const SEND_BATCH: usize = 1024;
+
+/// Keep the worker connected until `shutdown`.
+pub async fn run(
+    settings: LinkSettings,
+    scheduler: Scheduler,
+    outbox: Arc<Outbox>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match session(&settings, &scheduler, &outbox, &shutdown).await {
+            Ok(Ended::Shutdown) => return,
+            Ok(Ended::ByPeer) => {
+                tracing::warn!(addr = %settings.supervisor_addr, "supervisor closed the link; reconnecting");
+                failures = 0;
+            }
+            Err(SessionError::Connect(err)) => {
+                failures += 1;
+                // Say it loudly once, then quietly while the supervisor stays down.
+                if failures == 1 {
+                    tracing::warn!(addr = %settings.supervisor_addr, "cannot reach the supervisor: {err}; retrying with backoff");
+                } else {
+                    tracing::debug!(addr = %settings.supervisor_addr, failures, "still cannot reach the supervisor: {err}");
+                }
+            }
+            Err(SessionError::Tls(err)) => {
+                failures += 1;
+                // Usually configuration (an untrusted or misnamed certificate, a plain port):
+                // loud once, then quiet until it changes.
+                if failures == 1 {
+                    tracing::error!(addr = %settings.supervisor_addr, "TLS handshake with the supervisor failed: {err}; retrying with backoff");
+                } else {
+                    tracing::debug!(addr = %settings.supervisor_addr, failures, "TLS handshake with the supervisor still fails: {err}");
+                }
+            }
+            Err(SessionError::Link(err)) => {
+                failures += 1;
+                match &err {
+                    ProtocolError::Rejected(reason) => {
+                        tracing::error!(addr = %settings.supervisor_addr, "supervisor rejected this worker: {reason}")
+                    }
+                    other => {
+                        tracing::warn!(addr = %settings.supervisor_addr, "link to the supervisor failed: {other}")
+                    }
+                }
+            }
+        }
+        let wait = backoff(&settings, failures);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn backoff(settings: &LinkSettings, failures: u32) -> Duration {
+    let exp = settings
+        .reconnect_min
+        .saturating_mul(1u32 << failures.min(16))
+        .min(settings.reconnect_max);
+    // Jitter so a fleet of workers does not reconnect in lockstep after a supervisor restart.
+    let jitter = rand::thread_rng().gen_range(0.5..=1.0);
+    exp.mul_f64(jitter)
+}
+
+enum Ended {
+    Shutdown,
+    ByPeer,
+}
+
+#[derive(Debug)]
+enum SessionError {
+    Connect(std::io::Error),
+    Tls(std::io::Error),
+    Link(ProtocolError),
+}
+
+async fn session(
+    settings: &LinkSettings,
+    scheduler: &Scheduler,
+    outbox: &Outbox,
+    shutdown: &CancellationToken,
+) -> Result<Ended, SessionError> {
+    let socket = tokio::time::timeout(
+        settings.connect_timeout,
+        TcpStream::connect(&settings.supervisor_addr),
+    )
+    .await
+    .map_err(|_| {
+        SessionError::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        ))
+    })?
+    .map_err(SessionError::Connect)?;
+    let _ = socket.set_nodelay(true);
+    match &settings.tls {
+        None => link_session(socket, settings, scheduler, outbox, shutdown).await,
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), socket);
+            let socket = tokio::time::timeout(settings.connect_timeout, handshake)
+                .await
+                .map_err(|_| {
+                    SessionError::Tls(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("not finished within {:?}", settings.connect_timeout),
+                    ))
+                })?
+                .map_err(SessionError::Tls)?;
+            link_session(socket, settings, scheduler, outbox, shutdown).await
+        }
+    }
+}
+
+/// The hello and the link on a connected socket (plain TCP or TLS).
+async fn link_session<T>(
+    socket: T,
+    settings: &LinkSettings,
+    scheduler: &Scheduler,
+    outbox: &Outbox,
+    shutdown: &CancellationToken,
+) -> Result<Ended, SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = Connection::new(socket, settings.max_frame);
+    let identity = WorkerIdentity {
+        worker_id: settings.worker_id.clone(),
+        capacity: settings.capacity,
+        adapters: settings.adapters.clone(),
+        running: scheduler.running(),
+    };
+    let welcome = handshake::connect(
+        &mut conn,
+        settings.token.as_bytes(),
+        identity,
+        settings.connect_timeout,
+    )
+    .await
+    .map_err(SessionError::Link)?;
+    let config = LinkConfig {
+        heartbeat_interval: Duration::from_millis(welcome.heartbeat_interval_ms.max(10)),
+        heartbeat_timeout: Duration::from_millis(welcome.heartbeat_timeout_ms.max(30)),
+        ..LinkConfig::default()
+    };
+    let (link, mut incoming, mut task) = link::spawn(conn, config);
+    tracing::info!(
+        addr = %settings.supervisor_addr,
+        worker_id = %settings.worker_id,
+        running = scheduler.len(),
+        unacknowledged = outbox.len(),
+        "connected to the supervisor"
+    );
+    // Unnumbered (seq 0): it describes this moment, so it is never replayed.
+    let _ = link
+        .event(
+            0,
+            Event::WorkerAvailable {
+                running: scheduler.running(),
+            },
+        )
+        .await;
+
+    let sender = send_events(&link, outbox);
+    tokio::pin!(sender);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                link.close().await;
+                return Ok(Ended::Shutdown);
+            }
+            ended = &mut task => {
+                return match ended {
+                    Ok(Ok(())) => Ok(Ended::ByPeer),
+                    Ok(Err(err)) => Err(SessionError::Link(err)),
+                    Err(join) => Err(SessionError::Link(ProtocolError::Handshake(format!("link task failed: {join}")))),
+                };
+            }
+            _ = &mut sender => {
+                // The sender only returns when the link is closed; the task branch reports why.
+            }
+            msg = incoming.recv() => match msg {
+                Some(Incoming::Call { id, call }) => {
+                    let reply = handle_call(scheduler, call);
+                    let _ = link.reply(id, reply).await;
+                }
+                Some(Incoming::Ack { seq }) => outbox.ack(seq),
+                Some(Incoming::Event { event, .. }) => {
+                    tracing::warn!(event = event.name(), "ignoring an event from the supervisor");
+                }
+                None => {}
+            },
+        }
+    }
+}
+
+/// Send every unacknowledged event (a replay, on a fresh link), then each new one as it comes.
+async fn send_events(link: &LinkHandle, outbox: &Outbox) {
+    let mut sent = 0u64;
+    loop {
+        let batch = outbox.after(sent, SEND_BATCH);
+        if batch.is_empty() {
+            outbox.changed().await;
+            continue;
+        }
+        for (seq, event) in batch {
+            if link.event(seq, event).await.is_err() {
+                // Closed link: park until the session notices and ends.
+                std::future::pending::<()>().await;
+            }
+            sent = seq;
+        }
+    }
+}
+
+/// Answer a call in the original reply shape.
+pub fn handle_call(scheduler: &Scheduler, call: Call) -> Reply {
+    match call {
+        Call::Start(config) => {
+            let adapter = config.adapter.clone();
+            let stream_id = config.stream_id;
+            let every = match &config.schedule {
+                Schedule::Interval { millis } => format!("every {millis} ms"),
+                Schedule::Cron { expr } => format!("on cron {expr:?}"),
+            };
+            match scheduler.start(config) {
+                Ok(started) => {
+                    if started != Started::Unchanged {
+                        tracing::info!(%stream_id, %adapter, ?started, "stream started {every}");
+                    }
+                    Reply::ok(format!("Started fetching from adapter {adapter}."))
+                }
+                Err(err @ (StartError::AtCapacity(_) | StartError::ShuttingDown)) => {
+                    Reply::err(format!("Cannot start stream {stream_id}: {err}."))
+                }
+                Err(err) => Reply::err(format!("Cannot start stream {stream_id}: {err}.")),
+            }
+        }
+        Call::Stop {
+            stream_id,
+            generation,
+        } => match scheduler.stop(stream_id, generation) {
+            Stopped::Stopped => {
+                tracing::info!(%stream_id, "stream stopped");
+                Reply::ok(format!("Stopped stream {stream_id}."))
+            }
+            Stopped::NotRunning => Reply::ok(format!("Stream {stream_id} was not running.")),
+            Stopped::NewerGenerationRunning => Reply::ok(format!(
+                "Stream {stream_id} runs under a newer assignment; left running."
+            )),
+        },
+    }
+}

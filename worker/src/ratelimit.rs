@@ -1,0 +1,351 @@
+//! Call budgets per API key, shared by every stream that uses the key on this worker.
+//!
+//! Two things stop a run from calling the API, both kept here, per key:
+//!
+//! - **The local budget**, with limits from the streams' [`RateLimit`]. A run takes a permit
+//!   before each call; with none left it is recorded as `rate_limited` without calling.
+//!   Day and month are fixed UTC calendar windows (as the simulator counts; IQAir's boundary is
+//!   unknown, IQAIR.md §7). The minute is a *sliding* window: at most `per_minute` calls in any
+//!   61 s. Where the API's minute starts is unknown (the simulator anchors it at the first call
+//!   of a quiet key), and only a sliding window stays under every placement of a 60 s window;
+//!   the extra second absorbs the network delay between our permit and the API's clock. It
+//!   remembers the calls of the last 61 s only (at most `per_minute` of them).
+//! - **The API's own answer**: a limit error blocks the key for a while (second: 1 s, minute:
+//!   60 s, day: 1 h, month: 6 h), whatever budget is left.
+//!
+//! Streams sharing a key whose configured limits differ get the strictest per window (the
+//! smallest non-zero limit among the streams that use the key here). Wall time comes from the
+//! [`Clock`], so paused-time tests cross minute, day and month boundaries in milliseconds.
+//!
+//! Keys are held only as a 64-bit digest (SHA-256 prefix): one small entry per key, and the map
+//! never holds or prints a key.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use protocol::RateLimit;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::adapters::RateLimitScope;
+use crate::clock::Clock;
+
+/// A key's identity in memory: the first 8 bytes of its SHA-256.
+pub fn key_id(secret_key: &str) -> u64 {
+    let digest = Sha256::digest(secret_key.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The span of the sliding minute window: a minute, plus a second of slack for network delay.
+pub const MINUTE_SPAN: Duration = Duration::from_secs(61);
+
+/// Why a run may not call the API now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// This worker's budget for the key is used up in `window` (`minute`, `day` or `month`).
+    Budget {
+        window: &'static str,
+        limit: u32,
+        next_at: DateTime<Utc>,
+    },
+    /// The API answered with a limit error; the key backs off until then.
+    Backoff { until: Instant },
+}
+
+impl Denied {
+    /// What the failed run says (never the key).
+    pub fn message(&self) -> String {
+        match self {
+            Denied::Budget {
+                window,
+                limit,
+                next_at,
+            } => format!(
+                "local budget for this key exhausted ({limit}/{window}); next call at {}",
+                next_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+            Denied::Backoff { until } => {
+                let secs = until.saturating_duration_since(Instant::now()).as_secs();
+                format!("rate limited: this key backs off for another {secs} s")
+            }
+        }
+    }
+}
+
+/// Calls counted in the current calendar window; `index` names it (days or months since the
+/// epoch).
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    index: i64,
+    used: u32,
+}
+
+impl Window {
+    fn roll(&mut self, index: i64) {
+        if self.index != index {
+            *self = Window { index, used: 0 };
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeyEntry {
+    /// The limit each stream using this key asked for, at its latest run.
+    streams: HashMap<Uuid, RateLimit>,
+    /// When the calls of the last [`MINUTE_SPAN`] were permitted, oldest first.
+    recent: VecDeque<Instant>,
+    day: Window,
+    month: Window,
+    /// Set by a limit answer from the API.
+    blocked_until: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<u64, KeyEntry>,
+    /// Which key each stream used last, so a stream that changes keys leaves the old one.
+    stream_keys: HashMap<Uuid, u64>,
+}
+
+/// The budgets and backoffs of every key used on this worker.
+#[derive(Debug)]
+pub struct KeyBudgets {
+    clock: Clock,
+    state: Mutex<State>,
+}
+
+impl Default for KeyBudgets {
+    fn default() -> Self {
+        KeyBudgets::new(Clock::System)
+    }
+}
+
+fn day_index(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(86_400)
+}
+
+fn month_index(t: DateTime<Utc>) -> i64 {
+    i64::from(t.year()) * 12 + i64::from(t.month0())
+}
+
+/// The start of the window after `index`.
+fn next_start(window: &'static str, index: i64) -> DateTime<Utc> {
+    let secs = match window {
+        "day" => (index + 1) * 86_400,
+        _ => {
+            let next = index + 1;
+            let (year, month0) = (next.div_euclid(12), next.rem_euclid(12));
+            return Utc
+                .with_ymd_and_hms(year as i32, month0 as u32 + 1, 1, 0, 0, 0)
+                .single()
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        }
+    };
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl KeyBudgets {
+    /// Budgets whose windows follow `clock`.
+    pub fn new(clock: Clock) -> Self {
+        KeyBudgets {
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section leaves the maps consistent; a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take one call from the key's budget for `stream_id`, whose stream asks for `limit`.
+    /// Denied while the key backs off after a limit answer, or when a window is used up.
+    pub fn acquire(
+        &self,
+        stream_id: Uuid,
+        secret_key: &str,
+        limit: RateLimit,
+    ) -> Result<(), Denied> {
+        let id = key_id(secret_key);
+        let now = self.clock.now();
+        let mut state = self.state();
+        if let Some(old) = state.stream_keys.insert(stream_id, id) {
+            if old != id {
+                if let Some(entry) = state.keys.get_mut(&old) {
+                    entry.streams.remove(&stream_id);
+                }
+            }
+        }
+        let entry = state.keys.entry(id).or_default();
+        entry.streams.insert(stream_id, limit);
+        if let Some(until) = entry.blocked_until {
+            if until > Instant::now() {
+                return Err(Denied::Backoff { until });
+            }
+            entry.blocked_until = None;
+        }
+        let limit = entry
+            .streams
+            .values()
+            .fold(limit, |acc, l| acc.strictest(*l));
+        let instant = Instant::now();
+        while entry
+            .recent
+            .front()
+            .is_some_and(|t| instant.saturating_duration_since(*t) >= MINUTE_SPAN)
+        {
+            entry.recent.pop_front();
+        }
+        entry.day.roll(day_index(now));
+        entry.month.roll(month_index(now));
+        // The longest exhausted window first: its end is when a call can really happen again.
+        for (window, counted, max) in [
+            ("month", entry.month, limit.per_month),
+            ("day", entry.day, limit.per_day),
+        ] {
+            if max > 0 && counted.used >= max {
+                return Err(Denied::Budget {
+                    window,
+                    limit: max,
+                    next_at: next_start(window, counted.index),
+                });
+            }
+        }
+        let per_minute = limit.per_minute as usize;
+        if per_minute > 0 && entry.recent.len() >= per_minute {
+            // The call that frees a permit is the per_minute-th newest.
+            let frees = entry.recent[entry.recent.len() - per_minute];
+            let wait = (frees + MINUTE_SPAN).saturating_duration_since(instant);
+            return Err(Denied::Budget {
+                window: "minute",
+                limit: limit.per_minute,
+                next_at: now + chrono::Duration::from_std(wait).unwrap_or_default(),
+            });
+        }
+        // Calendar windows count even when unlimited, so a limit set later sees the calls made
+        // so far; the minute log keeps only what a limit needs.
+        entry.day.used = entry.day.used.saturating_add(1);
+        entry.month.used = entry.month.used.saturating_add(1);
+        if per_minute > 0 {
+            entry.recent.push_back(instant);
+            while entry.recent.len() > per_minute {
+                entry.recent.pop_front();
+            }
+        }
+        Ok(())
+    }
+
+    /// The API answered with a limit error: block the key, whatever budget is left.
+    pub fn block(&self, secret_key: &str, scope: &RateLimitScope) {
+        let wait = match scope {
+            RateLimitScope::Second => Duration::from_secs(1),
+            RateLimitScope::Minute | RateLimitScope::Unknown => Duration::from_secs(60),
+            RateLimitScope::Day => Duration::from_secs(3600),
+            RateLimitScope::Month => Duration::from_secs(6 * 3600),
+        };
+        let until = Instant::now() + wait;
+        let mut state = self.state();
+        let entry = state.keys.entry(key_id(secret_key)).or_default();
+        entry.blocked_until = Some(entry.blocked_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Until when the key backs off after a limit answer, if it does.
+    pub fn blocked_until(&self, secret_key: &str) -> Option<Instant> {
+        let state = self.state();
+        state
+            .keys
+            .get(&key_id(secret_key))
+            .and_then(|e| e.blocked_until)
+            .filter(|until| *until > Instant::now())
+    }
+
+    /// The stream no longer runs here: its limit stops counting towards its key's strictest.
+    /// The key's counts stay (the calls were made).
+    pub fn forget_stream(&self, stream_id: Uuid) {
+        let mut state = self.state();
+        if let Some(id) = state.stream_keys.remove(&stream_id) {
+            if let Some(entry) = state.keys.get_mut(&id) {
+                entry.streams.remove(&stream_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_boundaries_are_utc_calendar_ones() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 30).unwrap();
+        assert_eq!(
+            next_start("day", day_index(t)),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            next_start("month", month_index(t)),
+            Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap()
+        );
+        let feb = Utc.with_ymd_and_hms(2026, 2, 10, 0, 0, 0).unwrap();
+        assert_eq!(
+            next_start("month", month_index(feb)),
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn key_ids_differ_and_never_print_the_key() {
+        assert_ne!(key_id("a"), key_id("b"));
+        let budgets = KeyBudgets::default();
+        budgets
+            .acquire(Uuid::nil(), "super-secret", RateLimit::COMMUNITY)
+            .unwrap();
+        assert!(!format!("{budgets:?}").contains("super-secret"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_minute_slides_so_no_61_s_span_holds_more_than_the_limit() {
+        let wall0 = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 50).unwrap();
+        let budgets = KeyBudgets::new(Clock::following_tokio(wall0));
+        let limit = RateLimit {
+            per_minute: 2,
+            ..RateLimit::UNLIMITED
+        };
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        // A calendar minute would start afresh at 12:01:00; a sliding one does not.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let denied = budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+        assert_eq!(
+            denied.message(),
+            "local budget for this key exhausted (2/minute); next call at 2026-11-22T12:01:51Z"
+        );
+        tokio::time::sleep(Duration::from_secs(46)).await;
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_month_budget_names_the_first_of_next_month() {
+        let wall0 = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let budgets = KeyBudgets::new(Clock::following_tokio(wall0));
+        let limit = RateLimit {
+            per_minute: 0,
+            per_day: 0,
+            per_month: 2,
+        };
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        let denied = budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+        assert_eq!(
+            denied.message(),
+            "local budget for this key exhausted (2/month); next call at 2026-12-01T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The scheduler and runner on tokio's paused clock: minutes of schedule run in milliseconds and
+//! never flake. The external API is a scripted adapter and the store is in memory here, because
+//! blocking file I/O would let the paused clock jump past timeouts; the real adapter (against
+//! iqair-sim), the real stores (folder and S3) and the whole pipeline have their own tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use protocol::{Event, FailureClass, Schedule, StreamConfig};
+use tokio::time::{sleep, Instant};
+use uuid::Uuid;
+use worker::adapters::{Adapter, Adapters, RateLimitScope, Retry};
+use worker::clock::Clock;
+use worker::outbox::Outbox;
+use worker::runner::Runner;
+use worker::scheduler::{Scheduler, Started, Stopped};
+
+mod common;
+
+use common::{Memory, Scripted, Step};
+
+struct Rig {
+    scheduler: Scheduler,
+    api: Arc<Scripted>,
+    outbox: Arc<Outbox>,
+    store: Arc<Memory>,
+    t0: Instant,
+}
+
+fn rig(steps: Vec<Step>, clock: Clock) -> Rig {
+    let api = Scripted::with(steps);
+    let outbox = Arc::new(Outbox::new(10_000));
+    let store = Arc::new(Memory::default());
+    let runner = Runner::new(
+        Adapters::from_list(vec![api.clone() as Arc<dyn Adapter>]),
+        store.clone(),
+        outbox.clone(),
+    );
+    Rig {
+        scheduler: Scheduler::new(Arc::new(runner), clock, 100),
+        api,
+        outbox,
+        store,
+        t0: Instant::now(),
+    }
+}
+
+fn config(schedule: Schedule, timeout_ms: u64) -> StreamConfig {
+    StreamConfig {
+        stream_id: Uuid::now_v7(),
+        generation: 1,
+        adapter: "IQAIR_DAILY".into(),
+        endpoint: "http://api.example/v2/nearest_city".into(),
+        secret_key: "key-1".into(),
+        schedule,
+        timeout_ms,
+        bucket_name: "results".into(),
+        params: BTreeMap::new(),
+        rate_limit: protocol::RateLimit::UNLIMITED,
+    }
+}
+
+fn every(ms: u64) -> Schedule {
+    Schedule::Interval { millis: ms }
+}
+
+/// Offsets of the calls from the rig's start, in whole milliseconds.
+fn offsets(rig: &Rig) -> Vec<u128> {
+    rig.api
+        .calls()
+        .iter()
+        .map(|(t, _, _)| t.duration_since(rig.t0).as_millis())
+        .collect()
+}
+
+fn events(rig: &Rig) -> Vec<Event> {
+    rig.outbox
+        .after(0, 10_000)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_ticks_run_at_the_interval_starting_right_away() {
+    let rig = rig(vec![], Clock::System);
+    rig.scheduler.start(config(every(10_000), 5_000)).unwrap();
+    sleep(Duration::from_millis(35_000)).await;
+    assert_eq!(offsets(&rig), vec![0, 10_000, 20_000, 30_000]);
+    let stored = events(&rig)
+        .iter()
+        .filter(|e| matches!(e, Event::Results(_)))
+        .count();
+    assert_eq!(stored, 4);
+    assert_eq!(rig.store.objects.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cron_ticks_land_on_the_wall_clock_times() {
+    let wall0 = chrono::Utc
+        .with_ymd_and_hms(2026, 11, 22, 13, 59, 50)
+        .unwrap();
+    let rig = rig(vec![], Clock::following_tokio(wall0));
+    rig.scheduler
+        .start(config(
+            Schedule::Cron {
+                expr: "0 */15 * * * *".into(),
+            },
+            5_000,
+        ))
+        .unwrap();
+    sleep(Duration::from_secs(16 * 60)).await;
+    // 14:00:00 is 10 s after the start, 14:15:00 is 910 s after.
+    assert_eq!(offsets(&rig), vec![10_000, 910_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_fetch_is_dropped_at_the_timeout_and_the_next_tick_runs() {
+    let rig = rig(vec![Step::Hang], Clock::System);
+    rig.scheduler.start(config(every(1_000), 400)).unwrap();
+    sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(offsets(&rig), vec![0, 1_000]);
+    let evs = events(&rig);
+    match &evs[0] {
+        Event::RunFailed(f) => {
+            assert_eq!(f.class, FailureClass::Timeout);
+            assert!(!f.stream_stopped);
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(matches!(evs[1], Event::Results(_)), "{:?}", evs[1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_change_applies_at_the_end_of_the_current_interval() {
+    let rig = rig(vec![], Clock::System);
+    let first = config(every(10_000), 5_000);
+    rig.scheduler.start(first.clone()).unwrap();
+    sleep(Duration::from_millis(3_000)).await;
+    let mut changed = first.clone();
+    changed.schedule = every(60_000);
+    changed.endpoint = "http://api.example/v2/city".into();
+    assert_eq!(rig.scheduler.start(changed).unwrap(), Started::Updated);
+    sleep(Duration::from_millis(80_000)).await;
+    let calls = rig.api.calls();
+    let at: Vec<u128> = offsets(&rig);
+    // The old interval ends at 10 s: that tick already uses the new config; then every 60 s.
+    assert_eq!(at, vec![0, 10_000, 70_000]);
+    assert!(calls[0].1.ends_with("nearest_city"));
+    assert!(calls[1].1.ends_with("/city"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_and_stop_are_idempotent() {
+    let rig = rig(vec![], Clock::System);
+    let cfg = config(every(10_000), 5_000);
+    assert_eq!(rig.scheduler.start(cfg.clone()).unwrap(), Started::New);
+    assert_eq!(
+        rig.scheduler.start(cfg.clone()).unwrap(),
+        Started::Unchanged
+    );
+    assert_eq!(rig.scheduler.len(), 1);
+    sleep(Duration::from_millis(15_000)).await;
+    assert_eq!(offsets(&rig), vec![0, 10_000], "one task, not two");
+    assert_eq!(rig.scheduler.stop(cfg.stream_id, 1), Stopped::Stopped);
+    assert_eq!(rig.scheduler.stop(cfg.stream_id, 1), Stopped::NotRunning);
+    sleep(Duration::from_millis(60_000)).await;
+    assert_eq!(rig.api.calls().len(), 2, "no tick after the stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_for_an_older_generation_leaves_a_newer_assignment_running() {
+    let rig = rig(vec![], Clock::System);
+    let mut cfg = config(every(10_000), 5_000);
+    cfg.generation = 5;
+    rig.scheduler.start(cfg.clone()).unwrap();
+    assert_eq!(
+        rig.scheduler.stop(cfg.stream_id, 4),
+        Stopped::NewerGenerationRunning
+    );
+    assert!(rig.scheduler.is_running(cfg.stream_id));
+    assert_eq!(rig.scheduler.running()[0].generation, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_key_stops_the_stream_and_says_so() {
+    let rig = rig(
+        vec![Step::Fail(FailureClass::Auth, Retry::StopStream)],
+        Clock::System,
+    );
+    let cfg = config(every(1_000), 500);
+    rig.scheduler.start(cfg.clone()).unwrap();
+    sleep(Duration::from_millis(5_000)).await;
+    assert_eq!(rig.api.calls().len(), 1);
+    assert!(!rig.scheduler.is_running(cfg.stream_id));
+    match &events(&rig)[0] {
+        Event::RunFailed(f) => assert!(f.stream_stopped && f.class == FailureClass::Auth),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_retry_inside_the_interval() {
+    let transient = Step::Fail(FailureClass::Http, Retry::Transient);
+    let rig = rig(vec![transient.clone(), transient], Clock::System);
+    rig.scheduler.start(config(every(60_000), 30_000)).unwrap();
+    sleep(Duration::from_millis(10_000)).await;
+    assert_eq!(rig.api.calls().len(), 3, "two retries, then success");
+    let evs = events(&rig);
+    assert_eq!(evs.len(), 1);
+    assert!(matches!(evs[0], Event::Results(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_backs_off_every_stream_sharing_the_key() {
+    let limited = Step::Fail(
+        FailureClass::RateLimited,
+        Retry::RateLimited(RateLimitScope::Minute),
+    );
+    let rig = rig(vec![limited], Clock::System);
+    let a = config(every(10_000), 5_000);
+    rig.scheduler.start(a).unwrap();
+    sleep(Duration::from_millis(100)).await;
+    let b = config(every(10_000), 5_000);
+    let mut other_key = config(every(10_000), 5_000);
+    other_key.secret_key = "key-2".into();
+    rig.scheduler.start(b).unwrap();
+    rig.scheduler.start(other_key).unwrap();
+    sleep(Duration::from_millis(30_000)).await;
+    // Stream a: 1 call at 0, then backs off for 60 s. Stream b shares the key: no call.
+    // The other key: calls at 0.1, 10.1, 20.1 s.
+    assert_eq!(rig.api.calls().len(), 4, "{:?}", offsets(&rig));
+    let limited_runs = events(&rig)
+        .iter()
+        .filter(|e| matches!(e, Event::RunFailed(f) if f.class == FailureClass::RateLimited))
+        .count();
+    assert!(
+        limited_runs >= 5,
+        "skipped runs are recorded: {limited_runs}"
+    );
+}
