@@ -133,9 +133,10 @@ count() { # pattern: how many times it occurs on stdin
 
 # --- build -------------------------------------------------------------------------------------
 say "building"
-cargo build --bins >"$LOG/build.log" 2>&1 || { tail -30 "$LOG/build.log"; fail "cargo build --bins"; }
-cargo build -p objects --features test-server --bin s3-test-server >>"$LOG/build.log" 2>&1 \
-  || { tail -30 "$LOG/build.log"; fail "cargo build s3-test-server"; }
+# The same build as scripts/test.sh (every target, one feature set, s3-test-server included), so
+# after the tests this is a no-op instead of a rebuild with other features.
+cargo build --workspace --all-targets >"$LOG/build.log" 2>&1 \
+  || { tail -30 "$LOG/build.log"; fail "cargo build --workspace --all-targets"; }
 BIN=target/debug
 
 # --- backends ----------------------------------------------------------------------------------

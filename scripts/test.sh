@@ -22,6 +22,9 @@ TEST_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)
 export TEST_POSTGRES_URL
 echo "test.sh: PostgreSQL for the tests: ${TEST_POSTGRES_URL%%@*}@${TEST_POSTGRES_URL#*@}" >&2
 
-# Bins first: the end-to-end tests run the real data-streams, worker and iqair-sim.
-cargo build --workspace --bins
+# One build of every target with one feature set. The end-to-end tests run the real binaries;
+# `--all-targets` builds them with the dev-dependency features that the tests unify in (tokio's
+# test-util, the S3 test server), so the binaries are not compiled a second time. A plain
+# `cargo build --bins` here would rebuild tokio and everything above it with other features.
+cargo build --workspace --all-targets
 cargo test --workspace --all-targets "$@"

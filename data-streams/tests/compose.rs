@@ -293,8 +293,10 @@ fn workspace_bins() -> &'static BTreeMap<String, String> {
 }
 
 /// Path of a workspace binary of this build. Cargo builds only this package's binaries for its
-/// tests, so the other packages' are built here, once per run and always (a no-op when fresh):
-/// an older binary left in the target directory would answer with yesterday's settings.
+/// tests, so the others are built here, once per run and always (a no-op after scripts/test.sh):
+/// an older binary left in the target directory would answer with yesterday's settings. The
+/// build is `--workspace --all-targets`, the feature set of `cargo test --workspace
+/// --all-targets`: `--bins` alone would compile tokio and everything above it a second time.
 fn bin(name: &str) -> PathBuf {
     static OTHERS_BUILT: OnceLock<()> = OnceLock::new();
     let own = PathBuf::from(env!("CARGO_BIN_EXE_data-streams"));
@@ -303,24 +305,16 @@ fn bin(name: &str) -> PathBuf {
     }
     let dir = own.parent().expect("binaries live in a directory");
     OTHERS_BUILT.get_or_init(|| {
-        // target/debug is the `dev` profile; any other directory is named after its profile.
+        // target/debug is the `dev` profile (built as `test` for tests, the same artifacts).
         let profile = match dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev",
             Some(other) => other,
         };
-        // Not this package: its binary is the one Cargo just built for the tests.
-        let packages: BTreeSet<&String> = workspace_bins()
-            .values()
-            .filter(|package| package.as_str() != env!("CARGO_PKG_NAME"))
-            .collect();
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--quiet", "--bins", "--profile", profile])
-            .current_dir(workspace_root());
-        for package in packages {
-            cargo.args(["-p", package]);
-        }
-        let status = cargo.status().expect("cargo runs");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--workspace", "--all-targets", "--profile", profile])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
         assert!(status.success(), "building the workspace binaries failed");
     });
     let path = dir.join(name);

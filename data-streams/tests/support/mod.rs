@@ -20,16 +20,21 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a workspace binary, building the worker's binaries if this test run has not.
+/// Path of a workspace binary. The other packages' binaries are built once per test binary
+/// (a no-op after scripts/test.sh, which builds every target first), with `--workspace
+/// --all-targets`: the feature set `cargo test --workspace --all-targets` builds them with, so
+/// nothing is compiled twice, and no stale binary from an older build is run.
 pub fn bin(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    if !path.exists() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "worker", "--bins"])
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("cargo runs");
-        assert!(status.success(), "building the worker binaries failed");
-    }
+        assert!(status.success(), "building the workspace binaries failed");
+    });
+    let path = bin_dir().join(name);
     assert!(path.exists(), "{} is missing", path.display());
     path
 }
