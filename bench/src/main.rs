@@ -1,0 +1,51 @@
+//! `ds-bench`: the benchmarks of scripts/bench.sh. Each part runs everything it compares in the
+//! same run and prints one line per figure, `<system> <metric> <value>`, then one `ratio` line
+//! per goal. No figure is asserted: the exit status is non-zero only when a run fails.
+
+mod pipeline;
+mod procs;
+mod protocol_bench;
+mod report;
+mod scale;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Protocol,
+    Pipeline,
+    Scale,
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "data-streams benchmarks (see BENCHMARKS.md)")]
+struct Args {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value = "all")]
+    part: Part,
+    /// Directory holding the release binaries (data-streams, worker, iqair-sim, s3-test-server).
+    #[arg(long, env = "BENCH_BIN_DIR", default_value = "target/release")]
+    bin_dir: std::path::PathBuf,
+    /// Shorter runs (smaller counts) for a quick check of the harness itself.
+    #[arg(long, env = "BENCH_QUICK")]
+    quick: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ctx = procs::Context::new(args.bin_dir.clone(), args.quick)?;
+    let parts = match args.part {
+        Part::All => vec![Part::Protocol, Part::Pipeline, Part::Scale],
+        one => vec![one],
+    };
+    for part in parts {
+        match part {
+            Part::Protocol => protocol_bench::run(&ctx)?,
+            Part::Pipeline => pipeline::run(&ctx)?,
+            Part::Scale => scale::run(&ctx)?,
+            Part::All => unreachable!("expanded above"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,570 @@
+//! The pipeline benchmark: fetch → store → event → commit, end to end, against the simulator's
+//! bare GET rate, in one run.
+//!
+//! For each backend pair (SQLite + folder; PostgreSQL + the loopback `s3-test-server`) and each
+//! stream count (1,000 and 10,000; `--quick`: 100 and 1,000), fresh real processes: `iqair-sim`
+//! (rate limits off, no faults), `data-streams` and one `worker`. The streams are created through
+//! the HTTP API with the shortest interval the API accepts (1 s) and no call budget, before the
+//! worker connects, so the worker receives them all in one assignment. After a warm-up, over a
+//! fixed window:
+//!
+//! - `results_per_s`: rows committed in `results` per second (counted in the database itself
+//!   before and after the window);
+//! - `lag_p50_ms`, `lag_p99_ms`: schedule lag, `started_at - scheduled_at` of the rows stored
+//!   during the window;
+//! - `failures`: failed runs recorded during the window (a healthy run has none);
+//! - `cpu_pct_<process>`: CPU of each process over the window (100 = one core), to show what
+//!   bounds the rate.
+//!
+//! The ceiling, `sim_bare_get get_per_s`: a fresh simulator answering plain keep-alive GETs of the
+//! same endpoint from `min(largest N, 256)` concurrent loops. The worker itself has up to N
+//! fetches in flight (every stream of a tick at once); 256 loops already saturate the simulator
+//! on a small machine, and more only add scheduling noise to the ceiling.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, PgPool, SqlitePool};
+
+use crate::procs::{cpu_seconds, Context, Proc};
+use crate::report::{figure, note, pct, ratio};
+
+/// The API key every stream uses; the simulator accepts it.
+const SIM_KEY: &str = "bench-key";
+/// The shortest interval the API accepts (`domain::MIN_INTERVAL_MS`).
+const INTERVAL_MS: u64 = 1_000;
+/// Shared secret of the worker link in these runs.
+const WORKER_TOKEN: &str = "bench-worker-token";
+/// Most concurrent loops of the bare GET ceiling (and of API calls while creating streams).
+const BARE_MAX_CONCURRENCY: usize = 256;
+const CREATE_CONCURRENCY: usize = 16;
+
+/// Which database and object store a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    SqliteFolder,
+    PostgresS3,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::SqliteFolder => "sqlite_folder",
+            Backend::PostgresS3 => "postgres_s3",
+        }
+    }
+}
+
+/// How long each phase lasts.
+struct Timing {
+    warmup: Duration,
+    window: Duration,
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_all(ctx))
+}
+
+async fn run_all(ctx: &Context) -> anyhow::Result<()> {
+    let counts: [usize; 2] = if ctx.quick { [100, 1_000] } else { [1_000, 10_000] };
+    let timing = if ctx.quick {
+        Timing {
+            warmup: Duration::from_secs(3),
+            window: Duration::from_secs(5),
+        }
+    } else {
+        Timing {
+            warmup: Duration::from_secs(10),
+            window: Duration::from_secs(20),
+        }
+    };
+    let largest = counts[1];
+
+    let concurrency = largest.min(BARE_MAX_CONCURRENCY);
+    let bare = bare_get(ctx, concurrency, &timing)
+        .await
+        .context("the bare simulator GET loop")?;
+    figure("sim_bare_get", "get_per_s", bare);
+    figure("sim_bare_get", "concurrency", concurrency as f64);
+
+    let mut backends = vec![Backend::SqliteFolder];
+    match std::env::var("BENCH_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => backends.push(Backend::PostgresS3),
+        _ => note("BENCH_POSTGRES_URL is not set: PostgreSQL + S3 skipped (scripts/bench.sh sets it)"),
+    }
+    let mut rates = Vec::new();
+    for backend in backends {
+        for n in counts {
+            let system = format!("pipeline_{}_{n}", backend.name());
+            note(format!("{system}: starting"));
+            let rate = pipeline(ctx, backend, n, &timing, &system)
+                .await
+                .with_context(|| format!("{system} failed"))?;
+            rates.push((backend, n, rate));
+        }
+    }
+    for (backend, n, rate) in rates {
+        if n == largest {
+            ratio(
+                &format!("results_per_s {}_{n}/sim_bare_get", backend.name()),
+                rate / bare,
+                0.3,
+                true,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Starts `iqair-sim` with every limit off; returns it and its `host:port`.
+fn start_sim(ctx: &Context, name: &str, logs: &Path) -> anyhow::Result<(Proc, String)> {
+    let (proc, line) = Proc::start(
+        name,
+        &ctx.bin("iqair-sim")?,
+        &[],
+        &[
+            ("IQAIR_SIM_ADDR", "127.0.0.1:0".to_owned()),
+            ("IQAIR_SIM_KEYS", SIM_KEY.to_owned()),
+            ("IQAIR_SIM_LIMITS", "off".to_owned()),
+        ],
+        "listening on",
+        logs,
+    )?;
+    let addr = after(&line, "listening on http://")
+        .ok_or_else(|| anyhow!("cannot read the simulator's address from {line:?}"))?;
+    Ok((proc, addr))
+}
+
+/// The word following `marker` in `line`.
+fn after(line: &str, marker: &str) -> Option<String> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+/// The simulator's own rate: `concurrency` keep-alive GET loops over `timing.window`, after a
+/// short warm-up. Answers other than 200 count as failures and fail the run.
+async fn bare_get(ctx: &Context, concurrency: usize, timing: &Timing) -> anyhow::Result<f64> {
+    let logs = ctx.dir("sim_bare_get")?;
+    let (sim, addr) = start_sim(ctx, "iqair-sim", &logs)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let ok = Arc::new(AtomicU64::new(0));
+    let bad = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + timing.warmup.min(Duration::from_secs(3)) + timing.window;
+    let mut loops = Vec::new();
+    for i in 0..concurrency {
+        let (client, ok, bad) = (client.clone(), ok.clone(), bad.clone());
+        let (lat, lon) = point(i);
+        let url = format!("http://{addr}/v2/nearest_city?lat={lat}&lon={lon}&key={SIM_KEY}");
+        loops.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match client.get(&url).send().await {
+                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => bad.fetch_add(1, Ordering::Relaxed),
+                    },
+                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(timing.warmup.min(Duration::from_secs(3))).await;
+    let (start, cpu_start) = (Instant::now(), cpu_seconds(sim.pid())?);
+    let before = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(timing.window).await;
+    let done = ok.load(Ordering::Relaxed) - before;
+    let elapsed = start.elapsed().as_secs_f64();
+    let sim_cpu = (cpu_seconds(sim.pid())? - cpu_start) / elapsed * 100.0;
+    for handle in loops {
+        handle.await?;
+    }
+    drop(sim);
+    figure("sim_bare_get", "cpu_pct_iqair-sim", sim_cpu);
+    let failed = bad.load(Ordering::Relaxed);
+    if failed > 0 {
+        bail!("{failed} bare GETs failed; see {}", logs.display());
+    }
+    Ok(done as f64 / elapsed)
+}
+
+/// A point on the map for stream `i`: different coordinates, so the simulator's answers differ.
+fn point(i: usize) -> (f64, f64) {
+    let lat = -60.0 + (i % 120) as f64;
+    let lon = -170.0 + ((i / 120) % 340) as f64;
+    (lat, lon)
+}
+
+/// The supervisor's database as the benchmark reads it.
+enum BenchDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl BenchDb {
+    async fn count_results(&self) -> anyhow::Result<i64> {
+        let sql = "SELECT COUNT(*) FROM results";
+        Ok(match self {
+            BenchDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            BenchDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        })
+    }
+
+    /// Schedule lags (ms) of the rows stored in `[from, to)` (epoch ms).
+    async fn lags(&self, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
+        let sql = "SELECT started_at - scheduled_at FROM results \
+                   WHERE created_at >= $1 AND created_at < $2 AND scheduled_at IS NOT NULL";
+        Ok(match self {
+            BenchDb::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(pool)
+                    .await?
+            }
+            BenchDb::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
+    }
+
+    /// Failed runs recorded in `[from, to)`, by class.
+    async fn failures(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, i64)>> {
+        let sql = "SELECT class, COUNT(*) FROM run_failures \
+                   WHERE at >= $1 AND at < $2 GROUP BY class ORDER BY class";
+        Ok(match self {
+            BenchDb::Sqlite(pool) => {
+                sqlx::query_as(sql)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(pool)
+                    .await?
+            }
+            BenchDb::Postgres(pool) => {
+                sqlx::query_as(sql)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
+    }
+
+    async fn close(&self) {
+        match self {
+            BenchDb::Sqlite(pool) => pool.close().await,
+            BenchDb::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A fresh PostgreSQL database in the server of `BENCH_POSTGRES_URL`, dropped by [`drop_pg`].
+async fn create_pg() -> anyhow::Result<(String, String)> {
+    let admin = std::env::var("BENCH_POSTGRES_URL")?;
+    let name = format!("ds_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .context("connecting to BENCH_POSTGRES_URL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok((with_database(&admin, &name)?, name))
+}
+
+async fn drop_pg(name: &str) -> anyhow::Result<()> {
+    let admin = std::env::var("BENCH_POSTGRES_URL")?;
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// `url` with its database path replaced by `name` (query string kept).
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").ok_or_else(|| anyhow!("not a URL: {url:?}"))? + 3;
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// One pipeline run; prints its figures and returns `results_per_s`.
+async fn pipeline(
+    ctx: &Context,
+    backend: Backend,
+    n: usize,
+    timing: &Timing,
+    system: &str,
+) -> anyhow::Result<f64> {
+    let dir = ctx.dir(system)?;
+    let mut pg_name = None;
+    let outcome = async {
+        let mut procs: Vec<Proc> = Vec::new();
+        let (sim, sim_addr) = start_sim(ctx, "iqair-sim", &dir)?;
+        procs.push(sim);
+
+        let mut store_env: Vec<(&str, String)> = Vec::new();
+        let database_url = match backend {
+            Backend::SqliteFolder => {
+                store_env.push((
+                    "OBJECT_STORE_URL",
+                    format!("file://{}", dir.join("objects").display()),
+                ));
+                format!("sqlite://{}", dir.join("ds.db").display())
+            }
+            Backend::PostgresS3 => {
+                let (url, name) = create_pg().await?;
+                pg_name = Some(name);
+                let (s3, line) = Proc::start(
+                    "s3-test-server",
+                    &ctx.bin("s3-test-server")?,
+                    &[
+                        "--addr",
+                        "127.0.0.1:0",
+                        "--root",
+                        &dir.join("s3").display().to_string(),
+                    ],
+                    &[],
+                    "s3-test-server listening on",
+                    &dir,
+                )?;
+                procs.push(s3);
+                let field = |marker: &str| {
+                    after(&line, marker)
+                        .ok_or_else(|| anyhow!("cannot read {marker} from {line:?}"))
+                };
+                store_env.extend([
+                    ("OBJECT_STORE_URL", "s3://".to_owned()),
+                    ("AWS_ENDPOINT_URL", field("listening on ")?),
+                    ("AWS_REGION", "us-east-1".to_owned()),
+                    ("AWS_ACCESS_KEY_ID", field("access_key=")?),
+                    ("AWS_SECRET_ACCESS_KEY", field("secret_key=")?),
+                    ("S3_FORCE_PATH_STYLE", "true".to_owned()),
+                    ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+                ]);
+                url
+            }
+        };
+
+        let mut env = vec![
+            ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+            ("DATABASE_URL", database_url.clone()),
+        ];
+        env.extend(store_env.iter().cloned());
+        let (supervisor, line) = Proc::start(
+            "data-streams",
+            &ctx.bin("data-streams")?,
+            &[],
+            &env,
+            "data-streams listening",
+            &dir,
+        )?;
+        let supervisor_pid = supervisor.pid();
+        procs.push(supervisor);
+        let http = after(&line, "listening: http://")
+            .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
+        let worker_addr = after(&line, "(API), ")
+            .ok_or_else(|| anyhow!("cannot read the worker address from {line:?}"))?;
+        let api = format!("http://{http}");
+        let client = reqwest::Client::new();
+
+        // Created running while no worker is connected: each POST stores the stream, and the
+        // worker gets them all in one assignment when it connects.
+        let created = Instant::now();
+        let endpoint = format!("http://{sim_addr}/v2/nearest_city");
+        stream::iter(0..n)
+            .map(|i| create_stream(&client, &api, &endpoint, i))
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        note(format!(
+            "{system}: {n} streams created in {:.1} s",
+            created.elapsed().as_secs_f64()
+        ));
+
+        let mut worker_env = vec![
+            ("DATA_STREAMS_WORKER_ADDR", worker_addr),
+            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+            ("WORKER_ID", "bench-worker".to_owned()),
+            ("WORKER_CAPACITY", (n + 1_000).to_string()),
+            ("RUST_LOG", "warn,worker=info".to_owned()),
+        ];
+        worker_env.extend(store_env.iter().cloned());
+        let (worker, _) = Proc::start(
+            "worker",
+            &ctx.bin("worker")?,
+            &[],
+            &worker_env,
+            "worker starting",
+            &dir,
+        )?;
+        let worker_pid = worker.pid();
+        procs.push(worker);
+        let sim_pid = procs[0].pid();
+
+        let assigned = Instant::now();
+        wait_assigned(&client, &api, n).await?;
+        note(format!(
+            "{system}: all {n} streams assigned in {:.1} s; warming up {} s",
+            assigned.elapsed().as_secs_f64(),
+            timing.warmup.as_secs()
+        ));
+
+        let db = match backend {
+            Backend::SqliteFolder => BenchDb::Sqlite(
+                SqlitePool::connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(dir.join("ds.db"))
+                        .read_only(true),
+                )
+                .await?,
+            ),
+            Backend::PostgresS3 => BenchDb::Postgres(PgPool::connect(&database_url).await?),
+        };
+        tokio::time::sleep(timing.warmup).await;
+
+        let pids = [
+            ("iqair-sim", sim_pid),
+            ("data-streams", supervisor_pid),
+            ("worker", worker_pid),
+        ];
+        let cpu_before: Vec<f64> = pids
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect::<anyhow::Result<_>>()?;
+        let count_before = db.count_results().await?;
+        let (from, start) = (chrono::Utc::now().timestamp_millis(), Instant::now());
+        tokio::time::sleep(timing.window).await;
+        let count_after = db.count_results().await?;
+        let (to, elapsed) = (
+            chrono::Utc::now().timestamp_millis(),
+            start.elapsed().as_secs_f64(),
+        );
+        let cpu_after: Vec<f64> = pids
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect::<anyhow::Result<_>>()?;
+
+        let rate = (count_after - count_before) as f64 / elapsed;
+        let mut lags = Histogram::<u64>::new(3)?;
+        for lag in db.lags(from, to).await? {
+            lags.record(lag.max(0) as u64)?;
+        }
+        let failures = db.failures(from, to).await?;
+        db.close().await;
+
+        figure(system, "results_per_s", rate);
+        figure(system, "lag_p50_ms", pct(&lags, 50.0));
+        figure(system, "lag_p99_ms", pct(&lags, 99.0));
+        figure(
+            system,
+            "failures",
+            failures.iter().map(|(_, c)| *c).sum::<i64>() as f64,
+        );
+        if !failures.is_empty() {
+            note(format!("{system}: failed runs in the window: {failures:?}"));
+        }
+        for (i, (name, _)) in pids.iter().enumerate() {
+            figure(
+                system,
+                &format!("cpu_pct_{name}"),
+                (cpu_after[i] - cpu_before[i]) / elapsed * 100.0,
+            );
+        }
+        // Stop the worker first, so the supervisor does not log its loss at shutdown.
+        while let Some(mut proc) = procs.pop() {
+            proc.kill();
+        }
+        anyhow::Ok(rate)
+    }
+    .await;
+    if let Some(name) = pg_name {
+        if let Err(err) = drop_pg(&name).await {
+            note(format!("could not drop database {name}: {err:#}"));
+        }
+    }
+    outcome
+}
+
+async fn create_stream(
+    client: &reqwest::Client,
+    api: &str,
+    endpoint: &str,
+    i: usize,
+) -> anyhow::Result<()> {
+    let (lat, lon) = point(i);
+    let body = json!({
+        "adapter": "IQAIR_DAILY",
+        "endpoint": endpoint,
+        "secret_key": SIM_KEY,
+        "interval": INTERVAL_MS,
+        "timeout": INTERVAL_MS,
+        "bucket_name": "bench",
+        "params": {"lat": lat, "lon": lon},
+        "rate_limit": {"per_minute": 0, "per_day": 0, "per_month": 0},
+    });
+    let resp = client
+        .post(format!("{api}/streams"))
+        .json(&body)
+        .send()
+        .await?;
+    let status = resp.status();
+    if status.as_u16() != 201 {
+        bail!("POST /streams answered {status}: {}", resp.text().await?);
+    }
+    Ok(())
+}
+
+/// Waits (at most 120 s) until the worker holds all `n` streams.
+async fn wait_assigned(client: &reqwest::Client, api: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{api}/workers")).send().await {
+            if let Ok(workers) = resp.json::<Value>().await {
+                let held = workers
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|w| w["connected"] == true)
+                    .filter_map(|w| w["streams"].as_u64())
+                    .sum::<u64>();
+                if held as usize >= n {
+                    return Ok(());
+                }
+                last = workers;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("the worker did not get all {n} streams within 120 s: {last}")
+}

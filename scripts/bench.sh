@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Benchmarks side by side (BENCHMARKS.md): builds in release mode, then runs
+#
+#   scripts/bench.sh [protocol|pipeline|scale|all] [--quick]
+#
+#   protocol  our control link vs the NestJS TCP peer (../shared/peers/nestjs-tcp, or
+#             NESTJS_PEER_DIR) vs a bare length-delimited echo, same workload, same run
+#   pipeline  1,000 and 10,000 streams against iqair-sim, SQLite + folder and PostgreSQL +
+#             loopback S3, vs the simulator's bare GET rate
+#   scale     10,000 / 100,000 / 1,000,000 streams in one worker: RSS, start time, lag, restart
+#
+# Prints `<system> <metric> <value>` lines and one `ratio` line per goal on stdout; progress on
+# stderr. Exits non-zero only when a run fails, never because of a figure.
+# PostgreSQL (pipeline) is found or started by scripts/pg.sh, as for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+part=${1:-all}
+shift || true
+case $part in
+  protocol|pipeline|scale|all) ;;
+  -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|all)" >&2; exit 2 ;;
+esac
+
+echo "bench: cargo build --release" >&2
+cargo build --release --workspace --bins --features objects/test-server >&2
+
+if [[ $part == pipeline || $part == all ]]; then
+  state=$(mktemp -t ds-pg-state.XXXXXX)
+  cleanup() {
+    local dir; dir=$(cat "$state" 2>/dev/null || true)
+    if [[ -n "$dir" && -d "$dir/data" ]]; then
+      local bindir; bindir=$(dirname "$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
+      if [[ $(id -u) == 0 ]]; then runuser -u "$(stat -c %U "$dir")" -- "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+      else "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true; fi
+      rm -rf "$dir"
+    fi
+    rm -f "$state"
+  }
+  trap cleanup EXIT
+  BENCH_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)
+  export BENCH_POSTGRES_URL
+fi
+
+export BENCH_BIN_DIR=${BENCH_BIN_DIR:-$PWD/target/release}
+target/release/ds-bench "$part" "$@"
