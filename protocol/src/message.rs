@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Version of the wire format. A peer with another version is rejected during the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Everything that crosses the link, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +287,10 @@ pub struct ResultRecord {
     pub key: String,
     /// Milliseconds since the Unix epoch, when the response arrived.
     pub fetched_at_ms: i64,
+    /// When the schedule meant this run to start (the tick), ms since the Unix epoch.
+    pub scheduled_at_ms: i64,
+    /// When the run started; `started_at_ms - scheduled_at_ms` is the schedule lag.
+    pub started_at_ms: i64,
     pub size: u64,
     /// Hex SHA-256 of the raw bytes.
     pub sha256: String,

@@ -139,6 +139,8 @@ fn event() -> impl Strategy<Value = Event> {
                         bucket: "results".into(),
                         key,
                         fetched_at_ms,
+                        scheduled_at_ms: fetched_at_ms.wrapping_sub(1_000),
+                        started_at_ms: fetched_at_ms.wrapping_sub(990),
                         size,
                         sha256: "0".repeat(64),
                         measurement,

@@ -88,6 +88,8 @@ fn every_frame() -> Vec<Frame> {
                 bucket: "results".into(),
                 key: protocol::object_key("IQAIR_DAILY", stream_id, "2026-11-22", result_id),
                 fetched_at_ms: 1_763_800_000_000,
+                scheduled_at_ms: 1_763_799_999_000,
+                started_at_ms: 1_763_799_999_012,
                 size: 512,
                 sha256: "ab".repeat(32),
                 measurement: Some(Box::new(Measurement {

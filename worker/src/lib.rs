@@ -85,7 +85,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let adapters = adapters::registry(client);
     let outbox = Arc::new(Outbox::new(settings.outbox_limit));
     let runner = Arc::new(Runner::new(adapters.clone(), store, outbox.clone()));
-    let scheduler = Scheduler::new(runner, Clock::System, settings.capacity as usize);
+    let scheduler = Scheduler::with_start_spread(
+        runner,
+        Clock::System,
+        settings.capacity as usize,
+        Duration::from_millis(settings.start_spread_ms),
+    );
 
     let link_settings = LinkSettings {
         supervisor_addr: settings.supervisor_addr.clone(),

@@ -34,6 +34,13 @@ impl RunOutcome {
     }
 }
 
+/// When a run was due and when it started, in ms since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    scheduled_at_ms: i64,
+    started_at_ms: i64,
+}
+
 /// Backoff for transient errors inside one run.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -90,9 +97,16 @@ impl Runner {
         self
     }
 
-    /// Run once and queue the outcome's event.
-    pub async fn run(&self, cfg: &StreamConfig) -> RunOutcome {
-        let outcome = self.attempt(cfg).await;
+    /// Run once, for the tick due at `scheduled` (now, or a moment ago), and queue the
+    /// outcome's event.
+    pub async fn run(&self, cfg: &StreamConfig, scheduled: Instant) -> RunOutcome {
+        let started_at_ms = Utc::now().timestamp_millis();
+        let lag = Instant::now().saturating_duration_since(scheduled);
+        let tick = Tick {
+            scheduled_at_ms: started_at_ms - lag.as_millis() as i64,
+            started_at_ms,
+        };
+        let outcome = self.attempt(cfg, tick).await;
         let event = match &outcome {
             RunOutcome::Stored(record) => Event::Results(record.clone()),
             RunOutcome::Failed(failure) => {
@@ -109,7 +123,7 @@ impl Runner {
         outcome
     }
 
-    async fn attempt(&self, cfg: &StreamConfig) -> RunOutcome {
+    async fn attempt(&self, cfg: &StreamConfig, tick: Tick) -> RunOutcome {
         let deadline = Instant::now() + Duration::from_millis(cfg.timeout_ms.max(1));
         let fail = |class, message: String, stream_stopped| {
             RunOutcome::Failed(RunFailure {
@@ -220,6 +234,8 @@ impl Runner {
             bucket: cfg.bucket_name.clone(),
             key,
             fetched_at_ms: fetched_at.timestamp_millis(),
+            scheduled_at_ms: tick.scheduled_at_ms,
+            started_at_ms: tick.started_at_ms,
             size,
             sha256,
             measurement: fetched.measurement.map(Box::new),

@@ -1,21 +1,32 @@
 //! The streams a worker runs, keyed by stream id, each on its interval or cron schedule.
 //!
-//! Each stream is one task that sleeps until its next tick, runs, and computes the tick after.
-//! `start` is idempotent: starting a running stream hands it the new config, which takes effect at
-//! the end of the current interval (the task picks it up when it wakes). `stop` is idempotent.
-//! Stopping or shutting down never interrupts a run in flight: the fetch and upload finish and
-//! their event is queued; only the wait for the next tick is cut short.
+//! One timer wheel ([`DelayQueue`]) holds the next tick of every stream, and one dispatcher task
+//! takes due ticks off it and spawns a task per *run*. An idle stream costs a map entry, a wheel
+//! slot and its shared config — no task, no channel, no timer of its own — so one worker holds a
+//! million scheduled streams. When a run ends, the stream's next tick goes back on the wheel.
+//!
+//! `start` is idempotent: starting a running stream hands it the new config, which takes effect
+//! at the end of the current interval (the tick already on the wheel runs with it). `stop` is
+//! idempotent. Stopping or shutting down never interrupts a run in flight: the fetch and upload
+//! finish and their event is queued; only the wait for the next tick is cut short.
+//!
+//! Interval streams start after a stable per-stream offset in `[0, min(interval, start_spread))`
+//! (see [`Scheduler::with_start_spread`]), so a worker that is handed thousands of streams at
+//! once — a restart, a failover — spreads their first calls instead of firing them together.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use protocol::schedule::{next_after, parse_cron};
 use protocol::{RunningStream, Schedule, StreamConfig};
-use tokio::sync::watch;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::time::delay_queue::{self, DelayQueue};
 use uuid::Uuid;
 
 use crate::clock::Clock;
@@ -24,7 +35,7 @@ use crate::runner::{RunOutcome, Runner};
 /// What `start` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
-    /// A new stream task.
+    /// A new stream.
     New,
     /// Already running; the new config applies from the next tick.
     Updated,
@@ -54,22 +65,39 @@ pub enum Stopped {
     NewerGenerationRunning,
 }
 
+/// Where a stream is between ticks.
+enum Phase {
+    /// On the wheel, due at the key's deadline.
+    Waiting(delay_queue::Key),
+    /// A run is in flight; its next tick is computed when it ends.
+    Running,
+}
+
 struct Entry {
-    /// Tells this entry's task apart from a later task of the same stream.
+    /// Tells this entry apart from a later start of the same stream.
     incarnation: u64,
     generation: u64,
-    config: watch::Sender<StreamConfig>,
-    cancel: CancellationToken,
+    /// The config the next tick runs with.
+    config: Arc<StreamConfig>,
+    phase: Phase,
+}
+
+/// The streams and the wheel of their next ticks, under one lock: every critical section is a
+/// map and a wheel operation, never an await.
+struct Table {
+    streams: HashMap<Uuid, Entry>,
+    wheel: DelayQueue<Uuid>,
 }
 
 struct Inner {
-    streams: Mutex<HashMap<Uuid, Entry>>,
+    table: Mutex<Table>,
     runner: Arc<Runner>,
     clock: Clock,
     capacity: usize,
+    start_spread: Duration,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-    incarnations: std::sync::atomic::AtomicU64,
+    incarnations: AtomicU64,
 }
 
 /// A cloneable handle to the worker's streams.
@@ -79,24 +107,42 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler running at most `capacity` streams through `runner`.
+    /// A scheduler running at most `capacity` streams through `runner`, whose interval streams
+    /// start right away. Spawns its dispatcher: call it inside a tokio runtime.
     pub fn new(runner: Arc<Runner>, clock: Clock, capacity: usize) -> Self {
-        Scheduler {
+        Self::with_start_spread(runner, clock, capacity, Duration::ZERO)
+    }
+
+    /// As [`Scheduler::new`], with interval streams starting after a stable per-stream offset
+    /// below `min(interval, start_spread)`.
+    pub fn with_start_spread(
+        runner: Arc<Runner>,
+        clock: Clock,
+        capacity: usize,
+        start_spread: Duration,
+    ) -> Self {
+        let scheduler = Scheduler {
             inner: Arc::new(Inner {
-                streams: Mutex::new(HashMap::new()),
+                table: Mutex::new(Table {
+                    streams: HashMap::new(),
+                    wheel: DelayQueue::new(),
+                }),
                 runner,
                 clock,
                 capacity,
+                start_spread,
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
-                incarnations: std::sync::atomic::AtomicU64::new(1),
+                incarnations: AtomicU64::new(1),
             }),
-        }
+        };
+        tokio::spawn(scheduler.clone().dispatch());
+        scheduler
     }
 
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
-        // Each critical section is a single map operation, so a poisoned lock is consistent.
-        self.inner.streams.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // No critical section can leave the table half-changed, so a poisoned lock is usable.
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Run a stream, or hand a running one its new config (`worker:start`).
@@ -113,61 +159,56 @@ impl Scheduler {
         if let Schedule::Interval { millis: 0 } = config.schedule {
             return Err(StartError::BadSchedule("interval must be above 0".into()));
         }
-        let mut streams = self.streams();
-        if let Some(entry) = streams.get_mut(&config.stream_id) {
+        let first = self.first_tick(&config);
+        let mut table = self.table();
+        if let Some(entry) = table.streams.get_mut(&config.stream_id) {
             entry.generation = entry.generation.max(config.generation);
-            let changed = entry.config.send_if_modified(|current| {
-                if *current == config {
-                    false
-                } else {
-                    *current = config;
-                    true
-                }
-            });
-            return Ok(if changed {
-                Started::Updated
-            } else {
-                Started::Unchanged
-            });
+            if *entry.config == config {
+                return Ok(Started::Unchanged);
+            }
+            entry.config = Arc::new(config);
+            return Ok(Started::Updated);
         }
-        if streams.len() >= self.inner.capacity {
+        if table.streams.len() >= self.inner.capacity {
             return Err(StartError::AtCapacity(self.inner.capacity));
         }
+        let Some(first) = first else {
+            // A cron expression that parses but never matches again (e.g. a past year).
+            return Err(StartError::BadSchedule(
+                "schedule has no future tick".to_owned(),
+            ));
+        };
         let stream_id = config.stream_id;
-        let (tx, rx) = watch::channel(config.clone());
-        let cancel = self.inner.shutdown.child_token();
-        let incarnation = self
-            .inner
-            .incarnations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        streams.insert(
+        let key = table.wheel.insert_at(stream_id, first);
+        let incarnation = self.inner.incarnations.fetch_add(1, Ordering::Relaxed);
+        table.streams.insert(
             stream_id,
             Entry {
                 incarnation,
                 generation: config.generation,
-                config: tx,
-                cancel: cancel.clone(),
+                config: Arc::new(config),
+                phase: Phase::Waiting(key),
             },
         );
-        drop(streams);
-        let this = self.clone();
-        self.inner
-            .tracker
-            .spawn(async move { this.stream_loop(stream_id, incarnation, rx, cancel).await });
         Ok(Started::New)
     }
 
     /// Stop a stream (`worker:stop`). A generation of 0 stops whatever runs.
     pub fn stop(&self, stream_id: Uuid, generation: u64) -> Stopped {
-        let mut streams = self.streams();
+        let mut table = self.table();
+        let Table { streams, wheel } = &mut *table;
         match streams.get(&stream_id) {
             None => Stopped::NotRunning,
             Some(entry) if generation != 0 && entry.generation > generation => {
                 Stopped::NewerGenerationRunning
             }
             Some(_) => {
-                if let Some(entry) = streams.remove(&stream_id) {
-                    entry.cancel.cancel();
+                if let Some(Entry {
+                    phase: Phase::Waiting(key),
+                    ..
+                }) = streams.remove(&stream_id)
+                {
+                    wheel.remove(&key);
                 }
                 // Its limit no longer counts towards its key's strictest.
                 self.inner.runner.budgets.forget_stream(stream_id);
@@ -178,7 +219,8 @@ impl Scheduler {
 
     /// What runs here, with generations (for the hello and `worker_available`).
     pub fn running(&self) -> Vec<RunningStream> {
-        self.streams()
+        self.table()
+            .streams
             .iter()
             .map(|(id, e)| RunningStream {
                 stream_id: *id,
@@ -189,12 +231,12 @@ impl Scheduler {
 
     /// Whether this stream runs here.
     pub fn is_running(&self, stream_id: Uuid) -> bool {
-        self.streams().contains_key(&stream_id)
+        self.table().streams.contains_key(&stream_id)
     }
 
     /// How many streams run here.
     pub fn len(&self) -> usize {
-        self.streams().len()
+        self.table().streams.len()
     }
 
     /// Whether nothing runs here.
@@ -211,56 +253,81 @@ impl Scheduler {
             .is_ok()
     }
 
-    async fn stream_loop(
-        &self,
-        stream_id: Uuid,
-        incarnation: u64,
-        mut config_rx: watch::Receiver<StreamConfig>,
-        cancel: CancellationToken,
-    ) {
-        let mut config = config_rx.borrow_and_update().clone();
-        let Some(mut next) = self.first_tick(&config) else {
-            tracing::error!(%stream_id, "schedule has no future tick; stream not run");
-            self.forget(stream_id, incarnation);
+    /// Take due ticks off the wheel and spawn their runs, until shutdown.
+    async fn dispatch(self) {
+        loop {
+            let due = tokio::select! {
+                biased;
+                _ = self.inner.shutdown.cancelled() => return,
+                due = poll_fn(|cx| match self.table().wheel.poll_expired(cx) {
+                    // An empty wheel keeps the waker: the next insert wakes this task.
+                    Poll::Ready(None) => Poll::Pending,
+                    other => other,
+                }) => due,
+            };
+            let Some(expired) = due else { continue };
+            let tick = expired.deadline();
+            let stream_id = expired.into_inner();
+            let mut table = self.table();
+            let Some(entry) = table.streams.get_mut(&stream_id) else {
+                continue;
+            };
+            entry.phase = Phase::Running;
+            let config = entry.config.clone();
+            let incarnation = entry.incarnation;
+            drop(table);
+            let this = self.clone();
+            self.inner.tracker.spawn(async move {
+                let lag = Instant::now().saturating_duration_since(tick);
+                tracing::trace!(%stream_id, lag_us = lag.as_micros() as u64, "tick");
+                let outcome = this.inner.runner.run(&config, tick).await;
+                this.ran(stream_id, incarnation, tick, &outcome);
+            });
+        }
+    }
+
+    /// A run ended: put the stream's next tick on the wheel, or let it go.
+    fn ran(&self, stream_id: Uuid, incarnation: u64, tick: Instant, outcome: &RunOutcome) {
+        let mut table = self.table();
+        let Table { streams, wheel } = &mut *table;
+        let Some(entry) = streams.get_mut(&stream_id) else {
+            // Stopped while the run was in flight, which registered the stream's budget again.
+            self.inner.runner.budgets.forget_stream(stream_id);
             return;
         };
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    // A run that was in flight at the stop registered this stream again.
-                    self.inner.runner.budgets.forget_stream(stream_id);
-                    return;
-                }
-                _ = sleep_until(next) => {}
-            }
-            // A config that changed during the interval takes effect now, at its end.
-            if config_rx.has_changed().unwrap_or(false) {
-                config = config_rx.borrow_and_update().clone();
-            }
-            let lag = Instant::now().saturating_duration_since(next);
-            tracing::trace!(%stream_id, lag_us = lag.as_micros() as u64, "tick");
-            let outcome = self.inner.runner.run(&config).await;
-            if let RunOutcome::Failed(failure) = &outcome {
-                if failure.stream_stopped {
-                    self.forget(stream_id, incarnation);
-                    return;
-                }
-            }
-            match self.next_tick(&config, next) {
-                Some(t) => next = t,
-                None => {
-                    tracing::error!(%stream_id, "schedule has no further tick; stream ends");
-                    self.forget(stream_id, incarnation);
-                    return;
-                }
+        if entry.incarnation != incarnation {
+            // Stopped and started again meanwhile: the new start has its own tick.
+            return;
+        }
+        if outcome.stops_stream() {
+            streams.remove(&stream_id);
+            self.inner.runner.budgets.forget_stream(stream_id);
+            return;
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return;
+        }
+        match self.next_tick(&entry.config, tick) {
+            Some(next) => entry.phase = Phase::Waiting(wheel.insert_at(stream_id, next)),
+            None => {
+                tracing::error!(%stream_id, "schedule has no further tick; stream ends");
+                streams.remove(&stream_id);
+                self.inner.runner.budgets.forget_stream(stream_id);
             }
         }
     }
 
     fn first_tick(&self, config: &StreamConfig) -> Option<Instant> {
         match &config.schedule {
-            Schedule::Interval { .. } => Some(Instant::now()),
+            Schedule::Interval { millis } => {
+                let span = self.inner.start_spread.as_millis().min(*millis as u128) as u64;
+                // The UUID's low 64 bits are random in v4 and v7 alike: a stable offset.
+                let offset = match span {
+                    0 => 0,
+                    span => config.stream_id.as_u64_pair().1 % span,
+                };
+                Some(Instant::now() + Duration::from_millis(offset))
+            }
             Schedule::Cron { expr } => self.next_cron(expr),
         }
     }
@@ -288,17 +355,5 @@ impl Scheduler {
         let cron = parse_cron(expr).ok()?;
         let at = next_after(&cron, self.inner.clock.now())?;
         Some(self.inner.clock.instant_at(at))
-    }
-
-    /// Remove the stream's entry if it is still the one this task runs.
-    fn forget(&self, stream_id: Uuid, incarnation: u64) {
-        let mut streams = self.streams();
-        if streams
-            .get(&stream_id)
-            .is_some_and(|e| e.incarnation == incarnation)
-        {
-            streams.remove(&stream_id);
-            self.inner.runner.budgets.forget_stream(stream_id);
-        }
     }
 }

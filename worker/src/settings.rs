@@ -56,6 +56,11 @@ pub struct Settings {
     /// Connect timeout for external API calls, in ms.
     #[arg(long, env = "WORKER_HTTP_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_connect_timeout_ms: u64,
+    /// Interval streams start after a stable per-stream offset below min(interval, this), in
+    /// ms, so streams handed over together (a restart, a failover) do not call the API together.
+    /// 0 starts every stream at once.
+    #[arg(long, env = "WORKER_START_SPREAD_MS", default_value_t = 10_000)]
+    pub start_spread_ms: u64,
 }
 
 impl Settings {
@@ -99,7 +104,7 @@ impl Settings {
         format!(
             "supervisor_addr={} tls={} token={} object_store_url={} create_buckets={} worker_id={} \
              capacity={} outbox_limit={} reconnect_max_ms={} max_frame_bytes={} \
-             shutdown_grace_ms={} http_connect_timeout_ms={}",
+             shutdown_grace_ms={} http_connect_timeout_ms={} start_spread_ms={}",
             self.supervisor_addr,
             match self.tls_ca() {
                 Some(ca) => format!(
@@ -119,6 +124,7 @@ impl Settings {
             self.max_frame_bytes,
             self.shutdown_grace_ms,
             self.http_connect_timeout_ms,
+            self.start_spread_ms,
         )
     }
 }

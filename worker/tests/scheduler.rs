@@ -241,3 +241,61 @@ async fn a_rate_limit_backs_off_every_stream_sharing_the_key() {
         "skipped runs are recorded: {limited_runs}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
+    let api = Scripted::with(vec![]);
+    let runner = Runner::new(
+        Adapters::from_list(vec![api.clone() as Arc<dyn Adapter>]),
+        Arc::new(Memory::default()),
+        Arc::new(Outbox::new(10_000)),
+    );
+    let scheduler = Scheduler::with_start_spread(
+        Arc::new(runner),
+        Clock::System,
+        1_000,
+        Duration::from_millis(4_000),
+    );
+    // Each stream's key names it, so its calls can be told apart.
+    let named = |interval_ms: u64, name: String| StreamConfig {
+        secret_key: name,
+        ..config(every(interval_ms), interval_ms / 2)
+    };
+    let slow: Vec<StreamConfig> = (0..200).map(|i| named(60_000, format!("slow-{i}"))).collect();
+    let fast: Vec<StreamConfig> = (0..200).map(|i| named(1_000, format!("fast-{i}"))).collect();
+    let t0 = Instant::now();
+    for c in slow.iter().chain(&fast) {
+        scheduler.start(c.clone()).unwrap();
+    }
+    sleep(Duration::from_millis(4_500)).await;
+    let first = |calls: &[(Instant, String, String)], key: &str, from: Instant| {
+        calls
+            .iter()
+            .find(|(_, _, k)| k == key)
+            .map(|(t, _, _)| t.duration_since(from).as_millis())
+    };
+    let calls = api.calls();
+    // A 60 s interval starts within the 4 s spread; a 1 s interval within its interval.
+    let slow_firsts: Vec<u128> = slow
+        .iter()
+        .map(|c| first(&calls, &c.secret_key, t0).expect("every slow stream ran"))
+        .collect();
+    let fast_firsts: Vec<u128> = fast
+        .iter()
+        .map(|c| first(&calls, &c.secret_key, t0).expect("every fast stream ran"))
+        .collect();
+    assert!(slow_firsts.iter().all(|ms| *ms < 4_000), "{slow_firsts:?}");
+    assert!(fast_firsts.iter().all(|ms| *ms < 1_000), "{fast_firsts:?}");
+    // Spread, not bunched: the slow streams' first calls fall into many 100 ms slots.
+    let slots: std::collections::BTreeSet<u128> = slow_firsts.iter().map(|ms| ms / 100).collect();
+    assert!(slots.len() > 25, "first ticks bunched into {} slots", slots.len());
+    // The offset is the stream's own: stopped and started again, it starts at the same offset.
+    let again = &slow[0];
+    scheduler.stop(again.stream_id, 0);
+    let t1 = Instant::now();
+    let before = api.calls().len();
+    scheduler.start(again.clone()).unwrap();
+    sleep(Duration::from_millis(4_000)).await;
+    let rerun = first(&api.calls()[before..], &again.secret_key, t1).expect("it ran again");
+    assert_eq!(rerun, slow_firsts[0]);
+}
