@@ -64,7 +64,8 @@ pub struct Proc {
 
 impl Proc {
     /// Start `bin` with `env` (and `RUST_LOG=warn` unless given), and wait up to 60 s for an
-    /// output line containing `ready`. Returns the process and that line.
+    /// output line containing `ready` (an empty `ready`: no wait). Returns the process and that
+    /// line.
     pub fn start(
         name: &str,
         bin: &Path,
@@ -110,6 +111,15 @@ impl Proc {
         }
         drop(tx);
         let deadline = Instant::now() + Duration::from_secs(60);
+        if ready.is_empty() {
+            std::thread::spawn(move || for _ in rx {});
+            let proc = Proc {
+                name: name.to_owned(),
+                child,
+                log,
+            };
+            return Ok((proc, String::new()));
+        }
         let mut proc = Proc {
             name: name.to_owned(),
             child,
@@ -126,7 +136,10 @@ impl Proc {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(status) = proc.child.try_wait()? {
-                        bail!("{name} exited with {status} before ready; see {}", proc.log.display());
+                        bail!(
+                            "{name} exited with {status} before ready; see {}",
+                            proc.log.display()
+                        );
                     }
                     if Instant::now() >= deadline {
                         bail!("{name} not ready after 60 s; see {}", proc.log.display());
@@ -134,7 +147,10 @@ impl Proc {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = proc.child.wait()?;
-                    bail!("{name} exited with {status} before ready; see {}", proc.log.display());
+                    bail!(
+                        "{name} exited with {status} before ready; see {}",
+                        proc.log.display()
+                    );
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod handshake;
 pub mod link;
 pub mod message;
+pub mod packed;
 pub mod schedule;
 pub mod tls;
 

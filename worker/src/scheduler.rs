@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
+use protocol::packed::PackedConfig;
 use protocol::schedule::{next_after, parse_cron};
 use protocol::{RunningStream, Schedule, StreamConfig};
 use tokio::time::Instant;
@@ -54,6 +55,8 @@ pub enum StartError {
     BadSchedule(String),
     #[error("worker is shutting down")]
     ShuttingDown,
+    #[error("config cannot be kept: {0}")]
+    Unpackable(String),
 }
 
 /// What `stop` did.
@@ -77,8 +80,8 @@ struct Entry {
     /// Tells this entry apart from a later start of the same stream.
     incarnation: u64,
     generation: u64,
-    /// The config the next tick runs with.
-    config: Arc<StreamConfig>,
+    /// The config the next tick runs with, packed: a million of these must fit in memory.
+    config: PackedConfig,
     phase: Phase,
 }
 
@@ -160,13 +163,15 @@ impl Scheduler {
             return Err(StartError::BadSchedule("interval must be above 0".into()));
         }
         let first = self.first_tick(&config);
+        let packed =
+            PackedConfig::pack(&config).map_err(|e| StartError::Unpackable(e.to_string()))?;
         let mut table = self.table();
         if let Some(entry) = table.streams.get_mut(&config.stream_id) {
             entry.generation = entry.generation.max(config.generation);
-            if *entry.config == config {
+            if entry.config == packed {
                 return Ok(Started::Unchanged);
             }
-            entry.config = Arc::new(config);
+            entry.config = packed;
             return Ok(Started::Updated);
         }
         if table.streams.len() >= self.inner.capacity {
@@ -186,7 +191,7 @@ impl Scheduler {
             Entry {
                 incarnation,
                 generation: config.generation,
-                config: Arc::new(config),
+                config: packed,
                 phase: Phase::Waiting(key),
             },
         );
@@ -272,8 +277,16 @@ impl Scheduler {
             let Some(entry) = table.streams.get_mut(&stream_id) else {
                 continue;
             };
+            let config = match entry.config.unpack() {
+                Ok(config) => config,
+                Err(err) => {
+                    // Packed by `start` a moment ago: only a bug gets here. Say so, drop it.
+                    tracing::error!(%stream_id, "stream dropped: {err}");
+                    table.streams.remove(&stream_id);
+                    continue;
+                }
+            };
             entry.phase = Phase::Running;
-            let config = entry.config.clone();
             let incarnation = entry.incarnation;
             drop(table);
             let this = self.clone();
@@ -307,7 +320,15 @@ impl Scheduler {
         if self.inner.shutdown.is_cancelled() {
             return;
         }
-        match self.next_tick(&entry.config, tick) {
+        // The config as it is now: a change during the run decides the next tick.
+        let next = match entry.config.unpack() {
+            Ok(config) => self.next_tick(&config, tick),
+            Err(err) => {
+                tracing::error!(%stream_id, "stream dropped: {err}");
+                None
+            }
+        };
+        match next {
             Some(next) => entry.phase = Phase::Waiting(wheel.insert_at(stream_id, next)),
             None => {
                 tracing::error!(%stream_id, "schedule has no further tick; stream ends");
