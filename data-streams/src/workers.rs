@@ -14,7 +14,7 @@ use std::time::Duration;
 use protocol::handshake;
 use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
 use protocol::tls::TlsAcceptor;
-use protocol::{Connection, Event, Reply, ResultRecord, RunFailure, Welcome};
+use protocol::{Connection, Event, Reply, ResultRecord, RunFailure, RunningStream, Welcome};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -174,7 +174,7 @@ where
     tracing::info!(
         worker_id,
         capacity = hello.capacity,
-        running = hello.running.len(),
+        running = hello.running,
         "worker connected"
     );
 
@@ -223,6 +223,9 @@ struct Batch {
     failures: Vec<RunFailure>,
     /// The highest sequence number in the batch: what the ack after the commit covers.
     max_seq: u64,
+    /// The `worker_available` list so far: it comes in parts, and is acted on whole. Not
+    /// cleared with the batch; taken when its last part arrives.
+    available: Vec<RunningStream>,
 }
 
 impl Batch {
@@ -247,9 +250,14 @@ async fn collect(
 ) {
     match msg {
         Incoming::Event {
-            event: Event::WorkerAvailable { running },
+            event: Event::WorkerAvailable { running, last },
             ..
         } => {
+            batch.available.extend(running);
+            if !last {
+                return;
+            }
+            let running = std::mem::take(&mut batch.available);
             // It makes calls over this same link, whose replies need this loop to keep reading:
             // run it beside the loop, never inside it.
             let supervisor = supervisor.clone();

@@ -165,7 +165,7 @@ async fn wrong_token(addr: SocketAddr) {
             worker_id: "intruder".to_owned(),
             capacity: 10,
             adapters: vec!["IQAIR_DAILY".to_owned()],
-            running: vec![],
+            running: 0,
         },
         Duration::from_secs(10),
     )
@@ -188,7 +188,7 @@ async fn wrong_version(addr: SocketAddr) {
         worker_id: "from-the-future".to_owned(),
         capacity: 10,
         adapters: vec!["IQAIR_DAILY".to_owned()],
-        running: vec![],
+        running: 0,
         mac: handshake::sign(WORKER_TOKEN.as_bytes(), &c.nonce, "from-the-future"),
     };
     conn.write_frame(&Frame::Hello(hello)).await.expect("hello");

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connection::Connection;
 use crate::error::ProtocolError;
-use crate::message::{Challenge, Frame, Hello, Reject, RunningStream, Welcome, PROTOCOL_VERSION};
+use crate::message::{Challenge, Frame, Hello, Reject, Welcome, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -123,7 +123,8 @@ pub struct WorkerIdentity {
     pub worker_id: String,
     pub capacity: u32,
     pub adapters: Vec<String>,
-    pub running: Vec<RunningStream>,
+    /// How many streams run here (the list follows in `worker_available` events).
+    pub running: u64,
 }
 
 /// Worker side: read the challenge, answer with a signed hello, and wait for the verdict.
@@ -186,7 +187,7 @@ mod tests {
             worker_id: id.into(),
             capacity: 10,
             adapters: vec!["IQAIR_DAILY".into()],
-            running: vec![],
+            running: 0,
             mac: sign(token, &c.nonce, id),
         }
     }

@@ -70,8 +70,9 @@ pub struct Hello {
     pub capacity: u32,
     /// Adapter names this worker can run, e.g. `IQAIR_DAILY`.
     pub adapters: Vec<String>,
-    /// What the worker is running right now (empty after a crash).
-    pub running: Vec<RunningStream>,
+    /// How many streams the worker runs right now (0 after a crash). The list itself follows
+    /// in `worker_available` events: a million streams do not fit in one frame.
+    pub running: u64,
     /// HMAC-SHA256 over the nonce and the worker id under the shared token.
     pub mac: Vec<u8>,
 }
@@ -260,11 +261,39 @@ pub enum Event {
     Results(ResultRecord),
     /// `data-streams:run_failed` — a run ended without an object.
     RunFailed(RunFailure),
-    /// `data-streams:worker_available` — sent on every (re)connect with what the worker runs.
-    WorkerAvailable { running: Vec<RunningStream> },
+    /// `data-streams:worker_available` — sent on every (re)connect with what the worker runs,
+    /// in as many parts as the frame size needs ([`Event::worker_available`]); the supervisor
+    /// acts on the whole list, when the part with `last` arrives.
+    WorkerAvailable {
+        running: Vec<RunningStream>,
+        last: bool,
+    },
 }
 
 impl Event {
+    /// The `worker_available` parts for `running`, each small enough for a frame of
+    /// `max_frame` bytes; always at least one part (an empty list is one empty last part).
+    pub fn worker_available(running: Vec<RunningStream>, max_frame: usize) -> Vec<Event> {
+        // A RunningStream encodes in at most 26 bytes (16-byte id with its length, a u64
+        // varint); keep 256 bytes for the frame's own fields.
+        let per_part = (max_frame.saturating_sub(256) / 26).max(1);
+        if running.is_empty() {
+            return vec![Event::WorkerAvailable {
+                running,
+                last: true,
+            }];
+        }
+        let parts = running.len().div_ceil(per_part);
+        running
+            .chunks(per_part)
+            .enumerate()
+            .map(|(i, part)| Event::WorkerAvailable {
+                running: part.to_vec(),
+                last: i + 1 == parts,
+            })
+            .collect()
+    }
+
     /// The name from the original design.
     pub fn name(&self) -> &'static str {
         match self {

@@ -159,7 +159,8 @@ fn event() -> impl Strategy<Value = Event> {
                 })
             }
         ),
-        running().prop_map(|running| Event::WorkerAvailable { running }),
+        (running(), any::<bool>())
+            .prop_map(|(running, last)| Event::WorkerAvailable { running, last }),
     ]
 }
 
@@ -175,7 +176,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u32>(),
             text(),
             any::<u32>(),
-            running(),
+            any::<u64>(),
             prop::collection::vec(any::<u8>(), 0..40)
         )
             .prop_map(|(protocol_version, worker_id, capacity, running, mac)| {

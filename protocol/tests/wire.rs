@@ -54,7 +54,7 @@ fn every_frame() -> Vec<Frame> {
             worker_id: "worker-1".into(),
             capacity: 10_000,
             adapters: vec!["IQAIR_DAILY".into()],
-            running: running.clone(),
+            running: running.len() as u64,
             mac: vec![1, 2, 3],
         }),
         Frame::Welcome(Welcome {
@@ -114,7 +114,10 @@ fn every_frame() -> Vec<Frame> {
         },
         Frame::Event {
             seq: 3,
-            event: Event::WorkerAvailable { running },
+            event: Event::WorkerAvailable {
+                running,
+                last: true,
+            },
         },
         Frame::Ack { seq: 3 },
         Frame::Heartbeat,
@@ -219,7 +222,7 @@ fn identity() -> WorkerIdentity {
         worker_id: "w1".into(),
         capacity: 5,
         adapters: vec!["IQAIR_DAILY".into()],
-        running: vec![],
+        running: 0,
     }
 }
 
@@ -270,7 +273,7 @@ async fn handshake_rejects_a_wrong_protocol_version() {
         worker_id: "w1".into(),
         capacity: 1,
         adapters: vec![],
-        running: vec![],
+        running: 0,
         mac: handshake::sign(TOKEN, &c.nonce, "w1"),
     }))
     .await
@@ -361,9 +364,15 @@ async fn events_arrive_in_order_and_acks_come_back() {
     let (sup, mut sup_in, _t1) = link::spawn(Connection::new(a, 1 << 20), fast_link());
     let (wrk, mut wrk_in, _t2) = link::spawn(Connection::new(b, 1 << 20), fast_link());
     for seq in 1..=1000u64 {
-        wrk.event(seq, Event::WorkerAvailable { running: vec![] })
-            .await
-            .unwrap();
+        wrk.event(
+            seq,
+            Event::WorkerAvailable {
+                running: vec![],
+                last: true,
+            },
+        )
+        .await
+        .unwrap();
     }
     for want in 1..=1000u64 {
         match sup_in.recv().await.unwrap() {
@@ -408,4 +417,41 @@ async fn a_silent_peer_ends_the_link_and_pending_calls_fail_fast() {
         }
     );
     assert!(sup.is_closed());
+}
+
+#[test]
+fn a_long_running_list_goes_out_in_parts_that_each_fit_a_frame() {
+    // A million streams: about 20 MB of list, over a 1 MiB frame limit.
+    let running: Vec<RunningStream> = (0..1_000_000u64)
+        .map(|i| RunningStream {
+            stream_id: uuid::Uuid::from_u64_pair(i, u64::MAX - i),
+            generation: u64::MAX - i,
+        })
+        .collect();
+    let max = protocol::codec::DEFAULT_MAX_FRAME;
+    let parts = Event::worker_available(running.clone(), max);
+    assert!(parts.len() > 1);
+    let mut joined = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let frame = Frame::Event {
+            seq: 0,
+            event: part.clone(),
+        };
+        let body = protocol::codec::encode(&frame).unwrap();
+        assert!(body.len() <= max, "part {i}: {} bytes", body.len());
+        let Event::WorkerAvailable { running, last } = part else {
+            panic!("not a worker_available part")
+        };
+        assert_eq!(*last, i + 1 == parts.len());
+        joined.extend_from_slice(running);
+    }
+    assert_eq!(joined, running);
+    // Nothing running is still one (empty, last) part.
+    assert_eq!(
+        Event::worker_available(vec![], max),
+        vec![Event::WorkerAvailable {
+            running: vec![],
+            last: true
+        }]
+    );
 }

@@ -205,7 +205,7 @@ where
         worker_id: settings.worker_id.clone(),
         capacity: settings.capacity,
         adapters: settings.adapters.clone(),
-        running: scheduler.running(),
+        running: scheduler.len() as u64,
     };
     let welcome = handshake::connect(
         &mut conn,
@@ -228,15 +228,13 @@ where
         unacknowledged = outbox.len(),
         "connected to the supervisor"
     );
-    // Unnumbered (seq 0): it describes this moment, so it is never replayed.
-    let _ = link
-        .event(
-            0,
-            Event::WorkerAvailable {
-                running: scheduler.running(),
-            },
-        )
-        .await;
+    // Unnumbered (seq 0): it describes this moment, so it is never replayed. In parts: the list
+    // of a worker running a million streams is tens of megabytes.
+    for part in Event::worker_available(scheduler.running(), settings.max_frame) {
+        if link.event(0, part).await.is_err() {
+            break;
+        }
+    }
 
     let sender = send_events(&link, outbox);
     tokio::pin!(sender);

@@ -106,7 +106,10 @@ mod tests {
     use super::*;
 
     fn ev() -> Event {
-        Event::WorkerAvailable { running: vec![] }
+        Event::WorkerAvailable {
+            running: vec![],
+            last: true,
+        }
     }
 
     #[test]

@@ -793,7 +793,7 @@ impl RawWorker {
                 // Nothing is ever assigned to it.
                 capacity: 0,
                 adapters: vec![],
-                running: vec![],
+                running: 0,
             },
             Duration::from_secs(10),
         )
@@ -894,6 +894,8 @@ pub fn result_record(
         bucket: BUCKET.to_owned(),
         key: protocol::object_key("IQAIR_DAILY", stream_id, &date, result_id),
         fetched_at_ms: fetched_ms,
+        scheduled_at_ms: fetched_ms - 250,
+        started_at_ms: fetched_ms - 240,
         size: 1234,
         sha256: "ab".repeat(32),
         measurement: measurement.map(Box::new),

@@ -296,3 +296,48 @@ async fn a_stale_auth_failure_does_not_fail_a_stream_another_worker_runs() {
     app.wait_for_results(&id, before + 2).await;
     assert_eq!(app.stream(&id).await["status"], "running");
 }
+
+#[tokio::test]
+async fn a_running_list_in_parts_is_acted_on_once_whole() {
+    let app = spawn_app().await;
+    let mut raw = RawWorker::connect(app.worker_addr, "w-parts").await;
+    // Two streams the supervisor never assigned to it, announced in two parts.
+    let a = protocol::RunningStream {
+        stream_id: uuid::Uuid::now_v7(),
+        generation: 1,
+    };
+    let b = protocol::RunningStream {
+        stream_id: uuid::Uuid::now_v7(),
+        generation: 1,
+    };
+    let part =
+        |running: Vec<protocol::RunningStream>, last| Event::WorkerAvailable { running, last };
+    raw.link.event(0, part(vec![a], false)).await.unwrap();
+    // Nothing happens on a part that is not the last.
+    let early = tokio::time::timeout(Duration::from_millis(500), raw.incoming.recv()).await;
+    assert!(early.is_err(), "acted on a partial list: {early:?}");
+    raw.link.event(0, part(vec![b], true)).await.unwrap();
+    // Then it is told to stop both: the whole list, not only the last part.
+    let mut stopped = Vec::new();
+    while stopped.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), raw.incoming.recv())
+            .await
+            .expect("stop calls within 10 s")
+            .expect("the link stays up");
+        if let protocol::Incoming::Call {
+            id,
+            call: protocol::Call::Stop { stream_id, .. },
+        } = msg
+        {
+            stopped.push(stream_id);
+            raw.link
+                .reply(id, protocol::Reply::ok("Stopped."))
+                .await
+                .unwrap();
+        }
+    }
+    stopped.sort();
+    let mut want = vec![a.stream_id, b.stream_id];
+    want.sort();
+    assert_eq!(stopped, want);
+}

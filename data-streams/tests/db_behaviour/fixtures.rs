@@ -112,6 +112,8 @@ pub fn result_with_id(
         bucket: "results".to_owned(),
         key: format!("IQAIR_DAILY/{stream_id}/dt=2026-01-01/{result_id}.json"),
         fetched_at_ms: fetched_ms,
+        scheduled_at_ms: fetched_ms - 250,
+        started_at_ms: fetched_ms - 240,
         size: 1234,
         sha256: "ab".repeat(32),
         measurement: measurement.map(Box::new),
