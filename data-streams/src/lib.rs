@@ -278,10 +278,26 @@ async fn housekeeping(
     let grace = settings.heartbeat_timeout();
     let every = Duration::from_millis(settings.assign_interval_ms.max(100));
     let started_ms = supervisor::now_ms();
-    let job = Job::new_repeated_async(every, move |_id, _lock| {
+    // A cron job every second, sweeping when `every` has passed since the last sweep began. Not
+    // `Job::new_repeated_async`: its next tick is the previous one plus the period, and once
+    // that falls behind the scheduler's clock the job never runs again (tokio-cron-scheduler
+    // issue #113, seen here as assignment stopping under load). A cron job's next tick is
+    // computed from now. Sweeps are therefore at least a second apart.
+    let last_sweep = Arc::new(tokio::sync::Mutex::new(None::<tokio::time::Instant>));
+    let job = Job::new_async("* * * * * *", move |_id, _lock| {
         let sup = sup.clone();
+        let last_sweep = last_sweep.clone();
         Box::pin(async move {
-            sweep(&sup, grace, started_ms).await;
+            // A sweep still running (a slow database) is not joined by another.
+            let Ok(mut last) = last_sweep.try_lock() else {
+                return;
+            };
+            // Ticks come at whole seconds with up to half a second of jitter: allow for it.
+            let due = last.is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= every);
+            if due {
+                *last = Some(tokio::time::Instant::now());
+                sweep(&sup, grace, started_ms).await;
+            }
         })
     })
     .map_err(err)?;
