@@ -8,7 +8,9 @@
 //!   does after its commit).
 //!
 //! Warm-up first (5,000 calls at C = 16 and 20,000 events), as the peer does. `--quick` divides
-//! every count by 10.
+//! every count by 10. For profiling one system: `BENCH_PROTOCOL_SYSTEMS` (a comma list of
+//! `data_streams`, `nestjs_tcp`, `limit`; ratios print only for pairs that ran),
+//! `BENCH_PROTOCOL_N` and `BENCH_PROTOCOL_M` (the measured counts).
 //!
 //! Threads: the machine has 2 cores, and the peer runs as two single-threaded node processes
 //! (client and server). Ours runs the same shape: each side of the link (and each side of the
@@ -41,7 +43,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use uuid::Uuid;
 
 use crate::procs::{self, Context};
-use crate::report::{figure, note, pct, ratio};
+use crate::report::{figure, note, pct, ratio, ratio_info};
 
 const DS: &str = "data_streams";
 const NEST: &str = "nestjs_tcp";
@@ -70,48 +72,76 @@ type Figures = HashMap<String, f64>;
 
 pub fn run(ctx: &Context) -> anyhow::Result<()> {
     let div = if ctx.quick { 10 } else { 1 };
+    // Development knobs (profiling one system with bigger counts); the defaults are the peer's.
+    let env_count = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match std::env::var(name) {
+            Ok(v) => v
+                .parse()
+                .with_context(|| format!("{name}={v:?} is not a count")),
+            Err(_) => Ok(default),
+        }
+    };
     let w = Workload {
-        calls: 50_000 / div,
+        calls: env_count("BENCH_PROTOCOL_N", 50_000 / div)?,
         concs: [1, 64],
-        events: 200_000 / div,
+        events: env_count("BENCH_PROTOCOL_M", 200_000 / div)?,
         warm_calls: 5_000 / div,
         warm_events: 20_000 / div,
     };
+    let systems =
+        std::env::var("BENCH_PROTOCOL_SYSTEMS").unwrap_or_else(|_| format!("{DS},{NEST},{LIMIT}"));
+    let wanted = |system: &str| systems.split(',').any(|s| s.trim() == system);
     note(format!(
         "protocol: N={} calls at C={:?}, M={} events, warm-up {} calls and {} events",
         w.calls, w.concs, w.events, w.warm_calls, w.warm_events
     ));
 
     // Ours first, the peer in the middle (its npm ci and tsc take a while), the ceiling last.
-    note("protocol: data_streams (protocol crate, loopback TCP, handshake, acks)");
-    let ds = data_streams(&w).context("data_streams link benchmark")?;
-    print_figures(DS, &ds);
+    let ds = if wanted(DS) {
+        note("protocol: data_streams (protocol crate, loopback TCP, handshake, acks)");
+        let ds = data_streams(&w).context("data_streams link benchmark")?;
+        print_figures(DS, &ds);
+        Some(ds)
+    } else {
+        None
+    };
+    let nest = if wanted(NEST) {
+        note("protocol: nestjs_tcp (peer run.sh)");
+        Some(nestjs(ctx, &w))
+    } else {
+        None
+    };
+    let lim = if wanted(LIMIT) {
+        note("protocol: limit (bare length-delimited echo)");
+        let lim = limit(&w).context("limit echo benchmark")?;
+        print_figures(LIMIT, &lim);
+        Some(lim)
+    } else {
+        None
+    };
+    let nest = nest.transpose()?;
 
-    note("protocol: nestjs_tcp (peer run.sh)");
-    let nest = nestjs(ctx, &w);
-
-    note("protocol: limit (bare length-delimited echo)");
-    let lim = limit(&w).context("limit echo benchmark")?;
-    print_figures(LIMIT, &lim);
-
-    let nest = nest?;
     let get = |f: &Figures, system: &str, metric: &str| -> anyhow::Result<f64> {
         f.get(metric)
             .copied()
             .ok_or_else(|| anyhow!("{system} printed no {metric}"))
     };
-    for metric in ["call_c1_per_s", "call_c64_per_s", "events_per_s"] {
-        let v = get(&ds, DS, metric)? / get(&nest, NEST, metric)?;
-        ratio(&format!("{metric} {DS}/{NEST}"), v, 10.0, true);
+    if let (Some(ds), Some(nest)) = (&ds, &nest) {
+        for metric in ["call_c1_per_s", "call_c64_per_s", "events_per_s"] {
+            let v = get(ds, DS, metric)? / get(nest, NEST, metric)?;
+            ratio(&format!("{metric} {DS}/{NEST}"), v, 10.0, true);
+        }
+        for metric in ["call_c1_p99_us", "call_c64_p99_us"] {
+            let v = get(ds, DS, metric)? / get(nest, NEST, metric)?;
+            ratio(&format!("{metric} {DS}/{NEST}"), v, 0.1, false);
+        }
     }
-    for metric in ["call_c1_p99_us", "call_c64_p99_us"] {
-        let v = get(&ds, DS, metric)? / get(&nest, NEST, metric)?;
-        ratio(&format!("{metric} {DS}/{NEST}"), v, 0.1, false);
-    }
-    // For information: how close to the bare ceiling our encoding, actor and acks run.
-    for metric in ["call_c1_per_s", "call_c64_per_s", "events_per_s"] {
-        let v = get(&ds, DS, metric)? / get(&lim, LIMIT, metric)?;
-        ratio(&format!("{metric} {DS}/{LIMIT}"), v, 0.0, true);
+    if let (Some(ds), Some(lim)) = (&ds, &lim) {
+        // For information: how close to the bare ceiling our encoding, actor and acks run.
+        for metric in ["call_c1_per_s", "call_c64_per_s", "events_per_s"] {
+            let v = get(ds, DS, metric)? / get(lim, LIMIT, metric)?;
+            ratio_info(&format!("{metric} {DS}/{LIMIT}"), v);
+        }
     }
     Ok(())
 }
@@ -264,7 +294,7 @@ async fn worker_side(
         worker_id: "bench-worker".into(),
         capacity: 10_000,
         adapters: vec!["IQAIR_DAILY".into()],
-        running: vec![],
+        running: 0,
     };
     let welcome = handshake::connect(&mut conn, TOKEN, identity, Duration::from_secs(10)).await?;
     let config = LinkConfig {
@@ -338,7 +368,10 @@ async fn supervisor_side(
         heartbeat_timeout_ms: 15_000,
     };
     let hello = handshake::accept(&mut conn, TOKEN, welcome, Duration::from_secs(10)).await?;
-    anyhow::ensure!(hello.worker_id == "bench-worker", "unexpected hello {hello:?}");
+    anyhow::ensure!(
+        hello.worker_id == "bench-worker",
+        "unexpected hello {hello:?}"
+    );
     let (link, mut incoming, task) = link::spawn(
         conn,
         LinkConfig {
@@ -359,7 +392,10 @@ async fn supervisor_side(
         call_figures(&mut figures, c, w.calls, elapsed, &h);
     }
     let elapsed = ds_events(&link, &mut incoming, &cmds, acked, next_seq, w.events).await?;
-    figures.insert("events_per_s".into(), w.events as f64 / elapsed.as_secs_f64());
+    figures.insert(
+        "events_per_s".into(),
+        w.events as f64 / elapsed.as_secs_f64(),
+    );
 
     link.close().await;
     drop(cmds);
@@ -446,14 +482,13 @@ async fn ds_events(
                 other => bail!("unexpected {other:?} during the events"),
             }
         }
+        // Cumulative ack of everything counted so far (the supervisor acks after its commit).
+        link.ack(expect - 1).await?;
         if counted == count {
             break Instant::now();
         }
-        // Cumulative ack of everything counted so far (the supervisor acks after its commit).
-        link.ack(expect - 1).await?;
     };
-    // The last ack, then its confirmation at the worker side (not timed).
-    link.ack(last_seq).await?;
+    // The last ack's arrival at the worker side (not timed).
     let started = started_rx.await?;
     let deadline = Instant::now() + STUCK;
     while acked.load(Ordering::Acquire) < last_seq {
@@ -508,10 +543,7 @@ fn nestjs_inner(ctx: &Context, w: &Workload) -> anyhow::Result<Figures> {
         .current_dir(&dir)
         .env("PORT", port.to_string())
         .env("N", w.calls.to_string())
-        .env(
-            "CONCS",
-            w.concs.map(|c| c.to_string()).join(",").to_string(),
-        )
+        .env("CONCS", w.concs.map(|c| c.to_string()).join(","))
         .env("M", w.events.to_string())
         .env("WARM_CALLS", w.warm_calls.to_string())
         .env("WARM_EVENTS", w.warm_events.to_string())
@@ -626,8 +658,11 @@ fn limit(w: &Workload) -> anyhow::Result<Figures> {
             call_figures(&mut f, c, w.calls, elapsed, &h);
         }
         let elapsed = echo_events(&mut rd, &mut wr, &event_body, w.events, &counted_at).await?;
-        f.insert("events_per_s".into(), w.events as f64 / elapsed.as_secs_f64());
-        wr.close().await?;
+        f.insert(
+            "events_per_s".into(),
+            w.events as f64 / elapsed.as_secs_f64(),
+        );
+        SinkExt::<Bytes>::close(&mut wr).await?;
         Ok::<_, anyhow::Error>(f)
     });
     let joined = join_side(server, "limit echo server");
@@ -685,7 +720,7 @@ async fn echo_server(
                 _ => break,
             }
         }
-        wr.flush().await?;
+        SinkExt::<Bytes>::flush(&mut wr).await?;
     }
     Ok(())
 }
@@ -707,7 +742,7 @@ async fn echo_calls(
         wr.feed(body.clone()).await?;
         sent += 1;
     }
-    wr.flush().await?;
+    SinkExt::<Bytes>::flush(wr).await?;
     let mut received = 0;
     while received < n {
         let frame = tokio::time::timeout(STUCK, rd.next())
@@ -729,7 +764,7 @@ async fn echo_calls(
                 _ => break,
             }
         }
-        wr.flush().await?;
+        SinkExt::<Bytes>::flush(wr).await?;
     }
     Ok((t0.elapsed(), h))
 }
@@ -748,7 +783,7 @@ async fn echo_events(
     for _ in 0..m {
         wr.feed(body.clone()).await?;
     }
-    wr.flush().await?;
+    SinkExt::<Bytes>::flush(wr).await?;
     let answer = tokio::time::timeout(STUCK, rd.next())
         .await?
         .ok_or_else(|| anyhow!("echo closed"))??;

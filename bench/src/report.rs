@@ -32,6 +32,13 @@ pub fn ratio(name: &str, value: f64, target: f64, higher_is_better: bool) {
     let _ = out.flush();
 }
 
+/// Print a ratio that has no goal, for information: `ratio <name> <value> (for information)`.
+pub fn ratio_info(name: &str, value: f64) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ratio {name} {value:.3} (for information)");
+    let _ = out.flush();
+}
+
 /// A progress or context line that is not a figure, on stderr.
 pub fn note(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());

@@ -1,9 +1,9 @@
-//! The only module that names bincode: frames are length-delimited (4-byte big-endian length)
+//! The frame codec (with packed.rs, the only place that names bincode): frames are length-delimited (4-byte big-endian length)
 //! and their bodies are bincode 2 through serde. Keeping the encoding here means the format can
 //! move to a bincode-compatible crate without touching the message types.
 
-use bytes::{Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::ProtocolError;
 use crate::message::Frame;
@@ -41,34 +41,31 @@ pub fn decode(body: &[u8]) -> Result<Frame, ProtocolError> {
     Ok(frame)
 }
 
-/// A `tokio_util` codec turning a byte stream into [`Frame`]s and back.
+/// Length of the big-endian length prefix of every frame.
+const PREFIX: usize = 4;
+
+/// bincode writes straight into the codec's output buffer: no intermediate `Vec` per frame.
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BufWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A `tokio_util` codec turning a byte stream into [`Frame`]s and back: a 4-byte big-endian
+/// length, then the bincode body (the framing of `LengthDelimitedCodec`, done here so that a
+/// frame is encoded in place in the write buffer and decoded in place from the read buffer).
 #[derive(Debug)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     max_frame: usize,
 }
 
 impl FrameCodec {
     /// A codec refusing frames larger than `max_frame` bytes in either direction.
     pub fn new(max_frame: usize) -> Self {
-        let inner = LengthDelimitedCodec::builder()
-            .length_field_length(4)
-            .big_endian()
-            .max_frame_length(max_frame)
-            .new_codec();
-        FrameCodec { inner, max_frame }
-    }
-
-    fn map_err(&self, err: std::io::Error, pending: usize) -> ProtocolError {
-        // LengthDelimitedCodec reports an oversize length as InvalidData before reading the body.
-        if err.kind() == std::io::ErrorKind::InvalidData {
-            ProtocolError::FrameTooLarge {
-                len: pending,
-                max: self.max_frame,
-            }
-        } else {
-            ProtocolError::Io(err)
-        }
+        FrameCodec { max_frame }
     }
 }
 
@@ -83,12 +80,25 @@ impl Decoder for FrameCodec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        let announced = announced_len(src);
-        match self.inner.decode(src) {
-            Ok(Some(body)) => decode(&body).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(self.map_err(e, announced)),
+        let Some(prefix) = src.get(..PREFIX) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.max_frame {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
+        let end = PREFIX + len;
+        if src.len() < end {
+            // Room for the rest of this frame, so the next read can complete it.
+            src.reserve(end - src.len());
+            return Ok(None);
+        }
+        let frame = decode(&src[PREFIX..end]);
+        src.advance(end);
+        frame.map(Some)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
@@ -104,16 +114,27 @@ impl Encoder<&Frame> for FrameCodec {
     type Error = ProtocolError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        let body = encode(frame)?;
-        if body.len() > self.max_frame {
+        let start = dst.len();
+        dst.put_u32(0);
+        let written = bincode::serde::encode_into_writer(frame, BufWriter(dst), config());
+        let len = dst.len() - start - PREFIX;
+        if let Err(e) = written {
+            dst.truncate(start);
+            return Err(ProtocolError::Encode {
+                kind: frame.kind(),
+                reason: e.to_string(),
+            });
+        }
+        // The prefix is 4 bytes, whatever `max_frame` says.
+        if len > self.max_frame || len > u32::MAX as usize {
+            dst.truncate(start);
             return Err(ProtocolError::FrameTooLarge {
-                len: body.len(),
+                len,
                 max: self.max_frame,
             });
         }
-        self.inner
-            .encode(Bytes::from(body), dst)
-            .map_err(ProtocolError::Io)
+        dst[start..start + PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
     }
 }
 
@@ -122,12 +143,5 @@ impl Encoder<Frame> for FrameCodec {
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), ProtocolError> {
         Encoder::<&Frame>::encode(self, &frame, dst)
-    }
-}
-
-fn announced_len(src: &BytesMut) -> usize {
-    match src.get(..4) {
-        Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
-        None => 0,
     }
 }

@@ -7,15 +7,20 @@
 //! a lot can never deadlock on full socket buffers.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::PollSender;
 
 use crate::connection::Connection;
 use crate::error::{CallError, ProtocolError};
@@ -56,14 +61,38 @@ pub enum Incoming {
     Ack { seq: u64 },
 }
 
+/// Calls waiting for their reply, by call id.
+type Pending = HashMap<u64, oneshot::Sender<Reply>, BuildHasherDefault<IdHasher>>;
+
+/// Call ids are a local counter, never chosen by the peer (a reply with an unknown id is only
+/// looked up): a multiplicative hash is enough, and much cheaper than SipHash on the hot path.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<Pending>,
     next_call_id: AtomicU64,
     closed: AtomicBool,
 }
 
 impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         // A panic while holding this lock leaves the map consistent (single insert/remove), so a
         // poisoned lock is still usable.
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
@@ -103,8 +132,7 @@ impl LinkHandle {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending().insert(id, reply_tx);
         if self
-            .tx
-            .send(Outgoing::Frame(Frame::Call { id, call }))
+            .enqueue(Outgoing::Frame(Frame::Call { id, call }))
             .await
             .is_err()
         {
@@ -126,10 +154,18 @@ impl LinkHandle {
 
     /// Send a frame (an event, an ack, a reply). Waits while the outgoing queue is full.
     pub async fn send(&self, frame: Frame) -> Result<(), LinkClosed> {
-        self.tx
-            .send(Outgoing::Frame(frame))
-            .await
-            .map_err(|_| LinkClosed)
+        self.enqueue(Outgoing::Frame(frame)).await
+    }
+
+    /// Queue for the actor: without a future when there is room (the common case), else wait.
+    async fn enqueue(&self, out: Outgoing) -> Result<(), LinkClosed> {
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                self.tx.send(out).await.map_err(|_| LinkClosed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkClosed),
+        }
     }
 
     /// Send an event with its sequence number.
@@ -174,7 +210,7 @@ where
     let (out_tx, out_rx) = mpsc::channel(config.outgoing_capacity.max(1));
     let (in_tx, in_rx) = mpsc::channel(config.incoming_capacity.max(1));
     let shared = Arc::new(Shared {
-        pending: Mutex::new(HashMap::new()),
+        pending: Mutex::new(Pending::default()),
         next_call_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
     });
@@ -192,6 +228,22 @@ where
     (handle, in_rx, task)
 }
 
+/// Bytes queued in the write buffer before the actor writes them out even though more frames
+/// wait: frames are written in batches of up to this size, one `write` each.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Read buffer size: one `read` takes in up to this much (many frames) per wake-up.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The actor: one task drives both directions of the socket by hand (no split, no lock between
+/// a reader and a writer half), so that
+///
+/// - every frame waiting in the outgoing queue is encoded into the write buffer, and the buffer
+///   is written with one system call when the queue is empty (or the buffer is full);
+/// - every frame a read brought in is handled before the next read, and the time of life of the
+///   peer is noted once per wake-up, not once per frame;
+/// - reading goes on while a write waits for the peer (two peers that both write a lot never
+///   deadlock on full socket buffers), and writing goes on while the owner is slow to take what
+///   was read (reading pauses then: TCP backpressure).
 async fn run<T>(
     conn: Connection<T>,
     config: LinkConfig,
@@ -202,19 +254,78 @@ async fn run<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = conn.into_framed().split();
-    // Milliseconds since `base` when the peer was last heard from.
-    let base = Instant::now();
-    let last_heard_ms = AtomicU64::new(0);
-    let since_base = || base.elapsed().as_millis() as u64;
+    let mut framed = conn.into_framed();
+    framed.set_backpressure_boundary(WRITE_BATCH_BYTES);
+    framed.read_buffer_mut().reserve(READ_BUFFER_BYTES);
+    let mut in_tx = PollSender::new(in_tx);
+    // A received frame the owner's full queue could not take yet.
+    let mut stashed: Option<Incoming> = None;
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut last_sent = Instant::now();
+    let mut closing = false;
 
-    let reader = async {
-        loop {
-            let frame = match stream.next().await {
-                Some(frame) => frame?,
-                None => return Ok(()),
+    std::future::poll_fn(|cx| loop {
+        let mut progress = false;
+
+        // Outgoing: encode every queued frame into the write buffer.
+        while !closing {
+            if framed.write_buffer().len() >= WRITE_BATCH_BYTES {
+                match SinkExt::<&Frame>::poll_flush_unpin(&mut framed, cx) {
+                    Poll::Ready(Ok(())) => last_sent = Instant::now(),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    // Woken when the socket is writable again; the queue waits meanwhile.
+                    Poll::Pending => break,
+                }
+            }
+            match out_rx.poll_recv(cx) {
+                Poll::Ready(Some(Outgoing::Frame(frame))) => {
+                    if let Err(e) = Pin::new(&mut framed).start_send(&frame) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                // Close, or every handle dropped: write what is queued, then end.
+                Poll::Ready(Some(Outgoing::Close)) | Poll::Ready(None) => closing = true,
+                Poll::Pending => break,
+            }
+        }
+
+        // Write the batch.
+        if !framed.write_buffer().is_empty() {
+            match SinkExt::<&Frame>::poll_flush_unpin(&mut framed, cx) {
+                Poll::Ready(Ok(())) => last_sent = Instant::now(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if closing && framed.write_buffer().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+
+        // Incoming: hand over what was stashed, then every frame that is readable.
+        if let Some(item) = stashed.take() {
+            match in_tx.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {
+                    if in_tx.send_item(item).is_err() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    progress = true;
+                }
+                // The owner is gone; nobody will handle what the peer sends.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => stashed = Some(item),
+            }
+        }
+        let mut heard = false;
+        while stashed.is_none() {
+            let frame = match framed.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(frame))) => frame,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
             };
-            last_heard_ms.store(since_base(), Ordering::Relaxed);
+            heard = true;
             let incoming = match frame {
                 Frame::Heartbeat => continue,
                 Frame::Reply { id, reply } => {
@@ -228,63 +339,47 @@ where
                 Frame::Event { seq, event } => Incoming::Event { seq, event },
                 Frame::Ack { seq } => Incoming::Ack { seq },
                 other => {
-                    return Err(ProtocolError::Unexpected {
+                    return Poll::Ready(Err(ProtocolError::Unexpected {
                         expected: "call, reply, event, ack or heartbeat",
                         got: other.kind(),
-                    })
+                    }))
                 }
             };
-            if in_tx.send(incoming).await.is_err() {
-                // The owner is gone; nobody will handle what the peer sends.
-                return Ok(());
-            }
-        }
-    };
-
-    let writer = async {
-        let mut tick = tokio::time::interval(config.heartbeat_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sent = Instant::now();
-        loop {
-            tokio::select! {
-                out = out_rx.recv() => {
-                    let Some(Outgoing::Frame(frame)) = out else {
-                        SinkExt::<Frame>::flush(&mut sink).await?;
-                        return Ok(());
-                    };
-                    sink.feed(frame).await?;
-                    // Batch whatever else is already queued into the same write.
-                    let mut close = false;
-                    while let Ok(more) = out_rx.try_recv() {
-                        match more {
-                            Outgoing::Frame(frame) => sink.feed(frame).await?,
-                            Outgoing::Close => { close = true; break; }
-                        }
-                    }
-                    SinkExt::<Frame>::flush(&mut sink).await?;
-                    last_sent = Instant::now();
-                    if close {
-                        return Ok(());
-                    }
-                }
-                _ = tick.tick() => {
-                    let silent = Duration::from_millis(
-                        since_base().saturating_sub(last_heard_ms.load(Ordering::Relaxed)),
-                    );
-                    if silent > config.heartbeat_timeout {
-                        return Err(ProtocolError::PeerSilent(silent));
-                    }
-                    if last_sent.elapsed() >= config.heartbeat_interval {
-                        sink.send(Frame::Heartbeat).await?;
-                        last_sent = Instant::now();
-                    }
+            let Some(sender) = in_tx.get_ref() else {
+                return Poll::Ready(Ok(()));
+            };
+            match sender.try_send(incoming) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return Poll::Ready(Ok(())),
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    // Stop reading until the owner makes room (registers the wake-up).
+                    stashed = Some(item);
+                    progress = true;
                 }
             }
         }
-    };
+        if heard {
+            last_heard = Instant::now();
+        }
 
-    tokio::select! {
-        r = reader => r,
-        w = writer => w,
-    }
+        // Heartbeats and the silence check.
+        while tick.poll_tick(cx).is_ready() {
+            let silent = last_heard.elapsed();
+            if silent > config.heartbeat_timeout {
+                return Poll::Ready(Err(ProtocolError::PeerSilent(silent)));
+            }
+            if !closing && last_sent.elapsed() >= config.heartbeat_interval {
+                if let Err(e) = Pin::new(&mut framed).start_send(&Frame::Heartbeat) {
+                    return Poll::Ready(Err(e));
+                }
+                last_sent = Instant::now();
+                progress = true;
+            }
+        }
+
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await
 }
