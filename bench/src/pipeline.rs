@@ -16,10 +16,15 @@
 //! - `cpu_pct_<process>`: CPU of each process over the window (100 = one core), to show what
 //!   bounds the rate.
 //!
-//! The ceiling, `sim_bare_get get_per_s`: a fresh simulator answering plain keep-alive GETs of the
-//! same endpoint from `min(largest N, 256)` concurrent loops. The worker itself has up to N
-//! fetches in flight (every stream of a tick at once); 256 loops already saturate the simulator
-//! on a small machine, and more only add scheduling noise to the ceiling.
+//! The ceiling, `sim_bare_get get_per_s`: a fresh simulator (before and again after the pipeline
+//! runs; the better of the two) answering plain keep-alive GETs of the same endpoint from
+//! `min(largest N, 256)` concurrent loops. The worker itself has up to N fetches in flight (every
+//! stream of a tick at once); 256 loops already saturate the simulator on a small machine, and
+//! more only add scheduling noise to the ceiling.
+//!
+//! Knobs for profiling: `BENCH_PIPELINE_ONLY=sqlite_folder_10000,...` runs only the named runs;
+//! `BENCH_OBJECTS_ROOT=/dev/shm/x` puts the folder store there (e.g. a tmpfs, to see what the
+//! disk's fsyncs and inode allocation cost).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +45,9 @@ use crate::report::{figure, note, pct, ratio};
 const SIM_KEY: &str = "bench-key";
 /// The shortest interval the API accepts (`domain::MIN_INTERVAL_MS`).
 const INTERVAL_MS: u64 = 1_000;
+/// Each run's deadline: longer than the interval, so a run that waits behind a backlog still
+/// completes (its next tick is skipped) instead of being dropped and redone.
+const TIMEOUT_MS: u64 = 10_000;
 /// Shared secret of the worker link in these runs.
 const WORKER_TOKEN: &str = "bench-worker-token";
 /// Most concurrent loops of the bare GET ceiling (and of API calls while creating streams).
@@ -77,7 +85,11 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
 }
 
 async fn run_all(ctx: &Context) -> anyhow::Result<()> {
-    let counts: [usize; 2] = if ctx.quick { [100, 1_000] } else { [1_000, 10_000] };
+    let counts: [usize; 2] = if ctx.quick {
+        [100, 1_000]
+    } else {
+        [1_000, 10_000]
+    };
     let timing = if ctx.quick {
         Timing {
             warmup: Duration::from_secs(3),
@@ -92,21 +104,32 @@ async fn run_all(ctx: &Context) -> anyhow::Result<()> {
     let largest = counts[1];
 
     let concurrency = largest.min(BARE_MAX_CONCURRENCY);
-    let bare = bare_get(ctx, concurrency, &timing)
+    figure("sim_bare_get", "concurrency", concurrency as f64);
+    let bare_before = bare_get(ctx, "sim_bare_get_before", concurrency, &timing)
         .await
         .context("the bare simulator GET loop")?;
-    figure("sim_bare_get", "get_per_s", bare);
-    figure("sim_bare_get", "concurrency", concurrency as f64);
+    figure("sim_bare_get", "get_per_s_before", bare_before);
 
     let mut backends = vec![Backend::SqliteFolder];
     match std::env::var("BENCH_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => backends.push(Backend::PostgresS3),
-        _ => note("BENCH_POSTGRES_URL is not set: PostgreSQL + S3 skipped (scripts/bench.sh sets it)"),
+        _ => note(
+            "BENCH_POSTGRES_URL is not set: PostgreSQL + S3 skipped (scripts/bench.sh sets it)",
+        ),
     }
+    // BENCH_PIPELINE_ONLY=sqlite_folder_10000,... runs only the named runs (for profiling).
+    let only: Option<Vec<String>> = std::env::var("BENCH_PIPELINE_ONLY")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let mut rates = Vec::new();
     for backend in backends {
         for n in counts {
-            let system = format!("pipeline_{}_{n}", backend.name());
+            let run_name = format!("{}_{n}", backend.name());
+            if only.as_ref().is_some_and(|only| !only.contains(&run_name)) {
+                continue;
+            }
+            let system = format!("pipeline_{run_name}");
             note(format!("{system}: starting"));
             let rate = pipeline(ctx, backend, n, &timing, &system)
                 .await
@@ -114,6 +137,15 @@ async fn run_all(ctx: &Context) -> anyhow::Result<()> {
             rates.push((backend, n, rate));
         }
     }
+    // Measured again after the pipeline runs: on a small shared machine one measurement can be
+    // depressed by background work (other processes, the file system's writeback); the ceiling
+    // is the better of the two, which makes the ratio the harder to meet.
+    let bare_after = bare_get(ctx, "sim_bare_get_after", concurrency, &timing)
+        .await
+        .context("the bare simulator GET loop")?;
+    figure("sim_bare_get", "get_per_s_after", bare_after);
+    let bare = bare_before.max(bare_after);
+    figure("sim_bare_get", "get_per_s", bare);
     for (backend, n, rate) in rates {
         if n == largest {
             ratio(
@@ -154,8 +186,13 @@ fn after(line: &str, marker: &str) -> Option<String> {
 
 /// The simulator's own rate: `concurrency` keep-alive GET loops over `timing.window`, after a
 /// short warm-up. Answers other than 200 count as failures and fail the run.
-async fn bare_get(ctx: &Context, concurrency: usize, timing: &Timing) -> anyhow::Result<f64> {
-    let logs = ctx.dir("sim_bare_get")?;
+async fn bare_get(
+    ctx: &Context,
+    name: &str,
+    concurrency: usize,
+    timing: &Timing,
+) -> anyhow::Result<f64> {
+    let logs = ctx.dir(name)?;
     let (sim, addr) = start_sim(ctx, "iqair-sim", &logs)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
@@ -191,7 +228,7 @@ async fn bare_get(ctx: &Context, concurrency: usize, timing: &Timing) -> anyhow:
         handle.await?;
     }
     drop(sim);
-    figure("sim_bare_get", "cpu_pct_iqair-sim", sim_cpu);
+    figure(name, "cpu_pct_iqair-sim", sim_cpu);
     let failed = bad.load(Ordering::Relaxed);
     if failed > 0 {
         bail!("{failed} bare GETs failed; see {}", logs.display());
@@ -303,7 +340,10 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
     };
-    let scheme_end = base.find("://").ok_or_else(|| anyhow!("not a URL: {url:?}"))? + 3;
+    let scheme_end = base
+        .find("://")
+        .ok_or_else(|| anyhow!("not a URL: {url:?}"))?
+        + 3;
     let host_end = base[scheme_end..]
         .find('/')
         .map_or(base.len(), |i| scheme_end + i);
@@ -333,10 +373,13 @@ async fn pipeline(
         let mut store_env: Vec<(&str, String)> = Vec::new();
         let database_url = match backend {
             Backend::SqliteFolder => {
-                store_env.push((
-                    "OBJECT_STORE_URL",
-                    format!("file://{}", dir.join("objects").display()),
-                ));
+                // BENCH_OBJECTS_ROOT puts the folder store elsewhere (e.g. a tmpfs, to see
+                // what the disk's fsyncs cost).
+                let objects = match std::env::var("BENCH_OBJECTS_ROOT") {
+                    Ok(root) if !root.is_empty() => Path::new(&root).join(system),
+                    _ => dir.join("objects"),
+                };
+                store_env.push(("OBJECT_STORE_URL", format!("file://{}", objects.display())));
                 format!("sqlite://{}", dir.join("ds.db").display())
             }
             Backend::PostgresS3 => {
@@ -388,7 +431,6 @@ async fn pipeline(
             "data-streams listening",
             &dir,
         )?;
-        let supervisor_pid = supervisor.pid();
         procs.push(supervisor);
         let http = after(&line, "listening: http://")
             .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
@@ -427,9 +469,7 @@ async fn pipeline(
             "worker starting",
             &dir,
         )?;
-        let worker_pid = worker.pid();
         procs.push(worker);
-        let sim_pid = procs[0].pid();
 
         let assigned = Instant::now();
         wait_assigned(&client, &api, n).await?;
@@ -452,11 +492,8 @@ async fn pipeline(
         };
         tokio::time::sleep(timing.warmup).await;
 
-        let pids = [
-            ("iqair-sim", sim_pid),
-            ("data-streams", supervisor_pid),
-            ("worker", worker_pid),
-        ];
+        // Every process of the run (s3-test-server too, on that backend).
+        let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
         let cpu_before: Vec<f64> = pids
             .iter()
             .map(|(_, pid)| cpu_seconds(*pid))
@@ -527,7 +564,7 @@ async fn create_stream(
         "endpoint": endpoint,
         "secret_key": SIM_KEY,
         "interval": INTERVAL_MS,
-        "timeout": INTERVAL_MS,
+        "timeout": TIMEOUT_MS,
         "bucket_name": "bench",
         "params": {"lat": lat, "lon": lon},
         "rate_limit": {"per_minute": 0, "per_day": 0, "per_month": 0},

@@ -311,7 +311,14 @@ fn bin(name: &str) -> PathBuf {
             Some(other) => other,
         };
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--workspace", "--all-targets", "--profile", profile])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--all-targets",
+                "--profile",
+                profile,
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("cargo runs");

@@ -81,6 +81,7 @@ on_both_backends! {
             => keyset_pagination_is_stable_while_rows_arrive,
         crate::events::measurements_from_to_filter => measurements_from_to_filter,
         crate::events::reconciled_refs_are_idempotent => reconciled_refs_are_idempotent,
+        crate::events::schedule_lag_round_trips => schedule_lag_round_trips,
         crate::events::concurrent_writers_lose_nothing => concurrent_writers_lose_nothing,
     ],
     url: [

@@ -261,8 +261,12 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
         secret_key: name,
         ..config(every(interval_ms), interval_ms / 2)
     };
-    let slow: Vec<StreamConfig> = (0..200).map(|i| named(60_000, format!("slow-{i}"))).collect();
-    let fast: Vec<StreamConfig> = (0..200).map(|i| named(1_000, format!("fast-{i}"))).collect();
+    let slow: Vec<StreamConfig> = (0..200)
+        .map(|i| named(60_000, format!("slow-{i}")))
+        .collect();
+    let fast: Vec<StreamConfig> = (0..200)
+        .map(|i| named(1_000, format!("fast-{i}")))
+        .collect();
     let t0 = Instant::now();
     for c in slow.iter().chain(&fast) {
         scheduler.start(c.clone()).unwrap();
@@ -288,7 +292,11 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     assert!(fast_firsts.iter().all(|ms| *ms < 1_000), "{fast_firsts:?}");
     // Spread, not bunched: the slow streams' first calls fall into many 100 ms slots.
     let slots: std::collections::BTreeSet<u128> = slow_firsts.iter().map(|ms| ms / 100).collect();
-    assert!(slots.len() > 25, "first ticks bunched into {} slots", slots.len());
+    assert!(
+        slots.len() > 25,
+        "first ticks bunched into {} slots",
+        slots.len()
+    );
     // The offset is the stream's own: stopped and started again, it starts at the same offset.
     let again = &slow[0];
     scheduler.stop(again.stream_id, 0);

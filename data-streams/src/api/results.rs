@@ -46,6 +46,8 @@ fn result_view(r: &ResultRow) -> Value {
         "bucket": r.bucket,
         "key": r.key,
         "fetched_at": rfc3339(r.fetched_at),
+        "scheduled_at": r.scheduled_at.map_or(Value::Null, rfc3339),
+        "started_at": r.started_at.map_or(Value::Null, rfc3339),
         "size": r.size,
         "sha256": r.sha256,
         "status": r.status,

@@ -53,6 +53,9 @@ struct RefRow<'a> {
     bucket: &'a str,
     key: &'a str,
     fetched_at: i64,
+    /// The run's tick and start (epoch ms); `None` for references the reconciler found.
+    scheduled_at: Option<i64>,
+    started_at: Option<i64>,
     size: i64,
     sha256: &'a str,
 }
@@ -100,7 +103,8 @@ macro_rules! insert_refs {
         for chunk in $rows.chunks(CHUNK_ROWS) {
             let mut query = QueryBuilder::<$DB>::new(
                 "INSERT INTO results \
-                 (id, stream_id, bucket, key, fetched_at, size, sha256, status, created_at) ",
+                 (id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, \
+                 sha256, status, created_at) ",
             );
             query.push_values(chunk, |mut row, r: &RefRow<'_>| {
                 row.push_bind(r.id)
@@ -108,6 +112,8 @@ macro_rules! insert_refs {
                     .push_bind(r.bucket)
                     .push_bind(r.key)
                     .push_bind(r.fetched_at)
+                    .push_bind(r.scheduled_at)
+                    .push_bind(r.started_at)
                     .push_bind(r.size)
                     .push_bind(r.sha256)
                     .push_bind($status)
@@ -200,6 +206,8 @@ impl<'a> PreparedBatch<'a> {
                     bucket: &r.bucket,
                     key: &r.key,
                     fetched_at: r.fetched_at_ms,
+                    scheduled_at: Some(r.scheduled_at_ms),
+                    started_at: Some(r.started_at_ms),
                     size: size_i64(r.size),
                     sha256: &r.sha256,
                 })
@@ -364,6 +372,8 @@ impl Db {
                 bucket: &r.bucket,
                 key: &r.key,
                 fetched_at: r.fetched_at,
+                scheduled_at: None,
+                started_at: None,
                 size: r.size,
                 sha256: &r.sha256,
             });

@@ -376,6 +376,11 @@ pub struct ResultRow {
     pub bucket: String,
     pub key: String,
     pub fetched_at: i64,
+    /// When the schedule meant the run to start (its tick), epoch ms; `None` when the
+    /// reconciler found the object (no tick known).
+    pub scheduled_at: Option<i64>,
+    /// When the run started, epoch ms; `started_at - scheduled_at` is the schedule lag.
+    pub started_at: Option<i64>,
     pub size: i64,
     pub sha256: String,
     /// `ok` (reported by a worker) or `reconciled` (found in the bucket by the reconciler).

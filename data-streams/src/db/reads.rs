@@ -6,7 +6,7 @@ use super::{on_pool, Db, DbError, FailureRow, MeasurementRow, ResultRow};
 
 macro_rules! result_columns {
     () => {
-        "id, stream_id, bucket, key, fetched_at, size, sha256, status"
+        "id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, sha256, status"
     };
 }
 

@@ -41,6 +41,7 @@ on_both_backends!(
     a_result_reported_twice_is_stored_once,
     a_result_replayed_over_the_worker_port_is_stored_once,
     readings_are_stored_once_per_pollution_hour,
+    schedule_lag_fields_round_trip,
 );
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -124,6 +125,45 @@ async fn pagination_is_stable_while_rows_are_inserted(backend: Backend) {
         .filter(|id| existing_ids.contains(id))
         .collect();
     assert_eq!(old_seen, expected);
+}
+
+async fn schedule_lag_fields_round_trip(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let id = app.create_stopped().await;
+    let stream_id = Uuid::parse_str(&id).unwrap();
+    let mut record = result_record(v7(T0 + 2_000), stream_id, T0 + 2_000, None);
+    record.scheduled_at_ms = T0 + 1_000;
+    record.started_at_ms = T0 + 1_042;
+    app.db()
+        .persist_events(std::slice::from_ref(&record), &[])
+        .await
+        .expect("persist");
+    // The reconciler's references have no tick: null, not absent.
+    let found = v7(T0 + 5_000);
+    app.db()
+        .insert_reconciled(&[data_streams::db::ReconciledRef {
+            id: found,
+            stream_id,
+            bucket: "results".to_owned(),
+            key: protocol::object_key("IQAIR_DAILY", stream_id, "2026-01-01", found),
+            fetched_at: T0 + 5_000,
+            size: 1,
+            sha256: "cd".repeat(32),
+        }])
+        .await
+        .expect("reconcile");
+
+    let results = app.all_results(&id).await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert_eq!(results[0]["id"], found.to_string());
+    assert_eq!(results[0]["status"], "reconciled");
+    assert_eq!(results[0]["scheduled_at"], Value::Null, "{}", results[0]);
+    assert_eq!(results[0]["started_at"], Value::Null, "{}", results[0]);
+    assert!(results[0].get("scheduled_at").is_some(), "{}", results[0]);
+    assert_eq!(results[1]["id"], record.result_id.to_string());
+    assert_eq!(results[1]["scheduled_at"], "2026-01-01T00:00:01.000Z");
+    assert_eq!(results[1]["started_at"], "2026-01-01T00:00:01.042Z");
+    assert_eq!(results[1]["fetched_at"], "2026-01-01T00:00:02.000Z");
 }
 
 async fn a_result_reported_twice_is_stored_once(backend: Backend) {

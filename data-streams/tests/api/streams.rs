@@ -296,7 +296,15 @@ async fn results_come_newest_first_and_raw_objects_byte_for_byte() {
     for r in &items {
         assert_eq!(r["stream_id"], id.as_str());
         assert_eq!(r["status"], "ok");
-        for field in ["id", "key", "fetched_at", "size", "sha256"] {
+        for field in [
+            "id",
+            "key",
+            "fetched_at",
+            "scheduled_at",
+            "started_at",
+            "size",
+            "sha256",
+        ] {
             assert!(!r[field].is_null(), "{field} missing from {r}");
         }
     }

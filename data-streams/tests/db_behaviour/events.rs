@@ -46,6 +46,8 @@ pub async fn persist_events_stores_and_replay_inserts_nothing(db: Db) {
             bucket: "results".to_owned(),
             key: first.key.clone(),
             fetched_at: first.fetched_at_ms,
+            scheduled_at: Some(first.scheduled_at_ms),
+            started_at: Some(first.started_at_ms),
             size: 1234,
             sha256: "ab".repeat(32),
             status: "ok".to_owned(),
@@ -578,6 +580,53 @@ pub async fn reconciled_refs_are_idempotent(db: Db) {
     assert_eq!((stats.results_inserted, stats.results_duplicate), (0, 1));
     assert_eq!(stats.measurements_inserted, 1, "its reading is still new");
     assert_eq!(db.count_results(Some(s.id)).await.expect("count"), 3);
+}
+
+pub async fn schedule_lag_round_trips(db: Db) {
+    let s = stream(&db, T0).await;
+    let mut reported = result(s.id, T0 + 5_000, None);
+    reported.scheduled_at_ms = T0 + 1_000;
+    reported.started_at_ms = T0 + 1_037;
+    db.persist_events(std::slice::from_ref(&reported), &[])
+        .await
+        .expect("persist");
+    let stored = db
+        .get_result(reported.result_id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(
+        (stored.scheduled_at, stored.started_at),
+        (Some(T0 + 1_000), Some(T0 + 1_037))
+    );
+
+    // A reference the reconciler found has no tick: both stay NULL.
+    let found = v7(T0 + 9_000);
+    let inserted = db
+        .insert_reconciled(&[ReconciledRef {
+            id: found,
+            stream_id: s.id,
+            bucket: "results".to_owned(),
+            key: format!("IQAIR_DAILY/{}/dt=2026-01-01/{found}.json", s.id),
+            fetched_at: T0 + 9_000,
+            size: 1,
+            sha256: "ef".repeat(32),
+        }])
+        .await
+        .expect("reconcile");
+    assert_eq!(inserted, 1);
+    let (page, _) = db.list_results(s.id, 10, None).await.expect("list");
+    let lags: Vec<(Uuid, Option<i64>, Option<i64>)> = page
+        .iter()
+        .map(|r| (r.id, r.scheduled_at, r.started_at))
+        .collect();
+    assert_eq!(
+        lags,
+        vec![
+            (found, None, None),
+            (reported.result_id, Some(T0 + 1_000), Some(T0 + 1_037)),
+        ]
+    );
 }
 
 pub async fn concurrent_writers_lose_nothing(db: Db) {
