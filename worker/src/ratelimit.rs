@@ -97,12 +97,48 @@ impl Window {
 struct KeyEntry {
     /// The limit each stream using this key asked for, at its latest run.
     streams: HashMap<Uuid, RateLimit>,
+    /// How many of those streams ask for each distinct limit: the strictest is folded over
+    /// these few, not over every stream (10,000 streams on one key made that a hot spot).
+    limits: HashMap<RateLimit, u32>,
     /// When the calls of the last [`MINUTE_SPAN`] were permitted, oldest first.
     recent: VecDeque<Instant>,
     day: Window,
     month: Window,
     /// Set by a limit answer from the API.
     blocked_until: Option<Instant>,
+}
+
+impl KeyEntry {
+    /// Record `stream`'s limit.
+    fn set_stream(&mut self, stream: Uuid, limit: RateLimit) {
+        match self.streams.insert(stream, limit) {
+            Some(old) if old == limit => return,
+            Some(old) => self.unref(old),
+            None => {}
+        }
+        *self.limits.entry(limit).or_default() += 1;
+    }
+
+    /// Forget `stream`'s limit.
+    fn remove_stream(&mut self, stream: Uuid) {
+        if let Some(old) = self.streams.remove(&stream) {
+            self.unref(old);
+        }
+    }
+
+    fn unref(&mut self, limit: RateLimit) {
+        if let Some(count) = self.limits.get_mut(&limit) {
+            *count -= 1;
+            if *count == 0 {
+                self.limits.remove(&limit);
+            }
+        }
+    }
+
+    /// The strictest limit of every stream on this key.
+    fn strictest(&self) -> Option<RateLimit> {
+        self.limits.keys().copied().reduce(RateLimit::strictest)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -177,22 +213,19 @@ impl KeyBudgets {
         if let Some(old) = state.stream_keys.insert(stream_id, id) {
             if old != id {
                 if let Some(entry) = state.keys.get_mut(&old) {
-                    entry.streams.remove(&stream_id);
+                    entry.remove_stream(stream_id);
                 }
             }
         }
         let entry = state.keys.entry(id).or_default();
-        entry.streams.insert(stream_id, limit);
+        entry.set_stream(stream_id, limit);
         if let Some(until) = entry.blocked_until {
             if until > Instant::now() {
                 return Err(Denied::Backoff { until });
             }
             entry.blocked_until = None;
         }
-        let limit = entry
-            .streams
-            .values()
-            .fold(limit, |acc, l| acc.strictest(*l));
+        let limit = entry.strictest().unwrap_or(limit);
         let instant = Instant::now();
         while entry
             .recent
@@ -270,7 +303,7 @@ impl KeyBudgets {
         let mut state = self.state();
         if let Some(id) = state.stream_keys.remove(&stream_id) {
             if let Some(entry) = state.keys.get_mut(&id) {
-                entry.streams.remove(&stream_id);
+                entry.remove_stream(stream_id);
             }
         }
     }
@@ -279,6 +312,32 @@ impl KeyBudgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_strictest_limit_follows_streams_joining_changing_and_leaving() {
+        let strict = RateLimit {
+            per_minute: 2,
+            per_day: 0,
+            per_month: 0,
+        };
+        let mut entry = KeyEntry::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(entry.strictest(), None);
+        entry.set_stream(a, RateLimit::COMMUNITY);
+        entry.set_stream(b, strict);
+        assert_eq!(entry.strictest().unwrap().per_minute, 2);
+        assert_eq!(entry.strictest().unwrap().per_day, 500);
+        // B relaxes to the same limit as A: one distinct limit left, counted twice.
+        entry.set_stream(b, RateLimit::COMMUNITY);
+        assert_eq!(entry.strictest(), Some(RateLimit::COMMUNITY));
+        assert_eq!(entry.limits.get(&RateLimit::COMMUNITY), Some(&2));
+        entry.remove_stream(a);
+        entry.remove_stream(a);
+        assert_eq!(entry.strictest(), Some(RateLimit::COMMUNITY));
+        entry.remove_stream(b);
+        assert_eq!(entry.strictest(), None);
+        assert!(entry.limits.is_empty() && entry.streams.is_empty());
+    }
 
     #[test]
     fn window_boundaries_are_utc_calendar_ones() {
