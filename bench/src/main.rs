@@ -39,13 +39,16 @@ fn main() -> anyhow::Result<()> {
         Part::All => vec![Part::Protocol, Part::Pipeline, Part::Scale],
         one => vec![one],
     };
-    for part in parts {
-        match part {
-            Part::Protocol => protocol_bench::run(&ctx)?,
-            Part::Pipeline => pipeline::run(&ctx)?,
-            Part::Scale => scale::run(&ctx)?,
-            Part::All => unreachable!("expanded above"),
-        }
+    let outcome = parts.into_iter().try_for_each(|part| match part {
+        Part::Protocol => protocol_bench::run(&ctx),
+        Part::Pipeline => pipeline::run(&ctx),
+        Part::Scale => scale::run(&ctx),
+        Part::All => unreachable!("expanded above"),
+    });
+    if outcome.is_err() {
+        // Keep the logs of a failed run for a look.
+        let kept = ctx.work.keep();
+        report::note(format!("run failed; logs kept under {}", kept.display()));
     }
-    Ok(())
+    outcome
 }

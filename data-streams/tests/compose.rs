@@ -252,7 +252,8 @@ fn port_of(addr: &str) -> &str {
 
 /// Every product bin target of the workspace, with the package it belongs to, from `cargo
 /// metadata`. Bins behind `required-features` are test tools (e.g. `s3-test-server`, which needs
-/// `objects/test-server`) that a default build never produces, so they stay out of the image.
+/// `objects/test-server`) that a default build never produces, and packages with `publish =
+/// false` are tooling (the `bench` crate's `ds-bench`): both stay out of the image.
 fn workspace_bins() -> &'static BTreeMap<String, String> {
     static BINS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -271,6 +272,9 @@ fn workspace_bins() -> &'static BTreeMap<String, String> {
         let mut bins = BTreeMap::new();
         for package in metadata["packages"].as_array().expect("packages") {
             let package_name = package["name"].as_str().expect("a package name");
+            if package["publish"].as_array().is_some_and(|p| p.is_empty()) {
+                continue;
+            }
             for target in package["targets"].as_array().expect("targets") {
                 let is_bin = target["kind"]
                     .as_array()
