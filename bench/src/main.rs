@@ -45,10 +45,10 @@ fn main() -> anyhow::Result<()> {
         Part::Scale => scale::run(&ctx),
         Part::All => unreachable!("expanded above"),
     });
-    if outcome.is_err() {
+    if outcome.is_err() || std::env::var_os("BENCH_KEEP_LOGS").is_some() {
         // Keep the logs of a failed run for a look.
         let kept = ctx.work.keep();
-        report::note(format!("run failed; logs kept under {}", kept.display()));
+        report::note(format!("logs kept under {}", kept.display()));
     }
     outcome
 }

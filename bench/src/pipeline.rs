@@ -14,7 +14,10 @@
 //!   during the window;
 //! - `failures`: failed runs recorded during the window (a healthy run has none);
 //! - `cpu_pct_<process>`: CPU of each process over the window (100 = one core), to show what
-//!   bounds the rate.
+//!   bounds the rate;
+//! - `restart_to_all_running_s`: after the window, the worker is SIGKILLed and a new one with
+//!   the same id started; the time from its spawn until it has started all N streams again,
+//!   restarted by the real supervisor from its database.
 //!
 //! The ceiling, `sim_bare_get get_per_s`: a fresh simulator (before and again after the pipeline
 //! runs; the better of the two) answering plain keep-alive GETs of the same endpoint from
@@ -536,6 +539,42 @@ async fn pipeline(
                 &format!("cpu_pct_{name}"),
                 (cpu_after[i] - cpu_before[i]) / elapsed * 100.0,
             );
+        }
+        // Restart through the real supervisor: SIGKILL the worker, start a new process with the
+        // same id, and time from its spawn until it has started every stream again (it logs
+        // each `stream started`; the supervisor restarts them from the database on
+        // `worker_available`, 256 calls in flight).
+        if let Some(old) = procs.iter_mut().find(|p| p.name == "worker") {
+            old.kill();
+        }
+        let restarted = Instant::now();
+        let (worker, _) = Proc::start(
+            "worker-restarted",
+            &ctx.bin("worker")?,
+            &[],
+            &worker_env,
+            "",
+            &dir,
+        )?;
+        let log = worker.log.clone();
+        procs.push(worker);
+        let deadline = restarted + Duration::from_secs(120);
+        loop {
+            let started = std::fs::read_to_string(&log)
+                .map(|text| text.matches("stream started").count())
+                .unwrap_or(0);
+            if started >= n {
+                figure(
+                    system,
+                    "restart_to_all_running_s",
+                    restarted.elapsed().as_secs_f64(),
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("the restarted worker started {started} of {n} streams within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Stop the worker first, so the supervisor does not log its loss at shutdown.
         while let Some(mut proc) = procs.pop() {

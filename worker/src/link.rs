@@ -72,6 +72,8 @@ impl std::fmt::Debug for LinkSettings {
 
 /// How many events go out per wake-up before checking for calls again.
 const SEND_BATCH: usize = 1024;
+/// Most events sent and not yet acknowledged: two of the supervisor's commit batches.
+const SEND_WINDOW: usize = 2048;
 
 /// Keep the worker connected until `shutdown`.
 pub async fn run(
@@ -273,7 +275,16 @@ where
 async fn send_events(link: &LinkHandle, outbox: &Outbox) {
     let mut sent = 0u64;
     loop {
-        let batch = outbox.after(sent, SEND_BATCH);
+        // Flow control: replies to the supervisor's calls travel behind the events on this one
+        // connection, and the supervisor reads as fast as it commits. Unbounded, a backlog of
+        // tens of thousands of events sat in the socket ahead of every reply, and `worker:start`
+        // calls timed out after a restart at 10,000 streams.
+        let in_flight = outbox.unacked_through(sent);
+        if in_flight >= SEND_WINDOW {
+            let _ = tokio::time::timeout(Duration::from_millis(100), outbox.acked()).await;
+            continue;
+        }
+        let batch = outbox.after(sent, SEND_BATCH.min(SEND_WINDOW - in_flight));
         if batch.is_empty() {
             outbox.changed().await;
             continue;

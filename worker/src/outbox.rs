@@ -15,6 +15,8 @@ use tokio::sync::Notify;
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken by every acknowledgement (the sender's window opens).
+    acked: Notify,
     limit: usize,
 }
 
@@ -35,6 +37,7 @@ impl Outbox {
                 dropped: 0,
             }),
             notify: Notify::new(),
+            acked: Notify::new(),
             limit: limit.max(1),
         }
     }
@@ -67,10 +70,25 @@ impl Outbox {
 
     /// Forget every event up to and including `seq`.
     pub fn ack(&self, seq: u64) {
-        let mut state = self.state();
-        while state.events.front().is_some_and(|(s, _)| *s <= seq) {
-            state.events.pop_front();
+        {
+            let mut state = self.state();
+            while state.events.front().is_some_and(|(s, _)| *s <= seq) {
+                state.events.pop_front();
+            }
         }
+        self.acked.notify_waiters();
+    }
+
+    /// How many events up to and including `seq` wait for an acknowledgement (of those sent
+    /// through `seq`: the ones in flight).
+    pub fn unacked_through(&self, seq: u64) -> usize {
+        self.state().events.partition_point(|(s, _)| *s <= seq)
+    }
+
+    /// Wait for the next acknowledgement (may miss one that lands just before: poll with a
+    /// timeout).
+    pub async fn acked(&self) {
+        self.acked.notified().await
     }
 
     /// Up to `max` events with a sequence number above `after`, oldest first.
@@ -144,5 +162,20 @@ mod tests {
         assert_eq!(outbox.len(), 3);
         assert_eq!(outbox.dropped(), 2);
         assert_eq!(outbox.after(0, 10)[0].0, 3);
+    }
+
+    #[test]
+    fn in_flight_counts_sent_events_until_they_are_acknowledged() {
+        let outbox = Outbox::new(10);
+        for _ in 0..6 {
+            outbox.push(ev());
+        }
+        assert_eq!(outbox.unacked_through(0), 0);
+        assert_eq!(outbox.unacked_through(4), 4);
+        outbox.ack(3);
+        assert_eq!(outbox.unacked_through(4), 1);
+        assert_eq!(outbox.unacked_through(6), 3);
+        outbox.ack(6);
+        assert_eq!(outbox.unacked_through(6), 0);
     }
 }
