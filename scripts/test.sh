@@ -6,17 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 state=$(mktemp -t ds-pg-state.XXXXXX)
-cleanup() {
-  local dir; dir=$(cat "$state" 2>/dev/null || true)
-  if [[ -n "$dir" && -d "$dir/data" ]]; then
-    local bindir; bindir=$(dirname "$(command -v pg_ctl || ls /usr/lib/postgresql/*/bin/pg_ctl | sort -V | tail -1)")
-    if [[ $(id -u) == 0 ]]; then runuser -u "$(stat -c %U "$dir")" -- "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
-    else "$bindir/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true; fi
-    rm -rf "$dir"
-  fi
-  rm -f "$state"
-}
-trap cleanup EXIT
+trap 'bash scripts/pg-stop.sh "$state"' EXIT
 
 TEST_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)
 export TEST_POSTGRES_URL

@@ -252,64 +252,42 @@ enum BenchDb {
     Postgres(PgPool),
 }
 
+/// The same statement on whichever pool: the queries are plain SQL both backends take.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            BenchDb::Sqlite($pool) => $body,
+            BenchDb::Postgres($pool) => $body,
+        }
+    };
+}
+
 impl BenchDb {
     async fn count_results(&self) -> anyhow::Result<i64> {
         let sql = "SELECT COUNT(*) FROM results";
-        Ok(match self {
-            BenchDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-            BenchDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-        })
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
     }
 
     /// Schedule lags (ms) of the rows stored in `[from, to)` (epoch ms).
     async fn lags(&self, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
         let sql = "SELECT started_at - scheduled_at FROM results \
                    WHERE created_at >= $1 AND created_at < $2 AND scheduled_at IS NOT NULL";
-        Ok(match self {
-            BenchDb::Sqlite(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(pool)
-                    .await?
-            }
-            BenchDb::Postgres(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(pool)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(from).bind(to).fetch_all(pool).await?
+        }))
     }
 
     /// Failed runs recorded in `[from, to)`, by class.
     async fn failures(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, i64)>> {
         let sql = "SELECT class, COUNT(*) FROM run_failures \
                    WHERE at >= $1 AND at < $2 GROUP BY class ORDER BY class";
-        Ok(match self {
-            BenchDb::Sqlite(pool) => {
-                sqlx::query_as(sql)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(pool)
-                    .await?
-            }
-            BenchDb::Postgres(pool) => {
-                sqlx::query_as(sql)
-                    .bind(from)
-                    .bind(to)
-                    .fetch_all(pool)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(sql).bind(from).bind(to).fetch_all(pool).await?
+        }))
     }
 
     async fn close(&self) {
-        match self {
-            BenchDb::Sqlite(pool) => pool.close().await,
-            BenchDb::Postgres(pool) => pool.close().await,
-        }
+        on_pool!(self, pool => pool.close().await)
     }
 }
 
@@ -559,10 +537,22 @@ async fn pipeline(
         let log = worker.log.clone();
         procs.push(worker);
         let deadline = restarted + Duration::from_secs(120);
+        // Read only what the log gained since the last look, complete lines only.
+        let (mut read, mut started) = (0u64, 0usize);
         loop {
-            let started = std::fs::read_to_string(&log)
-                .map(|text| text.matches("stream started").count())
-                .unwrap_or(0);
+            let mut fresh = Vec::new();
+            if let Ok(mut file) = std::fs::File::open(&log) {
+                use std::io::{Read, Seek, SeekFrom};
+                if file.seek(SeekFrom::Start(read)).is_ok() {
+                    let _ = file.read_to_end(&mut fresh);
+                }
+            }
+            if let Some(end) = fresh.iter().rposition(|b| *b == b'\n') {
+                started += String::from_utf8_lossy(&fresh[..=end])
+                    .matches("stream started")
+                    .count();
+                read += end as u64 + 1;
+            }
             if started >= n {
                 figure(
                     system,

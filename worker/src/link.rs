@@ -279,9 +279,12 @@ async fn send_events(link: &LinkHandle, outbox: &Outbox) {
         // connection, and the supervisor reads as fast as it commits. Unbounded, a backlog of
         // tens of thousands of events sat in the socket ahead of every reply, and `worker:start`
         // calls timed out after a restart at 10,000 streams.
+        let acked = outbox.acked();
+        tokio::pin!(acked);
+        acked.as_mut().enable();
         let in_flight = outbox.unacked_through(sent);
         if in_flight >= SEND_WINDOW {
-            let _ = tokio::time::timeout(Duration::from_millis(100), outbox.acked()).await;
+            acked.await;
             continue;
         }
         let batch = outbox.after(sent, SEND_BATCH.min(SEND_WINDOW - in_flight));

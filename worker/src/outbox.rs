@@ -85,10 +85,10 @@ impl Outbox {
         self.state().events.partition_point(|(s, _)| *s <= seq)
     }
 
-    /// Wait for the next acknowledgement (may miss one that lands just before: poll with a
-    /// timeout).
-    pub async fn acked(&self) {
-        self.acked.notified().await
+    /// A future for the next acknowledgement. Create it (and `enable` it) before checking the
+    /// window, so an acknowledgement in between is not missed.
+    pub fn acked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.acked.notified()
     }
 
     /// Up to `max` events with a sequence number above `after`, oldest first.

@@ -72,8 +72,9 @@ pub enum Stopped {
 enum Phase {
     /// On the wheel, due at the key's deadline.
     Waiting(delay_queue::Key),
-    /// A run is in flight; its next tick is computed when it ends.
-    Running,
+    /// A run is in flight; its next tick is computed when it ends, from the config it ran with
+    /// unless a `start` changed the config meanwhile.
+    Running { config_changed: bool },
 }
 
 struct Entry {
@@ -172,6 +173,9 @@ impl Scheduler {
                 return Ok(Started::Unchanged);
             }
             entry.config = packed;
+            if let Phase::Running { config_changed } = &mut entry.phase {
+                *config_changed = true;
+            }
             return Ok(Started::Updated);
         }
         if table.streams.len() >= self.inner.capacity {
@@ -286,7 +290,9 @@ impl Scheduler {
                     continue;
                 }
             };
-            entry.phase = Phase::Running;
+            entry.phase = Phase::Running {
+                config_changed: false,
+            };
             let incarnation = entry.incarnation;
             drop(table);
             let this = self.clone();
@@ -294,13 +300,20 @@ impl Scheduler {
                 let lag = Instant::now().saturating_duration_since(tick);
                 tracing::trace!(%stream_id, lag_us = lag.as_micros() as u64, "tick");
                 let outcome = this.inner.runner.run(&config, tick).await;
-                this.ran(stream_id, incarnation, tick, &outcome);
+                this.ran(stream_id, incarnation, tick, &config, &outcome);
             });
         }
     }
 
     /// A run ended: put the stream's next tick on the wheel, or let it go.
-    fn ran(&self, stream_id: Uuid, incarnation: u64, tick: Instant, outcome: &RunOutcome) {
+    fn ran(
+        &self,
+        stream_id: Uuid,
+        incarnation: u64,
+        tick: Instant,
+        ran_with: &StreamConfig,
+        outcome: &RunOutcome,
+    ) {
         let mut table = self.table();
         let Table { streams, wheel } = &mut *table;
         let Some(entry) = streams.get_mut(&stream_id) else {
@@ -320,13 +333,19 @@ impl Scheduler {
         if self.inner.shutdown.is_cancelled() {
             return;
         }
-        // The config as it is now: a change during the run decides the next tick.
-        let next = match entry.config.unpack() {
-            Ok(config) => self.next_tick(&config, tick),
-            Err(err) => {
-                tracing::error!(%stream_id, "stream dropped: {err}");
-                None
-            }
+        // The config as it is now: a change during the run decides the next tick. Unchanged
+        // (the rule), the run's own config does, without unpacking it a second time.
+        let next = match entry.phase {
+            Phase::Running {
+                config_changed: true,
+            } => match entry.config.unpack() {
+                Ok(config) => self.next_tick(&config, tick),
+                Err(err) => {
+                    tracing::error!(%stream_id, "stream dropped: {err}");
+                    None
+                }
+            },
+            _ => self.next_tick(ran_with, tick),
         };
         match next {
             Some(next) => entry.phase = Phase::Waiting(wheel.insert_at(stream_id, next)),
