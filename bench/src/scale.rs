@@ -113,7 +113,7 @@ fn config(i: usize, endpoint: &str) -> StreamConfig {
         generation: 1,
         adapter: "IQAIR_DAILY".to_owned(),
         endpoint: endpoint.to_owned(),
-        secret_key: SIM_KEY.to_owned(),
+        secret_key: SIM_KEY.into(),
         schedule: Schedule::Interval {
             millis: INTERVAL_MS,
         },

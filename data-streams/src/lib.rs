@@ -6,11 +6,11 @@
 
 pub mod api;
 pub mod db;
-pub mod domain;
 pub mod reconcile;
 pub mod settings;
+pub mod stream;
 pub mod supervisor;
-pub mod workers;
+pub mod worker_port;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,14 +19,14 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use objects::ObjectStore;
 use tokio::net::TcpListener;
-use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::db::{Db, DbError};
+use crate::reconcile::Reconciler;
 use crate::settings::Settings;
-use crate::supervisor::Supervisor;
-use crate::workers::WorkerPortSettings;
+use crate::supervisor::{Housekeeping, Supervisor};
+use crate::worker_port::WorkerPortSettings;
 
 /// Why the supervisor could not start. Each says which dependency and why, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -58,30 +58,11 @@ pub enum StartupError {
         source: std::io::Error,
     },
     #[error("housekeeping scheduler: {0}")]
-    Scheduler(String),
+    Scheduler(#[source] tokio_cron_scheduler::JobSchedulerError),
     #[error("TLS on the worker port needs both WORKER_TLS_CERT and WORKER_TLS_KEY; {missing} is not set")]
     TlsIncomplete { missing: &'static str },
     #[error("TLS on the worker port: {0}")]
     Tls(#[source] protocol::tls::TlsError),
-}
-
-/// `error` and its causes in one line, `: `-separated, leaving out a cause whose message the
-/// line already holds. Our errors name the dependency; the cause says why (connection refused,
-/// login refused, unknown host), so a log line needs both.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut next = Some(error);
-    while let Some(current) = next {
-        let message = current.to_string().replace(['\n', '\r'], " ");
-        if !message.is_empty() && !line.contains(&message) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&message);
-        }
-        next = current.source();
-    }
-    line
 }
 
 /// A supervisor that is connected and bound, ready to serve.
@@ -91,7 +72,9 @@ pub struct Application {
     worker_port: TcpListener,
     worker_tls: Option<protocol::tls::TlsAcceptor>,
     supervisor: Supervisor,
+    db: Db,
     store: Arc<dyn ObjectStore>,
+    reconciler: Reconciler,
 }
 
 /// The process-wide Prometheus recorder (installed once; later apps in the same process share it).
@@ -138,26 +121,34 @@ impl Application {
             .list_workers()
             .await
             .map_err(|source| StartupError::DatabaseSetup {
-                target: db::redact_url(&settings.database_url),
+                target: settings.database_target(),
                 source,
             })?
         {
             if w.connected {
-                let _ = db
-                    .set_worker_disconnected(&w.id, supervisor::now_ms())
-                    .await;
+                if let Err(err) = db.set_worker_disconnected(&w.id, common::now_ms()).await {
+                    tracing::warn!(worker_id = %w.id, "cannot mark the worker disconnected: {err}");
+                }
             }
         }
         let http = bind(&settings.http_addr, "HTTP API").await?;
         let worker_port = bind(&settings.worker_addr, "worker port").await?;
-        let supervisor = Supervisor::new(db, settings.call_timeout(), settings.heartbeat_timeout());
+        let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days);
+        let supervisor = Supervisor::new(
+            db.clone(),
+            settings.call_timeout(),
+            settings.heartbeat_timeout(),
+            reconciler.trigger(),
+        );
         Ok(Application {
             settings,
             http,
             worker_port,
             worker_tls,
             supervisor,
+            db,
             store,
+            reconciler,
         })
     }
 
@@ -180,6 +171,11 @@ impl Application {
         self.supervisor.clone()
     }
 
+    /// The database (for tests).
+    pub fn db(&self) -> Db {
+        self.db.clone()
+    }
+
     /// Serve until `shutdown` is cancelled, then drain.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let Application {
@@ -188,7 +184,9 @@ impl Application {
             worker_port,
             worker_tls,
             supervisor,
+            db,
             store,
+            reconciler,
         } = self;
         let (token, dev_token) = settings.worker_token();
         if dev_token {
@@ -213,7 +211,7 @@ impl Application {
         } else {
             tracing::warn!("WORKER_TLS_CERT is not set: the worker link is plain TCP: stream configurations, secret keys included, cross the network unencrypted");
         }
-        tracker.spawn(workers::serve(
+        tracker.spawn(worker_port::serve(
             worker_port,
             port_settings,
             supervisor.clone(),
@@ -221,35 +219,32 @@ impl Application {
             tracker.clone(),
         ));
 
-        let mut housekeeping = housekeeping(&supervisor, &settings).await?;
-        let reconciler = reconcile::Reconciler::new(
-            supervisor.db().clone(),
-            store.clone(),
-            settings.reconcile_days,
-        );
-        let findings = Arc::new(std::sync::Mutex::new(None));
-        tracker.spawn(reconcile_loop(
-            reconciler,
-            supervisor.reconcile_trigger(),
+        let housekeeping = Housekeeping::start(
+            supervisor.clone(),
+            Duration::from_millis(settings.assign_interval_ms.max(100)),
+        )
+        .await
+        .map_err(StartupError::Scheduler)?;
+        tracker.spawn(reconciler.clone().run(
             Duration::from_millis(settings.reconcile_interval_ms.max(100)),
-            findings.clone(),
             shutdown.clone(),
         ));
 
-        let mut state = api::AppState::new(
-            supervisor.clone(),
+        let state = api::AppState {
+            supervisor: supervisor.clone(),
+            db: db.clone(),
             store,
-            api_token.as_deref(),
-            metrics_handle(),
-        );
-        state.reconciler = findings;
+            reconciler,
+            api_token_digest: api_token.as_ref().map(common::SecretKey::digest),
+            metrics: metrics_handle(),
+        };
         let app = api::router(state, settings.max_body_bytes);
         tracing::info!(http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
         let served = axum::serve(http, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
-        let _ = housekeeping.shutdown().await;
+        housekeeping.stop().await;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
             .await
@@ -257,7 +252,7 @@ impl Application {
         {
             tracing::warn!("some worker sessions did not end within 10 s");
         }
-        supervisor.db().close().await;
+        db.close().await;
         served.map_err(|source| StartupError::Bind {
             addr: settings.http_addr.clone(),
             what: "HTTP API",
@@ -266,112 +261,13 @@ impl Application {
     }
 }
 
-/// Periodic jobs: assign pending streams, and release streams of workers that went away while
-/// no session of this process was watching them (e.g. across a supervisor restart).
-async fn housekeeping(
-    supervisor: &Supervisor,
-    settings: &Settings,
-) -> Result<JobScheduler, StartupError> {
-    let err = |e: tokio_cron_scheduler::JobSchedulerError| StartupError::Scheduler(e.to_string());
-    let sched = JobScheduler::new().await.map_err(err)?;
-    let sup = supervisor.clone();
-    let grace = settings.heartbeat_timeout();
-    let every = Duration::from_millis(settings.assign_interval_ms.max(100));
-    let started_ms = supervisor::now_ms();
-    // A cron job every second, sweeping when `every` has passed since the last sweep began. Not
-    // `Job::new_repeated_async`: its next tick is the previous one plus the period, and once
-    // that falls behind the scheduler's clock the job never runs again (tokio-cron-scheduler
-    // issue #113, seen here as assignment stopping under load). A cron job's next tick is
-    // computed from now. Sweeps are therefore at least a second apart.
-    let last_sweep = Arc::new(tokio::sync::Mutex::new(None::<tokio::time::Instant>));
-    let job = Job::new_async("* * * * * *", move |_id, _lock| {
-        let sup = sup.clone();
-        let last_sweep = last_sweep.clone();
-        Box::pin(async move {
-            // A sweep still running (a slow database) is not joined by another.
-            let Ok(mut last) = last_sweep.try_lock() else {
-                return;
-            };
-            // Ticks come at whole seconds with up to half a second of jitter: allow for it.
-            let due = last.is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= every);
-            if due {
-                *last = Some(tokio::time::Instant::now());
-                sweep(&sup, grace, started_ms).await;
-            }
-        })
-    })
-    .map_err(err)?;
-    sched.add(job).await.map_err(err)?;
-    sched.start().await.map_err(err)?;
-    Ok(sched)
-}
-
-/// Run the reconciler on its period, and soon after a worker (re)connects.
-async fn reconcile_loop(
-    reconciler: reconcile::Reconciler,
-    trigger: Arc<tokio::sync::Notify>,
-    every: Duration,
-    findings: api::ReconcilerStatus,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = trigger.notified() => {
-                // Let the worker's replay land first, so its events are not mistaken for losses.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-            _ = tokio::time::sleep(every) => {}
-        }
-        match reconciler.run_once().await {
-            Ok(found) => {
-                tracing::debug!(?found, "reconciler pass");
-                if let Ok(mut last) = findings.lock() {
-                    *last = Some((supervisor::now_ms(), found));
-                }
-            }
-            Err(err) => tracing::warn!("reconciler pass failed: {err}"),
-        }
-    }
-}
-
-async fn sweep(supervisor: &Supervisor, grace: Duration, started_ms: i64) {
-    let connected = supervisor.connected_workers();
-    // A live session is a sign of life (its link ends within the heartbeat timeout otherwise).
-    let now = supervisor::now_ms();
-    for id in &connected {
-        if let Err(err) = supervisor.db().touch_worker(id, now).await {
-            tracing::warn!(worker_id = %id, "cannot record the worker's last sign of life: {err}");
-        }
-    }
-    match supervisor.db().list_workers().await {
-        Ok(rows) => {
-            // Silence counts from when this process could first have heard the worker: after a
-            // long supervisor outage, workers get one heartbeat timeout to reconnect before their
-            // streams move.
-            let cutoff = supervisor::now_ms() - grace.as_millis() as i64;
-            for w in rows {
-                let silent_since = w.last_seen.max(started_ms);
-                if w.streams > 0 && !connected.contains(&w.id) && silent_since < cutoff {
-                    supervisor.release_worker(&w.id).await;
-                }
-            }
-        }
-        Err(err) => tracing::warn!("housekeeping cannot read workers: {err}"),
-    }
-    supervisor.assign_pending().await;
-}
-
 async fn connect_db(settings: &Settings) -> Result<Db, StartupError> {
-    let target = db::redact_url(&settings.database_url);
+    let target = settings.database_target();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(settings.database_connect_retry_secs);
     let mut wait = Duration::from_millis(250);
     loop {
-        match Db::connect(&settings.database_url).await {
+        match Db::connect(settings.database_url.expose()).await {
             Ok(db) => {
                 tracing::info!(database = %target, backend = db.backend(), "database ready");
                 return Ok(db);
@@ -382,7 +278,7 @@ async fn connect_db(settings: &Settings) -> Result<Db, StartupError> {
                 tracing::error!(
                     database = %target,
                     "database not reachable, retrying in {wait:?}: {}",
-                    error_chain(&source)
+                    common::error_chain(&source)
                 );
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));

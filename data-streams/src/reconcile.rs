@@ -1,17 +1,22 @@
 //! The reconciler: the object store is the source of truth for what was fetched, the database is
 //! the index. For each stream it lists the recent `dt=` partitions and inserts every reference the
 //! database lacks (a worker that died between storing and reporting loses nothing), and it counts
-//! references whose object is gone.
+//! references whose object is gone. It owns its loop ([`Reconciler::run`]: every period, and
+//! soon after a worker (re)connects) and the findings of its last pass.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use objects::{ObjectInfo, ObjectStore, StoreError};
+use objects::{ObjectInfo, ObjectKey, ObjectStore, StoreError};
 use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::{Db, DbError, ReconciledRef, StreamRow};
+use crate::db::{Db, DbError, ReconciledRef};
+use crate::stream::StreamRow;
 
 /// What one pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -37,13 +42,23 @@ pub enum ReconcileError {
     Db(#[from] DbError),
 }
 
-/// Reconciles one database against one object store.
+/// The last pass: when it ended (epoch ms) and what it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastPass {
+    pub at_ms: i64,
+    pub findings: Findings,
+}
+
+/// Reconciles one database against one object store. Cheap to clone; clones share the trigger
+/// and the last findings.
 #[derive(Clone)]
 pub struct Reconciler {
     db: Db,
     store: Arc<dyn ObjectStore>,
     /// How many days back (UTC, today included) the partitions are listed.
     days: u32,
+    soon: Arc<Notify>,
+    last: Arc<Mutex<Option<LastPass>>>,
 }
 
 impl Reconciler {
@@ -52,6 +67,47 @@ impl Reconciler {
             db,
             store,
             days: days.max(1),
+            soon: Arc::new(Notify::new()),
+            last: Arc::default(),
+        }
+    }
+
+    /// Notified when a pass should come soon (a worker (re)connected).
+    pub fn trigger(&self) -> Arc<Notify> {
+        self.soon.clone()
+    }
+
+    /// The last pass, if one ran.
+    pub fn last_pass(&self) -> Option<LastPass> {
+        self.last.lock().map(|l| l.clone()).unwrap_or(None)
+    }
+
+    /// Pass every `every`, and 2 s after each trigger (so a reconnected worker's replay lands
+    /// first and its events are not mistaken for losses), until `shutdown`.
+    pub async fn run(self, every: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.soon.notified() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.run_once().await {
+                Ok(findings) => {
+                    tracing::debug!(?findings, "reconciler pass");
+                    if let Ok(mut last) = self.last.lock() {
+                        *last = Some(LastPass {
+                            at_ms: common::now_ms(),
+                            findings,
+                        });
+                    }
+                }
+                Err(err) => tracing::warn!("reconciler pass failed: {err}"),
+            }
         }
     }
 
@@ -79,18 +135,13 @@ impl Reconciler {
         let mut listed: Vec<ObjectInfo> = Vec::new();
         for back in 0..self.days {
             let day = today - ChronoDuration::days(back as i64);
-            let prefix = format!(
-                "{}/{}/dt={}/",
-                stream.adapter,
-                stream.id,
-                day.format("%Y-%m-%d")
-            );
-            match self.store.list(&stream.bucket_name, &prefix).await {
+            let prefix = ObjectKey::day_prefix(stream.spec.adapter(), stream.id, day);
+            match self.store.list(stream.spec.bucket_name(), &prefix).await {
                 Ok(mut objects) => listed.append(&mut objects),
                 Err(StoreError::NoSuchBucket { .. }) => return Ok(()),
                 Err(err) => {
                     findings.unlisted += 1;
-                    tracing::warn!(stream_id = %stream.id, "reconciler cannot list {}/{prefix}: {err}", stream.bucket_name);
+                    tracing::warn!(stream_id = %stream.id, "reconciler cannot list {}/{prefix}: {err}", stream.spec.bucket_name());
                     return Ok(());
                 }
             }
@@ -104,8 +155,8 @@ impl Reconciler {
         findings.dangling += self.dangling(stream, &listed_keys, window_start_ms).await?;
         let mut by_id = Vec::with_capacity(listed.len());
         for object in listed {
-            match result_id_of(&object.key) {
-                Some(id) => by_id.push((id, object)),
+            match ObjectKey::parse(&object.key) {
+                Some(key) => by_id.push((key.result_id(), object)),
                 None => findings.foreign += 1,
             }
         }
@@ -175,33 +226,23 @@ impl Reconciler {
         id: Uuid,
         object: &ObjectInfo,
     ) -> Result<ReconciledRef, StoreError> {
+        let bucket = stream.spec.bucket_name();
         let meta = match &object.meta {
             Some(m) => Some(m.clone()),
-            None => {
-                self.store
-                    .head(&stream.bucket_name, &object.key)
-                    .await?
-                    .meta
-            }
+            None => self.store.head(bucket, &object.key).await?.meta,
         };
         let sha256 = match meta.map(|m| m.sha256).filter(|s| s.len() == 64) {
             Some(sha) => sha,
             None => {
-                let bytes = self.store.get(&stream.bucket_name, &object.key).await?;
+                let bytes = self.store.get(bucket, &object.key).await?;
                 objects::sha256_hex(&bytes)
             }
         };
-        let fetched_at = id
-            .get_timestamp()
-            .map(|ts| {
-                let (secs, nanos) = ts.to_unix();
-                secs as i64 * 1000 + (nanos / 1_000_000) as i64
-            })
-            .unwrap_or_else(|| Utc::now().timestamp_millis());
+        let fetched_at = objects::uuid_time_ms(id).unwrap_or_else(common::now_ms);
         Ok(ReconciledRef {
             id,
             stream_id: stream.id,
-            bucket: stream.bucket_name.clone(),
+            bucket: bucket.to_owned(),
             key: object.key.clone(),
             fetched_at,
             size: object.size as i64,
@@ -232,14 +273,14 @@ impl Reconciler {
     pub async fn audit(&self) -> Result<Audit, ReconcileError> {
         let mut audit = Audit::default();
         for stream in self.db.list_streams().await? {
-            let prefix = format!("{}/{}/", stream.adapter, stream.id);
-            let objects: HashSet<String> = match self.store.list(&stream.bucket_name, &prefix).await
-            {
+            let prefix = ObjectKey::stream_prefix(stream.spec.adapter(), stream.id);
+            let bucket = stream.spec.bucket_name();
+            let objects: HashSet<String> = match self.store.list(bucket, &prefix).await {
                 Ok(list) => list.into_iter().map(|o| o.key).collect(),
                 Err(StoreError::NoSuchBucket { .. }) => HashSet::new(),
                 Err(err) => {
                     audit.unlisted += 1;
-                    tracing::warn!(stream_id = %stream.id, "audit cannot list {}/{prefix}: {err}", stream.bucket_name);
+                    tracing::warn!(stream_id = %stream.id, "audit cannot list {bucket}/{prefix}: {err}");
                     continue;
                 }
             };
@@ -264,27 +305,5 @@ impl Reconciler {
             audit.orphans += objects.iter().filter(|k| !keys.contains(*k)).count() as u64;
         }
         Ok(audit)
-    }
-}
-
-/// `<...>/<result_id>.json` → the result id.
-fn result_id_of(key: &str) -> Option<Uuid> {
-    let name = key.rsplit('/').next()?;
-    Uuid::parse_str(name.strip_suffix(".json")?).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn result_ids_come_from_the_file_name() {
-        let id = Uuid::now_v7();
-        assert_eq!(
-            result_id_of(&format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json")),
-            Some(id)
-        );
-        assert_eq!(result_id_of("IQAIR_DAILY/x/dt=2026-11-22/notes.txt"), None);
-        assert_eq!(result_id_of("IQAIR_DAILY/x/dt=2026-11-22/abc.json"), None);
     }
 }

@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use common::SecretKey;
 
-/// Settings of the `data-streams` binary.
-// No derived Debug: it would print the tokens. `Debug` is `describe()`, secrets redacted.
-#[derive(Clone, Parser)]
+/// Settings of the `data-streams` binary. Secrets are [`SecretKey`]s (`***` in `Debug`); the
+/// database URL, which may hold a password, too; [`Settings::describe`] is the start-up line.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "data-streams",
     version,
@@ -26,7 +27,7 @@ pub struct Settings {
     pub worker_addr: String,
     /// Shared secret of the worker link.
     #[arg(long, env = "DATA_STREAMS_WORKER_TOKEN", hide_env_values = true)]
-    pub worker_token: Option<String>,
+    pub worker_token: Option<SecretKey>,
     /// PEM certificate chain (leaf first) of the worker port; with `WORKER_TLS_KEY`, the port
     /// accepts TLS only.
     #[arg(long, env = "WORKER_TLS_CERT")]
@@ -36,14 +37,14 @@ pub struct Settings {
     pub worker_tls_key: Option<PathBuf>,
     /// Bearer token for the HTTP API; unset leaves the API open (with a warning).
     #[arg(long, env = "DATA_STREAMS_API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretKey>,
     /// `sqlite://path` (created if missing) or `postgres://...`.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://data/data-streams.db"
     )]
-    pub database_url: String,
+    pub database_url: SecretKey,
     /// How long to keep trying to reach the database at start before exiting non-zero, in s.
     #[arg(long, env = "DATABASE_CONNECT_RETRY_SECS", default_value_t = 30)]
     pub database_connect_retry_secs: u64,
@@ -87,16 +88,21 @@ pub struct Settings {
 
 impl Settings {
     /// The worker token, and whether it is the development fallback.
-    pub fn worker_token(&self) -> (String, bool) {
+    pub fn worker_token(&self) -> (SecretKey, bool) {
         match &self.worker_token {
             Some(t) if !t.is_empty() => (t.clone(), false),
-            _ => (protocol::handshake::DEV_TOKEN.to_owned(), true),
+            _ => (SecretKey::new(protocol::handshake::DEV_TOKEN), true),
         }
     }
 
     /// The API token, if one is configured.
-    pub fn api_token(&self) -> Option<String> {
+    pub fn api_token(&self) -> Option<SecretKey> {
         self.api_token.clone().filter(|t| !t.is_empty())
+    }
+
+    /// The database URL, its password removed: what logs and errors may show.
+    pub fn database_target(&self) -> String {
+        crate::db::redact_url(self.database_url.expose())
     }
 
     pub fn heartbeat_interval(&self) -> Duration {
@@ -141,7 +147,7 @@ impl Settings {
             },
             if dev { "<dev token>" } else { "***" },
             if self.api_token().is_some() { "***" } else { "<none: API open>" },
-            crate::db::redact_url(&self.database_url),
+            self.database_target(),
             self.object_store_url,
             self.create_buckets,
             self.heartbeat_interval_ms,
@@ -155,12 +161,6 @@ impl Settings {
             self.reconcile_interval_ms,
             self.reconcile_days,
         )
-    }
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
     }
 }
 

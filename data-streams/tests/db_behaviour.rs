@@ -56,7 +56,7 @@ macro_rules! on_both_backends {
 on_both_backends! {
     db: [
         crate::streams::stream_crud_round_trip => stream_crud_round_trip,
-        crate::streams::stream_patch => stream_patch,
+        crate::streams::stream_update => stream_update,
         crate::streams::delete_cascades => delete_cascades,
         crate::streams::set_state_failed_and_running => set_state_failed_and_running,
         crate::streams::assign_bumps_generation_and_stale_unassign_is_noop

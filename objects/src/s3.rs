@@ -20,6 +20,7 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use bytes::Bytes;
+use common::SecretKey;
 use sha2::{Digest, Sha256};
 
 use crate::error::one_line_chain;
@@ -38,17 +39,17 @@ const META_SHA256: &str = "sha256";
 
 /// How to reach S3. A `None` leaves the value to the AWS SDK's standard chain (environment,
 /// profile files, container and instance credentials).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct S3Settings {
     /// Endpoint URL, e.g. `http://127.0.0.1:9000` for MinIO; `None` for AWS (or
-    /// `AWS_ENDPOINT_URL`).
+    /// `AWS_ENDPOINT_URL`). Without credentials: those go in the two key fields.
     pub endpoint: Option<String>,
     /// Region; when neither this nor the chain gives one, `us-east-1`.
     pub region: Option<String>,
     /// Access key id; give both keys or neither.
     pub access_key_id: Option<String>,
-    /// Secret access key; never printed (`Debug` shows `***`).
-    pub secret_access_key: Option<String>,
+    /// Secret access key; never printed.
+    pub secret_access_key: Option<SecretKey>,
     /// Address buckets as `endpoint/bucket` instead of `bucket.endpoint`; MinIO needs it.
     pub force_path_style: bool,
     /// Longest wait for a TCP connection to open.
@@ -73,24 +74,6 @@ impl Default for S3Settings {
             operation_timeout: Duration::from_secs(30),
             max_attempts: 3,
         }
-    }
-}
-
-impl fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint.as_deref().map(redact_url))
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
-            )
-            .field("force_path_style", &self.force_path_style)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout)
-            .field("max_attempts", &self.max_attempts)
-            .finish()
     }
 }
 
@@ -175,6 +158,16 @@ impl S3Store {
                 reason: "at least one attempt is needed".into(),
             });
         }
+        if let Some(endpoint) = &settings.endpoint {
+            if redact_url(endpoint) != *endpoint {
+                return Err(StoreError::Config {
+                    setting: format!("S3 endpoint {}", redact_url(endpoint)),
+                    reason: "credentials do not belong in the endpoint URL; give them as \
+                             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                        .into(),
+                });
+            }
+        }
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .operation_timeout(settings.operation_timeout)
@@ -198,7 +191,7 @@ impl S3Store {
             (Some(id), Some(secret)) => {
                 loader = loader.credentials_provider(Credentials::new(
                     id.clone(),
-                    secret.clone(),
+                    secret.expose().to_owned(),
                     None,
                     None,
                     "objects-s3-settings",
@@ -571,16 +564,31 @@ mod tests {
     #[test]
     fn settings_debug_hides_the_secret() {
         let settings = S3Settings {
-            endpoint: Some("http://k:hunter2@127.0.0.1:9000".into()),
+            endpoint: Some("http://127.0.0.1:9000".into()),
             access_key_id: Some("AKIDEXAMPLE".into()),
             secret_access_key: Some("wJalrXUtnFEMI/K7MDENG".into()),
             ..S3Settings::default()
         };
         let printed = format!("{settings:?}");
         assert!(!printed.contains("wJalrXUtnFEMI"), "{printed}");
-        assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("***"), "{printed}");
         assert!(printed.contains("AKIDEXAMPLE"), "{printed}");
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_endpoint_are_refused_without_printing_them() {
+        let settings = S3Settings {
+            endpoint: Some("http://k:hunter2@127.0.0.1:9000".into()),
+            ..S3Settings::default()
+        };
+        let options = StoreOptions {
+            create_buckets: false,
+        };
+        let err = S3Store::new(settings, options).await.unwrap_err();
+        assert!(matches!(err, StoreError::Config { .. }), "{err}");
+        let printed = format!("{err} {err:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("AWS_SECRET_ACCESS_KEY"), "{printed}");
     }
 
     #[tokio::test]

@@ -22,33 +22,26 @@ use tempfile::TempDir;
 use tokio::sync::{oneshot, RwLock};
 
 use crate::S3Settings;
+use common::SecretKey;
 
 /// The region the server is addressed with; s3s-fs accepts any.
 pub const TEST_REGION: &str = "us-east-1";
 
 /// An S3 server on a random loopback port, serving a fresh temporary folder. Dropping it stops
 /// the server (open connections included) and removes the folder.
+#[derive(Debug)]
 pub struct S3TestServer {
     /// `http://127.0.0.1:<port>`
     pub endpoint: String,
     /// The only access key id the server accepts.
     pub access_key: String,
     /// The secret that goes with `access_key`.
-    pub secret_key: String,
+    pub secret_key: SecretKey,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     root: PathBuf,
     /// The temporary folder behind `root`, when the server made its own (removed on drop).
     temp: Option<TempDir>,
-}
-
-impl std::fmt::Debug for S3TestServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3TestServer")
-            .field("endpoint", &self.endpoint)
-            .field("access_key", &self.access_key)
-            .finish_non_exhaustive()
-    }
 }
 
 impl S3TestServer {
@@ -147,7 +140,7 @@ impl S3TestServer {
         Ok(S3TestServer {
             endpoint,
             access_key: access_key.to_owned(),
-            secret_key: secret_key.to_owned(),
+            secret_key: SecretKey::new(secret_key),
             stop: Some(stop),
             thread: Some(thread),
             root,
@@ -180,7 +173,7 @@ impl S3TestServer {
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_REGION", TEST_REGION.into()),
             ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.expose().to_owned()),
             ("S3_FORCE_PATH_STYLE", "true".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
         ]

@@ -7,8 +7,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use common::SecretKey;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The reading a result carries: the catalogue's IQAir measurement.
+pub use catalogue::iqair::Measurement;
 
 /// Version of the wire format. A peer with another version is rejected during the handshake.
 pub const PROTOCOL_VERSION: u32 = 3;
@@ -100,7 +104,7 @@ pub struct Reject {
 }
 
 /// Requests from the supervisor to a worker.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Call {
     /// `worker:start` — run this stream (idempotent; a changed config applies at the end of the
     /// current interval).
@@ -115,22 +119,6 @@ impl Call {
         match self {
             Call::Start(_) => "worker:start",
             Call::Stop { .. } => "worker:stop",
-        }
-    }
-}
-
-impl fmt::Debug for Call {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Call::Start(cfg) => f.debug_tuple("Start").field(cfg).finish(),
-            Call::Stop {
-                stream_id,
-                generation,
-            } => f
-                .debug_struct("Stop")
-                .field("stream_id", stream_id)
-                .field("generation", generation)
-                .finish(),
         }
     }
 }
@@ -161,14 +149,15 @@ impl Reply {
 /// When a stream runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Schedule {
-    /// Every `millis` milliseconds, the first run right away.
+    /// Every `millis` milliseconds, at a fixed rate; the first run comes after a stable
+    /// per-stream offset (the worker's start spread), not right away.
     Interval { millis: u64 },
     /// A cron expression with seconds, e.g. `0 */15 * * * *`, evaluated in UTC.
     Cron { expr: String },
 }
 
 /// Everything a worker needs to run one stream.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamConfig {
     pub stream_id: Uuid,
     /// Settles stale claims: a worker's run of an older generation is stopped.
@@ -177,8 +166,9 @@ pub struct StreamConfig {
     pub adapter: String,
     /// e.g. `http://api.airvisual.com/v2/nearest_city`.
     pub endpoint: String,
-    /// The external API key. Never printed: `Debug` redacts it.
-    pub secret_key: String,
+    /// The external API key; the one secret the wire carries on purpose.
+    #[serde(with = "common::secret::expose")]
+    pub secret_key: SecretKey,
     pub schedule: Schedule,
     /// Per-fetch timeout (fetch, retries and upload together).
     pub timeout_ms: u64,
@@ -192,8 +182,8 @@ pub struct StreamConfig {
     pub rate_limit: RateLimit,
 }
 
-/// Calls allowed per API key in fixed UTC windows (calendar minute, day and month), the way
-/// IQAir counts them. 0 means no limit on that window.
+/// Calls allowed per API key: in any 61 s (a sliding minute), per UTC calendar day and per UTC
+/// calendar month (see the worker's `ratelimit`). 0 means no limit on that window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateLimit {
     pub per_minute: u32,
@@ -234,23 +224,6 @@ impl RateLimit {
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit::COMMUNITY
-    }
-}
-
-impl fmt::Debug for StreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamConfig")
-            .field("stream_id", &self.stream_id)
-            .field("generation", &self.generation)
-            .field("adapter", &self.adapter)
-            .field("endpoint", &self.endpoint)
-            .field("secret_key", &"***")
-            .field("schedule", &self.schedule)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("bucket_name", &self.bucket_name)
-            .field("params", &self.params)
-            .field("rate_limit", &self.rate_limit)
-            .finish()
     }
 }
 
@@ -312,7 +285,7 @@ pub struct ResultRecord {
     pub stream_id: Uuid,
     pub adapter: String,
     pub bucket: String,
-    /// Object key inside the bucket: `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`.
+    /// Object key inside the bucket (`objects::ObjectKey`).
     pub key: String,
     /// Milliseconds since the Unix epoch, when the response arrived.
     pub fetched_at_ms: i64,
@@ -326,39 +299,6 @@ pub struct ResultRecord {
     /// The parsed reading; `None` when the response held no reading. Boxed: it is most of the
     /// record's size, and events are moved through channels and queues many times.
     pub measurement: Option<Box<Measurement>>,
-}
-
-/// The flattened reading of an IQAir city response. Every field is optional: the API drops
-/// fields without notice (IQAIR.md §8), and numbers arrive as integers or floats.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Measurement {
-    pub city: Option<String>,
-    pub state: Option<String>,
-    pub country: Option<String>,
-    pub lat: Option<f64>,
-    pub lon: Option<f64>,
-    /// `current.pollution.ts`, ISO-8601 as sent. With the stream id, the reading's identity.
-    pub pollution_ts: Option<String>,
-    pub aqius: Option<f64>,
-    pub mainus: Option<String>,
-    pub aqicn: Option<f64>,
-    pub maincn: Option<String>,
-    /// `current.weather.ts`, independent of `pollution_ts`.
-    pub weather_ts: Option<String>,
-    /// Temperature, °C.
-    pub tp: Option<f64>,
-    /// Pressure, hPa.
-    pub pr: Option<f64>,
-    /// Relative humidity, %.
-    pub hu: Option<f64>,
-    /// Wind speed, m/s.
-    pub ws: Option<f64>,
-    /// Wind direction, degrees.
-    pub wd: Option<f64>,
-    /// Weather icon code.
-    pub ic: Option<String>,
-    /// Apparent temperature, °C (`heatIndex`, formerly `heat_index`).
-    pub heat_index: Option<f64>,
 }
 
 /// A run that produced no object, and why.
@@ -419,11 +359,6 @@ impl fmt::Display for FailureClass {
     }
 }
 
-/// The object key of a raw result: `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`.
-pub fn object_key(adapter: &str, stream_id: Uuid, date: &str, result_id: Uuid) -> String {
-    format!("{adapter}/{stream_id}/dt={date}/{result_id}.json")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,15 +405,6 @@ mod tests {
         assert_eq!(
             RateLimit::UNLIMITED.strictest(RateLimit::UNLIMITED),
             RateLimit::UNLIMITED
-        );
-    }
-
-    #[test]
-    fn object_key_has_the_documented_layout() {
-        let id = Uuid::nil();
-        assert_eq!(
-            object_key("IQAIR_DAILY", id, "2026-11-22", id),
-            format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json")
         );
     }
 }

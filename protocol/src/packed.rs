@@ -43,10 +43,18 @@ impl PackedConfig {
     }
 }
 
+/// The config it holds (its key redacted by [`common::SecretKey`]), never the raw bytes, which
+/// hold the key in clear.
 impl std::fmt::Debug for PackedConfig {
-    // The bytes hold the API key: never print them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedConfig({} bytes)", self.0.len())
+        match self.unpack() {
+            Ok(config) => f.debug_tuple("PackedConfig").field(&config).finish(),
+            Err(_) => write!(
+                f,
+                "PackedConfig(<{} bytes that do not unpack>)",
+                self.0.len()
+            ),
+        }
     }
 }
 
@@ -97,6 +105,11 @@ mod tests {
     #[test]
     fn debug_never_prints_the_key() {
         let packed = PackedConfig::pack(&sample(Schedule::Interval { millis: 1 })).unwrap();
-        assert!(!format!("{packed:?}").contains("secret"));
+        let printed = format!("{packed:?}");
+        assert!(!printed.contains("secret-key-value"), "{printed}");
+        assert!(
+            printed.contains("***") && printed.contains("IQAIR_DAILY"),
+            "{printed}"
+        );
     }
 }

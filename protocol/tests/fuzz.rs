@@ -86,7 +86,7 @@ fn stream_config() -> impl Strategy<Value = StreamConfig> {
                     generation,
                     adapter: "IQAIR_DAILY".into(),
                     endpoint,
-                    secret_key,
+                    secret_key: secret_key.into(),
                     schedule,
                     timeout_ms,
                     bucket_name: "results".into(),

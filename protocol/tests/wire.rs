@@ -86,7 +86,7 @@ fn every_frame() -> Vec<Frame> {
                 stream_id,
                 adapter: "IQAIR_DAILY".into(),
                 bucket: "results".into(),
-                key: protocol::object_key("IQAIR_DAILY", stream_id, "2026-11-22", result_id),
+                key: format!("IQAIR_DAILY/{stream_id}/dt=2026-11-22/{result_id}.json"),
                 fetched_at_ms: 1_763_800_000_000,
                 scheduled_at_ms: 1_763_799_999_000,
                 started_at_ms: 1_763_799_999_012,

@@ -7,6 +7,7 @@
 //! supervisor connection up and drains the outbox.
 
 pub mod adapters;
+pub mod calls;
 pub mod clock;
 pub mod link;
 pub mod outbox;

@@ -9,17 +9,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::SecretKey;
 use protocol::handshake::{self, WorkerIdentity};
 use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
 use protocol::tls::{ServerName, TlsConnector};
-use protocol::{Call, Connection, Event, ProtocolError, Reply, Schedule};
+use protocol::{Connection, Event, ProtocolError};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::calls::handle_call;
 use crate::outbox::Outbox;
-use crate::scheduler::{Scheduler, StartError, Started, Stopped};
+use crate::scheduler::Scheduler;
 
 /// TLS to the supervisor: whom to trust, and the name its certificate must carry.
 #[derive(Clone)]
@@ -37,10 +39,10 @@ impl std::fmt::Debug for LinkTls {
 }
 
 /// How the worker dials.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LinkSettings {
     pub supervisor_addr: String,
-    pub token: String,
+    pub token: SecretKey,
     pub worker_id: String,
     pub capacity: u32,
     pub adapters: Vec<String>,
@@ -51,23 +53,6 @@ pub struct LinkSettings {
     pub connect_timeout: Duration,
     /// When set, the link runs over TLS.
     pub tls: Option<LinkTls>,
-}
-
-impl std::fmt::Debug for LinkSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSettings")
-            .field("supervisor_addr", &self.supervisor_addr)
-            .field("token", &"***")
-            .field("worker_id", &self.worker_id)
-            .field("capacity", &self.capacity)
-            .field("adapters", &self.adapters)
-            .field("max_frame", &self.max_frame)
-            .field("reconnect_min", &self.reconnect_min)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tls", &self.tls)
-            .finish()
-    }
 }
 
 /// How many events go out per wake-up before checking for calls again.
@@ -112,6 +97,10 @@ pub async fn run(
                     tracing::debug!(addr = %settings.supervisor_addr, failures, "TLS handshake with the supervisor still fails: {err}");
                 }
             }
+            Err(SessionError::LinkTask(err)) => {
+                failures += 1;
+                tracing::error!(addr = %settings.supervisor_addr, "the link's task failed: {err}");
+            }
             Err(SessionError::Link(err)) => {
                 failures += 1;
                 match &err {
@@ -152,6 +141,8 @@ enum SessionError {
     Connect(std::io::Error),
     Tls(std::io::Error),
     Link(ProtocolError),
+    /// The task that drove the link panicked or was cancelled.
+    LinkTask(tokio::task::JoinError),
 }
 
 async fn session(
@@ -211,7 +202,7 @@ where
     };
     let welcome = handshake::connect(
         &mut conn,
-        settings.token.as_bytes(),
+        settings.token.expose().as_bytes(),
         identity,
         settings.connect_timeout,
     )
@@ -250,7 +241,7 @@ where
                 return match ended {
                     Ok(Ok(())) => Ok(Ended::ByPeer),
                     Ok(Err(err)) => Err(SessionError::Link(err)),
-                    Err(join) => Err(SessionError::Link(ProtocolError::Handshake(format!("link task failed: {join}")))),
+                    Err(join) => Err(SessionError::LinkTask(join)),
                 };
             }
             _ = &mut sender => {
@@ -299,44 +290,5 @@ async fn send_events(link: &LinkHandle, outbox: &Outbox) {
             }
             sent = seq;
         }
-    }
-}
-
-/// Answer a call in the original reply shape.
-pub fn handle_call(scheduler: &Scheduler, call: Call) -> Reply {
-    match call {
-        Call::Start(config) => {
-            let adapter = config.adapter.clone();
-            let stream_id = config.stream_id;
-            let every = match &config.schedule {
-                Schedule::Interval { millis } => format!("every {millis} ms"),
-                Schedule::Cron { expr } => format!("on cron {expr:?}"),
-            };
-            match scheduler.start(config) {
-                Ok(started) => {
-                    if started != Started::Unchanged {
-                        tracing::info!(%stream_id, %adapter, ?started, "stream started {every}");
-                    }
-                    Reply::ok(format!("Started fetching from adapter {adapter}."))
-                }
-                Err(err @ (StartError::AtCapacity(_) | StartError::ShuttingDown)) => {
-                    Reply::err(format!("Cannot start stream {stream_id}: {err}."))
-                }
-                Err(err) => Reply::err(format!("Cannot start stream {stream_id}: {err}.")),
-            }
-        }
-        Call::Stop {
-            stream_id,
-            generation,
-        } => match scheduler.stop(stream_id, generation) {
-            Stopped::Stopped => {
-                tracing::info!(%stream_id, "stream stopped");
-                Reply::ok(format!("Stopped stream {stream_id}."))
-            }
-            Stopped::NotRunning => Reply::ok(format!("Stream {stream_id} was not running.")),
-            Stopped::NewerGenerationRunning => Reply::ok(format!(
-                "Stream {stream_id} runs under a newer assignment; left running."
-            )),
-        },
     }
 }

@@ -17,29 +17,21 @@
 //! smallest non-zero limit among the streams that use the key here). Wall time comes from the
 //! [`Clock`], so paused-time tests cross minute, day and month boundaries in milliseconds.
 //!
-//! Keys are held only as a 64-bit digest (SHA-256 prefix): one small entry per key, and the map
-//! never holds or prints a key.
+//! Keys are held only as their fingerprint ([`SecretKey::fingerprint`], a SHA-256 prefix): one
+//! small entry per key, and the map never holds or prints a key.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
+use common::SecretKey;
 use protocol::RateLimit;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::adapters::RateLimitScope;
 use crate::clock::Clock;
-
-/// A key's identity in memory: the first 8 bytes of its SHA-256.
-pub fn key_id(secret_key: &str) -> u64 {
-    let digest = Sha256::digest(secret_key.as_bytes());
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
-}
 
 /// The span of the sliding minute window: a minute, plus a second of slack for network delay.
 pub const MINUTE_SPAN: Duration = Duration::from_secs(61);
@@ -204,10 +196,10 @@ impl KeyBudgets {
     pub fn acquire(
         &self,
         stream_id: Uuid,
-        secret_key: &str,
+        secret_key: &SecretKey,
         limit: RateLimit,
     ) -> Result<(), Denied> {
-        let id = key_id(secret_key);
+        let id = secret_key.fingerprint();
         let now = self.clock.now();
         let mut state = self.state();
         if let Some(old) = state.stream_keys.insert(stream_id, id) {
@@ -274,7 +266,7 @@ impl KeyBudgets {
     }
 
     /// The API answered with a limit error: block the key, whatever budget is left.
-    pub fn block(&self, secret_key: &str, scope: &RateLimitScope) {
+    pub fn block(&self, secret_key: &SecretKey, scope: &RateLimitScope) {
         let wait = match scope {
             RateLimitScope::Second => Duration::from_secs(1),
             RateLimitScope::Minute | RateLimitScope::Unknown => Duration::from_secs(60),
@@ -283,16 +275,16 @@ impl KeyBudgets {
         };
         let until = Instant::now() + wait;
         let mut state = self.state();
-        let entry = state.keys.entry(key_id(secret_key)).or_default();
+        let entry = state.keys.entry(secret_key.fingerprint()).or_default();
         entry.blocked_until = Some(entry.blocked_until.map_or(until, |t| t.max(until)));
     }
 
     /// Until when the key backs off after a limit answer, if it does.
-    pub fn blocked_until(&self, secret_key: &str) -> Option<Instant> {
+    pub fn blocked_until(&self, secret_key: &SecretKey) -> Option<Instant> {
         let state = self.state();
         state
             .keys
-            .get(&key_id(secret_key))
+            .get(&secret_key.fingerprint())
             .and_then(|e| e.blocked_until)
             .filter(|until| *until > Instant::now())
     }
@@ -312,6 +304,10 @@ impl KeyBudgets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(text: &str) -> SecretKey {
+        SecretKey::new(text)
+    }
 
     #[test]
     fn the_strictest_limit_follows_streams_joining_changing_and_leaving() {
@@ -359,10 +355,10 @@ mod tests {
 
     #[test]
     fn key_ids_differ_and_never_print_the_key() {
-        assert_ne!(key_id("a"), key_id("b"));
+        assert_ne!(key("a").fingerprint(), key("b").fingerprint());
         let budgets = KeyBudgets::default();
         budgets
-            .acquire(Uuid::nil(), "super-secret", RateLimit::COMMUNITY)
+            .acquire(Uuid::nil(), &key("super-secret"), RateLimit::COMMUNITY)
             .unwrap();
         assert!(!format!("{budgets:?}").contains("super-secret"));
     }
@@ -375,19 +371,19 @@ mod tests {
             per_minute: 2,
             ..RateLimit::UNLIMITED
         };
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap();
         // A calendar minute would start afresh at 12:01:00; a sliding one does not.
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let denied = budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+        let denied = budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap_err();
         assert_eq!(
             denied.message(),
             "local budget for this key exhausted (2/minute); next call at 2026-11-22T12:01:51Z"
         );
         tokio::time::sleep(Duration::from_secs(46)).await;
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap_err();
     }
 
     #[tokio::test(start_paused = true)]
@@ -399,9 +395,9 @@ mod tests {
             per_day: 0,
             per_month: 2,
         };
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
-        budgets.acquire(Uuid::nil(), "k", limit).unwrap();
-        let denied = budgets.acquire(Uuid::nil(), "k", limit).unwrap_err();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap();
+        budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap();
+        let denied = budgets.acquire(Uuid::nil(), &key("k"), limit).unwrap_err();
         assert_eq!(
             denied.message(),
             "local budget for this key exhausted (2/month); next call at 2026-12-01T00:00:00Z"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use objects::{ObjectMeta, ObjectStore};
+use objects::{ObjectKey, ObjectMeta, ObjectStore, StoreError};
 use protocol::{Event, FailureClass, ResultRecord, RunFailure, StreamConfig};
 use rand::Rng;
 use tokio::time::{timeout_at, Instant};
@@ -69,14 +69,34 @@ impl RetryPolicy {
     }
 }
 
+/// Why the raw bytes could not be stored within the run's time.
+#[derive(Debug, thiserror::Error)]
+enum PutError {
+    /// The store refused for good (a bad name, a missing bucket it may not create).
+    #[error(transparent)]
+    Refused(StoreError),
+    /// Transient errors until the next retry would pass the deadline.
+    #[error("{last} (gave up after {attempts} attempts)")]
+    GaveUp { last: StoreError, attempts: u32 },
+    /// The deadline passed during an attempt; the last earlier error says why it was slow.
+    #[error("object store ({store}) did not take {bucket}/{key} before the run's timeout ({attempts} attempts){}", last.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    Deadline {
+        store: String,
+        bucket: String,
+        key: String,
+        attempts: u32,
+        last: Option<StoreError>,
+    },
+}
+
 /// Everything a run needs, shared by all streams of a worker.
 pub struct Runner {
-    pub adapters: Adapters,
-    pub store: Arc<dyn ObjectStore>,
-    pub outbox: Arc<Outbox>,
+    adapters: Adapters,
+    store: Arc<dyn ObjectStore>,
+    outbox: Arc<Outbox>,
     /// Per-key call budgets and rate-limit backoff, shared by every stream on this worker.
-    pub budgets: KeyBudgets,
-    pub retry: RetryPolicy,
+    budgets: KeyBudgets,
+    retry: RetryPolicy,
 }
 
 impl Runner {
@@ -95,6 +115,16 @@ impl Runner {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.budgets = KeyBudgets::new(clock);
         self
+    }
+
+    /// Whether this worker can run streams of `adapter`.
+    pub fn has_adapter(&self, adapter: &str) -> bool {
+        self.adapters.get(adapter).is_some()
+    }
+
+    /// The stream no longer runs here: its limit stops counting towards its key's budget.
+    pub fn forget(&self, stream_id: Uuid) {
+        self.budgets.forget_stream(stream_id);
     }
 
     /// Run once, for the tick due at `scheduled` (now, or a moment ago), and queue the
@@ -208,12 +238,13 @@ impl Runner {
         // Store the bytes exactly as received. The UUIDv7 carries the fetch time.
         let result_id = Uuid::now_v7();
         let fetched_at = fetch_time(result_id);
-        let key = protocol::object_key(
+        let key = ObjectKey::new(
             &cfg.adapter,
             cfg.stream_id,
-            &fetched_at.format("%Y-%m-%d").to_string(),
+            fetched_at.date_naive(),
             result_id,
-        );
+        )
+        .to_string();
         let sha256 = objects::sha256_hex(&fetched.body);
         let meta = ObjectMeta {
             stream_id: cfg.stream_id.to_string(),
@@ -221,11 +252,11 @@ impl Runner {
             sha256: sha256.clone(),
         };
         let size = fetched.body.len() as u64;
-        if let Err(message) = self
+        if let Err(err) = self
             .put_with_retry(&cfg.bucket_name, &key, fetched.body, &meta, deadline)
             .await
         {
-            return fail(FailureClass::Storage, message, false);
+            return fail(FailureClass::Storage, err.to_string(), false);
         }
         RunOutcome::Stored(ResultRecord {
             result_id,
@@ -249,9 +280,9 @@ impl Runner {
         body: Bytes,
         meta: &ObjectMeta,
         deadline: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), PutError> {
         let mut attempt = 0u32;
-        let mut last_error: Option<String> = None;
+        let mut last: Option<StoreError> = None;
         loop {
             let err =
                 match timeout_at(deadline, self.store.put(bucket, key, body.clone(), meta)).await {
@@ -259,26 +290,27 @@ impl Runner {
                     Ok(Err(err)) => err,
                     Err(_) => {
                         // Say why the earlier attempts failed, not only that time ran out.
-                        let why = last_error
-                            .map(|e| format!("; last error: {e}"))
-                            .unwrap_or_default();
-                        return Err(format!(
-                        "object store ({}) did not take {bucket}/{key} before the run's timeout \
-                         ({} attempts){why}",
-                        self.store.describe(),
-                        attempt + 1
-                    ));
+                        return Err(PutError::Deadline {
+                            store: self.store.describe(),
+                            bucket: bucket.to_owned(),
+                            key: key.to_owned(),
+                            attempts: attempt + 1,
+                            last,
+                        });
                     }
                 };
             if !err.is_transient() {
-                return Err(err.to_string());
+                return Err(PutError::Refused(err));
             }
             let wait = self.retry.delay(attempt);
             attempt += 1;
             if Instant::now() + wait >= deadline {
-                return Err(format!("{err} (gave up after {attempt} attempts)"));
+                return Err(PutError::GaveUp {
+                    last: err,
+                    attempts: attempt,
+                });
             }
-            last_error = Some(err.to_string());
+            last = Some(err);
             tokio::time::sleep(wait).await;
         }
     }
@@ -286,11 +318,7 @@ impl Runner {
 
 /// The wall-clock time embedded in a UUIDv7.
 pub fn fetch_time(result_id: Uuid) -> DateTime<Utc> {
-    result_id
-        .get_timestamp()
-        .map(|ts| {
-            let (secs, nanos) = ts.to_unix();
-            DateTime::from_timestamp(secs as i64, nanos).unwrap_or_else(Utc::now)
-        })
+    objects::uuid_time_ms(result_id)
+        .and_then(DateTime::from_timestamp_millis)
         .unwrap_or_else(Utc::now)
 }

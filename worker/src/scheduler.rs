@@ -154,7 +154,7 @@ impl Scheduler {
         if self.inner.shutdown.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
-        if self.inner.runner.adapters.get(&config.adapter).is_none() {
+        if !self.inner.runner.has_adapter(&config.adapter) {
             return Err(StartError::UnknownAdapter(config.adapter));
         }
         if let Schedule::Cron { expr } = &config.schedule {
@@ -220,7 +220,7 @@ impl Scheduler {
                     wheel.remove(&key);
                 }
                 // Its limit no longer counts towards its key's strictest.
-                self.inner.runner.budgets.forget_stream(stream_id);
+                self.inner.runner.forget(stream_id);
                 Stopped::Stopped
             }
         }
@@ -318,7 +318,7 @@ impl Scheduler {
         let Table { streams, wheel } = &mut *table;
         let Some(entry) = streams.get_mut(&stream_id) else {
             // Stopped while the run was in flight, which registered the stream's budget again.
-            self.inner.runner.budgets.forget_stream(stream_id);
+            self.inner.runner.forget(stream_id);
             return;
         };
         if entry.incarnation != incarnation {
@@ -327,7 +327,7 @@ impl Scheduler {
         }
         if outcome.stops_stream() {
             streams.remove(&stream_id);
-            self.inner.runner.budgets.forget_stream(stream_id);
+            self.inner.runner.forget(stream_id);
             return;
         }
         if self.inner.shutdown.is_cancelled() {
@@ -352,7 +352,7 @@ impl Scheduler {
             None => {
                 tracing::error!(%stream_id, "schedule has no further tick; stream ends");
                 streams.remove(&stream_id);
-                self.inner.runner.budgets.forget_stream(stream_id);
+                self.inner.runner.forget(stream_id);
             }
         }
     }

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use common::SecretKey;
 
-/// Settings of the `worker` binary.
-// No derived Debug: it would print the tokens. `Debug` is `describe()`, secrets redacted.
-#[derive(Clone, Parser)]
+/// Settings of the `worker` binary; the token is a [`SecretKey`] (`***` in `Debug`).
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "worker",
     version,
@@ -22,7 +22,7 @@ pub struct Settings {
     pub supervisor_addr: String,
     /// Shared secret of the worker link (never sent: it signs a challenge).
     #[arg(long, env = "DATA_STREAMS_WORKER_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<SecretKey>,
     /// PEM file of the CA (or certificate) to trust; when set, the worker dials TLS.
     #[arg(long, env = "WORKER_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -65,10 +65,10 @@ pub struct Settings {
 
 impl Settings {
     /// The token to use, and whether it is the development fallback.
-    pub fn token(&self) -> (String, bool) {
+    pub fn token(&self) -> (SecretKey, bool) {
         match &self.token {
             Some(t) if !t.is_empty() => (t.clone(), false),
-            _ => (protocol::handshake::DEV_TOKEN.to_owned(), true),
+            _ => (SecretKey::new(protocol::handshake::DEV_TOKEN), true),
         }
     }
 
@@ -140,12 +140,6 @@ fn host_name() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned())
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.describe())
-    }
 }
 
 #[cfg(test)]

@@ -96,10 +96,11 @@ async fn fetch(
     key: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<Fetched, AdapterError> {
+    let key = common::SecretKey::new(key);
     let result = adapter
         .fetch(FetchRequest {
             endpoint,
-            secret_key: key,
+            secret_key: &key,
             params,
         })
         .await;

@@ -258,7 +258,7 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     );
     // Each stream's key names it, so its calls can be told apart.
     let named = |interval_ms: u64, name: String| StreamConfig {
-        secret_key: name,
+        secret_key: name.into(),
         ..config(every(interval_ms), interval_ms / 2)
     };
     let slow: Vec<StreamConfig> = (0..200)
@@ -282,11 +282,11 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     // A 60 s interval starts within the 4 s spread; a 1 s interval within its interval.
     let slow_firsts: Vec<u128> = slow
         .iter()
-        .map(|c| first(&calls, &c.secret_key, t0).expect("every slow stream ran"))
+        .map(|c| first(&calls, c.secret_key.expose(), t0).expect("every slow stream ran"))
         .collect();
     let fast_firsts: Vec<u128> = fast
         .iter()
-        .map(|c| first(&calls, &c.secret_key, t0).expect("every fast stream ran"))
+        .map(|c| first(&calls, c.secret_key.expose(), t0).expect("every fast stream ran"))
         .collect();
     assert!(slow_firsts.iter().all(|ms| *ms < 4_000), "{slow_firsts:?}");
     assert!(fast_firsts.iter().all(|ms| *ms < 1_000), "{fast_firsts:?}");
@@ -304,6 +304,6 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     let before = api.calls().len();
     scheduler.start(again.clone()).unwrap();
     sleep(Duration::from_millis(4_000)).await;
-    let rerun = first(&api.calls()[before..], &again.secret_key, t1).expect("it ran again");
+    let rerun = first(&api.calls()[before..], again.secret_key.expose(), t1).expect("it ran again");
     assert_eq!(rerun, slow_firsts[0]);
 }

@@ -7,8 +7,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::db::DbError;
-use crate::domain::Invalid;
+use crate::stream::Invalid;
 use crate::supervisor::SupervisorError;
+
+/// The cause of an internal error: logged, never shown to the caller.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +31,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl ApiError {
@@ -51,6 +54,11 @@ impl ApiError {
     pub fn bad(what: impl Into<String>) -> Self {
         ApiError::BadRequest(what.into(), Value::Null)
     }
+
+    /// A failure that is not the caller's, keeping its cause for the log.
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        ApiError::Internal(cause.into())
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -65,7 +73,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Internal(cause) => {
                 // Logged once here; the caller learns nothing about internals.
-                tracing::error!("internal error: {cause}");
+                tracing::error!("internal error: {}", common::error_chain(cause.as_ref()));
                 json!({"code": code})
             }
             other => json!({"code": code, "message": other.to_string()}),
@@ -126,7 +134,7 @@ impl From<DbError> for ApiError {
         if err.is_transient() {
             ApiError::Unavailable("the database is not reachable; try again".into())
         } else {
-            ApiError::Internal(err.to_string())
+            ApiError::internal(err)
         }
     }
 }
@@ -136,7 +144,7 @@ impl From<SupervisorError> for ApiError {
         match err {
             SupervisorError::Db(e) => e.into(),
             SupervisorError::NotFound(id) => ApiError::NotFound(format!("stream {id} not found")),
-            other => ApiError::Internal(other.to_string()),
+            SupervisorError::Invalid(invalid) => invalid.into(),
         }
     }
 }

@@ -19,48 +19,30 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use common::SecretKey;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objects::ObjectStore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::db::Db;
+use crate::reconcile::Reconciler;
 use crate::supervisor::Supervisor;
 
-/// What every handler can reach.
+/// What every handler can reach. Changes go through the [`Supervisor`]; reads go to the
+/// database and the store directly.
 #[derive(Clone)]
 pub struct AppState {
     pub supervisor: Supervisor,
+    pub db: Db,
     pub store: Arc<dyn ObjectStore>,
+    pub reconciler: Reconciler,
     /// SHA-256 of the bearer token, when one is configured (compared in constant time).
     pub api_token_digest: Option<[u8; 32]>,
     pub metrics: Option<PrometheusHandle>,
-    /// The reconciler's last pass: when (epoch ms) and what it found.
-    pub reconciler: ReconcilerStatus,
-}
-
-/// Shared slot for the reconciler's last findings.
-pub type ReconcilerStatus = Arc<std::sync::Mutex<Option<(i64, crate::reconcile::Findings)>>>;
-
-impl AppState {
-    /// State with the API token hashed for constant-time comparison.
-    pub fn new(
-        supervisor: Supervisor,
-        store: Arc<dyn ObjectStore>,
-        api_token: Option<&str>,
-        metrics: Option<PrometheusHandle>,
-    ) -> Self {
-        AppState {
-            supervisor,
-            store,
-            api_token_digest: api_token.map(|t| Sha256::digest(t.as_bytes()).into()),
-            metrics,
-            reconciler: Arc::default(),
-        }
-    }
 }
 
 /// The whole HTTP app.
@@ -109,7 +91,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+        .map(|t| SecretKey::new(t.trim()).digest());
     match presented {
         Some(digest) if bool::from(digest.ct_eq(&expected)) => next.run(request).await,
         Some(_) => ApiError::Unauthorized("the bearer token is not valid".into()).into_response(),

@@ -5,17 +5,18 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::streams::{parse_id, rfc3339};
+use super::streams::parse_id;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
-use crate::db::{MeasurementRow, ResultRow};
+use crate::db::{FailureRow, ResultRow};
+use crate::stream::Rfc3339;
 
 async fn known_stream(state: &AppState, raw: &str) -> Result<Uuid, ApiError> {
     let id = parse_id(raw, "stream")?;
-    match state.supervisor.db().get_stream(id).await? {
+    match state.db.get_stream(id).await? {
         Some(_) => Ok(id),
         None => Err(ApiError::NotFound(format!("stream {id} not found"))),
     }
@@ -39,19 +40,37 @@ fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
     }
 }
 
-fn result_view(r: &ResultRow) -> Value {
-    json!({
-        "id": r.id,
-        "stream_id": r.stream_id,
-        "bucket": r.bucket,
-        "key": r.key,
-        "fetched_at": rfc3339(r.fetched_at),
-        "scheduled_at": r.scheduled_at.map_or(Value::Null, rfc3339),
-        "started_at": r.started_at.map_or(Value::Null, rfc3339),
-        "size": r.size,
-        "sha256": r.sha256,
-        "status": r.status,
-    })
+/// A reference as the API shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct ResultView<'a> {
+    id: Uuid,
+    stream_id: Uuid,
+    bucket: &'a str,
+    key: &'a str,
+    fetched_at: Rfc3339,
+    /// The run's tick; `null` for references the reconciler found.
+    scheduled_at: Option<Rfc3339>,
+    started_at: Option<Rfc3339>,
+    size: i64,
+    sha256: &'a str,
+    status: &'a str,
+}
+
+impl<'a> From<&'a ResultRow> for ResultView<'a> {
+    fn from(r: &'a ResultRow) -> Self {
+        ResultView {
+            id: r.id,
+            stream_id: r.stream_id,
+            bucket: &r.bucket,
+            key: &r.key,
+            fetched_at: Rfc3339(r.fetched_at),
+            scheduled_at: r.scheduled_at.map(Rfc3339),
+            started_at: r.started_at.map(Rfc3339),
+            size: r.size,
+            sha256: &r.sha256,
+            status: &r.status,
+        }
+    }
 }
 
 /// `GET /streams/{id}/results?limit=&after=`: newest first; `next` is the cursor for `after`.
@@ -66,15 +85,9 @@ pub(super) async fn list(
         None | Some("") => None,
         Some(raw) => Some(parse_id(raw, "result (cursor)")?),
     };
-    let (rows, next) = state
-        .supervisor
-        .db()
-        .list_results(stream_id, limit, after)
-        .await?;
-    Ok(Json(json!({
-        "items": rows.iter().map(result_view).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    let (rows, next) = state.db.list_results(stream_id, limit, after).await?;
+    let items: Vec<ResultView<'_>> = rows.iter().map(ResultView::from).collect();
+    Ok(Json(json!({ "items": items, "next": next })))
 }
 
 /// `GET /results/{id}/raw`: the object exactly as the API sent it.
@@ -84,8 +97,7 @@ pub(super) async fn raw(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id, "result")?;
     let row = state
-        .supervisor
-        .db()
+        .db
         .get_result(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("result {id} not found")))?;
@@ -107,7 +119,7 @@ pub(super) async fn raw(
         Err(err) if err.is_transient() => Err(ApiError::Unavailable(format!(
             "the object store is not reachable: {err}"
         ))),
-        Err(err) => Err(ApiError::Internal(err.to_string())),
+        Err(err) => Err(ApiError::internal(err)),
     }
 }
 
@@ -135,17 +147,26 @@ fn instant(raw: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
         })
 }
 
-fn measurement_view(m: &MeasurementRow) -> Value {
-    json!({
-        "ts": rfc3339(m.ts),
-        "result_id": m.result_id,
-        "city": m.city, "state": m.state, "country": m.country,
-        "lat": m.lat, "lon": m.lon,
-        "aqius": m.aqius, "mainus": m.mainus, "aqicn": m.aqicn, "maincn": m.maincn,
-        "weather_ts": m.weather_ts.map(rfc3339),
-        "tp": m.tp, "pr": m.pr, "hu": m.hu, "ws": m.ws, "wd": m.wd, "ic": m.ic,
-        "heat_index": m.heat_index,
-    })
+/// A failed run as the API shows it.
+#[derive(Debug, Serialize)]
+struct FailureView<'a> {
+    run_id: Uuid,
+    at: Rfc3339,
+    class: &'a str,
+    message: &'a str,
+    stream_stopped: bool,
+}
+
+impl<'a> From<&'a FailureRow> for FailureView<'a> {
+    fn from(f: &'a FailureRow) -> Self {
+        FailureView {
+            run_id: f.run_id,
+            at: Rfc3339(f.at),
+            class: &f.class,
+            message: &f.message,
+            stream_stopped: f.stream_stopped,
+        }
+    }
 }
 
 /// `GET /streams/{id}/measurements?from=&to=&limit=`: one reading per pollution hour, oldest first.
@@ -159,13 +180,10 @@ pub(super) async fn measurements(
     let to = instant(window.to.as_deref(), "to")?;
     let limit = limit(window.limit.as_deref(), 1000, 10_000)?;
     let rows = state
-        .supervisor
-        .db()
+        .db
         .list_measurements(stream_id, from, to, limit)
         .await?;
-    Ok(Json(
-        json!({"items": rows.iter().map(measurement_view).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(json!({ "items": rows })))
 }
 
 /// `GET /streams/{id}/failures?limit=`: failed runs, newest first.
@@ -176,17 +194,7 @@ pub(super) async fn failures(
 ) -> Result<Json<Value>, ApiError> {
     let stream_id = known_stream(&state, &id).await?;
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
-    let rows = state
-        .supervisor
-        .db()
-        .list_failures(stream_id, limit)
-        .await?;
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|f| {
-            json!({"run_id": f.run_id, "at": rfc3339(f.at), "class": f.class,
-                   "message": f.message, "stream_stopped": f.stream_stopped})
-        })
-        .collect();
+    let rows = state.db.list_failures(stream_id, limit).await?;
+    let items: Vec<FailureView<'_>> = rows.iter().map(FailureView::from).collect();
     Ok(Json(json!({ "items": items })))
 }

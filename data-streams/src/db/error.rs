@@ -45,8 +45,26 @@ pub enum DbError {
     },
 }
 
+/// A stored value that does not decode into the model (a state text, a JSON column), raised
+/// from a `FromRow` and turned into [`DbError::Corrupt`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct CorruptRow(pub(crate) String);
+
+impl CorruptRow {
+    /// The error a `FromRow` returns for it.
+    pub(crate) fn decode(what: String) -> sqlx::Error {
+        sqlx::Error::Decode(Box::new(CorruptRow(what)))
+    }
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(source: sqlx::Error) -> Self {
+        if let sqlx::Error::Decode(cause) = &source {
+            if let Some(CorruptRow(what)) = cause.downcast_ref::<CorruptRow>() {
+                return DbError::Corrupt { what: what.clone() };
+            }
+        }
         DbError::Query(source)
     }
 }

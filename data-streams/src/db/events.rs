@@ -8,43 +8,30 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
+use catalogue::Cell;
 use protocol::{Measurement, ResultRecord, RunFailure};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
-use super::{
-    in_transaction, now_ms, on_pool, parse_timestamp_ms, Db, DbError, PersistStats, ReconciledRef,
-    CHUNK_ROWS,
-};
+use super::{dispatch, Db, DbError, PersistStats, ReconciledRef, Tx, CHUNK_ROWS};
 
 /// Moves `last_result_at` forward to `$2`, `last_error_at` forward to `$3` (with `$4` as the
 /// error), and clears `last_error` when the newest result is newer than the newest error. All
-/// as expressions over the row's current values, so concurrent batches cannot lose an update.
-macro_rules! newest_result_at {
-    () => {
-        "(CASE WHEN $2 IS NOT NULL AND (last_result_at IS NULL OR $2 > last_result_at) \
-         THEN $2 ELSE last_result_at END)"
-    };
-}
-macro_rules! failure_is_newer {
-    () => {
-        "($3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at))"
-    };
-}
-const BOOKKEEPING: &str = concat!(
-    "UPDATE streams SET last_result_at = ",
-    newest_result_at!(),
-    ", last_error_at = CASE WHEN ",
-    failure_is_newer!(),
-    " THEN $3 ELSE last_error_at END",
-    ", last_error = CASE WHEN ",
-    newest_result_at!(),
-    " > (CASE WHEN ",
-    failure_is_newer!(),
-    " THEN $3 ELSE last_error_at END) THEN NULL WHEN ",
-    failure_is_newer!(),
-    " THEN $4 ELSE last_error END WHERE id = $1"
-);
+/// as expressions over the row's current values (every `SET` reads the row as it was), so
+/// concurrent batches cannot lose an update; hence the repeated conditions.
+const BOOKKEEPING: &str = "UPDATE streams SET \
+     last_result_at = CASE WHEN $2 IS NOT NULL AND (last_result_at IS NULL OR $2 > last_result_at) \
+       THEN $2 ELSE last_result_at END, \
+     last_error_at = CASE WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) \
+       THEN $3 ELSE last_error_at END, \
+     last_error = CASE \
+       WHEN (CASE WHEN $2 IS NOT NULL AND (last_result_at IS NULL OR $2 > last_result_at) \
+               THEN $2 ELSE last_result_at END) \
+          > (CASE WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) \
+               THEN $3 ELSE last_error_at END) THEN NULL \
+       WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) THEN $4 \
+       ELSE last_error END \
+     WHERE id = $1";
 
 /// A row of `results`, from a worker's report or from the reconciler.
 struct RefRow<'a> {
@@ -60,12 +47,11 @@ struct RefRow<'a> {
     sha256: &'a str,
 }
 
-/// A reading ready to insert.
+/// A reading ready to insert: its identity (stream, pollution ts) and where it came from.
 struct ReadingRow<'a> {
     stream_id: Uuid,
     ts: i64,
     result_id: Uuid,
-    weather_ts: Option<i64>,
     reading: &'a Measurement,
 }
 
@@ -74,56 +60,6 @@ struct ReadingRow<'a> {
 struct Bookkeeping<'a> {
     newest_result_at: Option<i64>,
     newest_failure: Option<(i64, Uuid, &'a str)>,
-}
-
-/// Which of `ids` name an existing stream, locking them against deletion until commit where
-/// the dialect needs that. Evaluates to a `HashSet<Uuid>`.
-macro_rules! known_streams {
-    ($tx:ident, $DB:ident, $dialect:ident, $ids:expr) => {{
-        let mut known: HashSet<Uuid> = HashSet::new();
-        for chunk in $ids.chunks(CHUNK_ROWS) {
-            let mut query = QueryBuilder::<$DB>::new("SELECT id FROM streams WHERE id IN (");
-            let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            query.push(")").push($dialect.lock_streams);
-            let found: Vec<Uuid> = query.build_query_scalar().fetch_all(&mut *$tx).await?;
-            known.extend(found);
-        }
-        known
-    }};
-}
-
-/// Inserts `results` rows with `status`, skipping ids already stored. Evaluates to the number
-/// inserted.
-macro_rules! insert_refs {
-    ($tx:ident, $DB:ident, $rows:expr, $status:expr, $now:expr) => {{
-        let mut inserted = 0u64;
-        for chunk in $rows.chunks(CHUNK_ROWS) {
-            let mut query = QueryBuilder::<$DB>::new(
-                "INSERT INTO results \
-                 (id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, \
-                 sha256, status, created_at) ",
-            );
-            query.push_values(chunk, |mut row, r: &RefRow<'_>| {
-                row.push_bind(r.id)
-                    .push_bind(r.stream_id)
-                    .push_bind(r.bucket)
-                    .push_bind(r.key)
-                    .push_bind(r.fetched_at)
-                    .push_bind(r.scheduled_at)
-                    .push_bind(r.started_at)
-                    .push_bind(r.size)
-                    .push_bind(r.sha256)
-                    .push_bind($status)
-                    .push_bind($now);
-            });
-            query.push(" ON CONFLICT (id) DO NOTHING");
-            inserted += query.build().execute(&mut *$tx).await?.rows_affected();
-        }
-        inserted
-    }};
 }
 
 /// An object size as stored; no object reaches 8 EiB, so the clamp never bites.
@@ -161,7 +97,7 @@ impl<'a> PreparedBatch<'a> {
             let Some(reading) = &record.measurement else {
                 continue;
             };
-            let Some(ts) = reading.pollution_ts.as_deref().and_then(parse_timestamp_ms) else {
+            let Some(ts) = reading.ts_ms() else {
                 stats.measurements_without_ts += 1;
                 continue;
             };
@@ -174,7 +110,6 @@ impl<'a> PreparedBatch<'a> {
                         stream_id: record.stream_id,
                         ts,
                         result_id: record.result_id,
-                        weather_ts: reading.weather_ts.as_deref().and_then(parse_timestamp_ms),
                         reading,
                     });
                 }
@@ -251,6 +186,141 @@ impl<'a> PreparedBatch<'a> {
     }
 }
 
+impl Tx {
+    /// Which of `ids` name an existing stream, locking them against deletion until commit where
+    /// the backend needs that.
+    async fn known_streams(&mut self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
+        let lock = self.lock_streams_clause();
+        let mut known = HashSet::new();
+        for chunk in ids.chunks(CHUNK_ROWS) {
+            let found: Vec<Uuid> = dispatch!(Tx, self, |tx, DB| {
+                let mut query = QueryBuilder::<DB>::new("SELECT id FROM streams WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(")").push(lock);
+                query.build_query_scalar().fetch_all(&mut **tx).await?
+            });
+            known.extend(found);
+        }
+        Ok(known)
+    }
+
+    /// Inserts `results` rows with `status`, skipping ids already stored; returns how many were
+    /// new.
+    async fn insert_refs(
+        &mut self,
+        rows: &[RefRow<'_>],
+        status: &str,
+        now: i64,
+    ) -> Result<u64, DbError> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(CHUNK_ROWS) {
+            inserted += dispatch!(Tx, self, |tx, DB| {
+                let mut query = QueryBuilder::<DB>::new(
+                    "INSERT INTO results (id, stream_id, bucket, key, fetched_at, scheduled_at, \
+                     started_at, size, sha256, status, created_at) ",
+                );
+                query.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.id)
+                        .push_bind(r.stream_id)
+                        .push_bind(r.bucket)
+                        .push_bind(r.key)
+                        .push_bind(r.fetched_at)
+                        .push_bind(r.scheduled_at)
+                        .push_bind(r.started_at)
+                        .push_bind(r.size)
+                        .push_bind(r.sha256)
+                        .push_bind(status)
+                        .push_bind(now);
+                });
+                query.push(" ON CONFLICT (id) DO NOTHING");
+                query.build().execute(&mut **tx).await?.rows_affected()
+            });
+        }
+        Ok(inserted)
+    }
+
+    /// Inserts readings, the first per (stream, ts) winning; returns how many were new. The
+    /// columns after the identity are the catalogue's, bound from the reading's cells.
+    async fn insert_readings(&mut self, rows: &[ReadingRow<'_>]) -> Result<u64, DbError> {
+        let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
+        let head = format!(
+            "INSERT INTO measurements (stream_id, ts, result_id, {}) ",
+            columns.join(", ")
+        );
+        let mut inserted = 0;
+        for chunk in rows.chunks(CHUNK_ROWS) {
+            inserted += dispatch!(Tx, self, |tx, DB| {
+                let mut query = QueryBuilder::<DB>::new(&head);
+                query.push_values(chunk, |mut row, m| {
+                    row.push_bind(m.stream_id)
+                        .push_bind(m.ts)
+                        .push_bind(m.result_id);
+                    for cell in m.reading.cells() {
+                        match cell {
+                            Cell::Text(v) => row.push_bind(v),
+                            Cell::Real(v) => row.push_bind(v),
+                            Cell::TimeMs(v) => row.push_bind(v),
+                        };
+                    }
+                });
+                query.push(" ON CONFLICT (stream_id, ts) DO NOTHING");
+                query.build().execute(&mut **tx).await?.rows_affected()
+            });
+        }
+        Ok(inserted)
+    }
+
+    /// Records failed runs, idempotent on the run id; returns how many were new.
+    async fn insert_failures(&mut self, failures: &[&RunFailure]) -> Result<u64, DbError> {
+        let mut inserted = 0;
+        for chunk in failures.chunks(CHUNK_ROWS) {
+            inserted += dispatch!(Tx, self, |tx, DB| {
+                let mut query = QueryBuilder::<DB>::new(
+                    "INSERT INTO run_failures \
+                     (run_id, stream_id, at, class, message, stream_stopped) ",
+                );
+                query.push_values(chunk, |mut row, f| {
+                    row.push_bind(f.run_id)
+                        .push_bind(f.stream_id)
+                        .push_bind(f.at_ms)
+                        .push_bind(f.class.as_str())
+                        .push_bind(f.message.as_str())
+                        .push_bind(f.stream_stopped);
+                });
+                query.push(" ON CONFLICT (run_id) DO NOTHING");
+                query.build().execute(&mut **tx).await?.rows_affected()
+            });
+        }
+        Ok(inserted)
+    }
+
+    /// Moves each stream's `last_result_at`/`last_error` forward, streams in ascending order.
+    async fn bookkeeping(
+        &mut self,
+        per_stream: BTreeMap<Uuid, Bookkeeping<'_>>,
+    ) -> Result<(), DbError> {
+        for (stream_id, book) in per_stream {
+            let (failure_at, failure_message) = match book.newest_failure {
+                Some((at, _, message)) => (Some(at), Some(message)),
+                None => (None, None),
+            };
+            dispatch!(Tx, self, |tx| {
+                sqlx::query(BOOKKEEPING)
+                    .bind(stream_id)
+                    .bind(book.newest_result_at)
+                    .bind(failure_at)
+                    .bind(failure_message)
+                    .execute(&mut **tx)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Db {
     /// Persists a batch of worker events in ONE transaction: references (`status = ok`),
     /// readings (first per (stream, pollution ts) wins), failed runs, and each stream's
@@ -274,88 +344,23 @@ impl Db {
         if batch.stream_ids.is_empty() {
             return Ok(batch.stats);
         }
-        let now = now_ms();
-        let stats = in_transaction!(self, |tx, DB, dialect| {
-            let known = known_streams!(tx, DB, dialect, batch.stream_ids);
-            batch.retain_known(&known);
+        let now = common::now_ms();
+        let mut tx = self.begin_write().await?;
+        let known = tx.known_streams(&batch.stream_ids).await?;
+        batch.retain_known(&known);
+        let refs_inserted = tx.insert_refs(&batch.refs, "ok", now).await?;
+        let readings_inserted = tx.insert_readings(&batch.readings).await?;
+        let failures_inserted = tx.insert_failures(&batch.failures).await?;
+        tx.bookkeeping(batch.bookkeeping()).await?;
+        tx.commit().await?;
 
-            let refs_inserted = insert_refs!(tx, DB, batch.refs, "ok", now);
-
-            let mut readings_inserted = 0u64;
-            for chunk in batch.readings.chunks(CHUNK_ROWS) {
-                let mut query = QueryBuilder::<DB>::new(
-                    "INSERT INTO measurements (stream_id, ts, result_id, city, state, country, \
-                     lat, lon, aqius, mainus, aqicn, maincn, weather_ts, tp, pr, hu, ws, wd, ic, \
-                     heat_index) ",
-                );
-                query.push_values(chunk, |mut row, m: &ReadingRow<'_>| {
-                    let r = m.reading;
-                    row.push_bind(m.stream_id)
-                        .push_bind(m.ts)
-                        .push_bind(m.result_id)
-                        .push_bind(r.city.as_deref())
-                        .push_bind(r.state.as_deref())
-                        .push_bind(r.country.as_deref())
-                        .push_bind(r.lat)
-                        .push_bind(r.lon)
-                        .push_bind(r.aqius)
-                        .push_bind(r.mainus.as_deref())
-                        .push_bind(r.aqicn)
-                        .push_bind(r.maincn.as_deref())
-                        .push_bind(m.weather_ts)
-                        .push_bind(r.tp)
-                        .push_bind(r.pr)
-                        .push_bind(r.hu)
-                        .push_bind(r.ws)
-                        .push_bind(r.wd)
-                        .push_bind(r.ic.as_deref())
-                        .push_bind(r.heat_index);
-                });
-                query.push(" ON CONFLICT (stream_id, ts) DO NOTHING");
-                readings_inserted += query.build().execute(&mut *tx).await?.rows_affected();
-            }
-
-            let mut failures_inserted = 0u64;
-            for chunk in batch.failures.chunks(CHUNK_ROWS) {
-                let mut query = QueryBuilder::<DB>::new(
-                    "INSERT INTO run_failures \
-                     (run_id, stream_id, at, class, message, stream_stopped) ",
-                );
-                query.push_values(chunk, |mut row, f: &&RunFailure| {
-                    row.push_bind(f.run_id)
-                        .push_bind(f.stream_id)
-                        .push_bind(f.at_ms)
-                        .push_bind(f.class.as_str())
-                        .push_bind(f.message.as_str())
-                        .push_bind(f.stream_stopped);
-                });
-                query.push(" ON CONFLICT (run_id) DO NOTHING");
-                failures_inserted += query.build().execute(&mut *tx).await?.rows_affected();
-            }
-
-            for (stream_id, book) in batch.bookkeeping() {
-                let (failure_at, failure_message) = match book.newest_failure {
-                    Some((at, _, message)) => (Some(at), Some(message)),
-                    None => (None, None),
-                };
-                sqlx::query(BOOKKEEPING)
-                    .bind(stream_id)
-                    .bind(book.newest_result_at)
-                    .bind(failure_at)
-                    .bind(failure_message)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-
-            let mut stats = batch.stats;
-            stats.results_inserted = refs_inserted;
-            stats.results_duplicate += batch.refs.len() as u64 - refs_inserted;
-            stats.measurements_inserted = readings_inserted;
-            stats.measurements_duplicate += batch.readings.len() as u64 - readings_inserted;
-            stats.failures_inserted = failures_inserted;
-            stats.failures_duplicate += batch.failures.len() as u64 - failures_inserted;
-            stats
-        });
+        let mut stats = batch.stats;
+        stats.results_inserted = refs_inserted;
+        stats.results_duplicate += batch.refs.len() as u64 - refs_inserted;
+        stats.measurements_inserted = readings_inserted;
+        stats.measurements_duplicate += batch.readings.len() as u64 - readings_inserted;
+        stats.failures_inserted = failures_inserted;
+        stats.failures_duplicate += batch.failures.len() as u64 - failures_inserted;
         tracing::debug!(?stats, "events persisted");
         Ok(stats)
     }
@@ -387,15 +392,16 @@ impl Db {
         if stream_ids.is_empty() {
             return Ok(0);
         }
-        let now = now_ms();
-        let inserted = in_transaction!(self, |tx, DB, dialect| {
-            let known = known_streams!(tx, DB, dialect, stream_ids);
-            let rows: Vec<RefRow<'_>> = unique
-                .into_values()
-                .filter(|r| known.contains(&r.stream_id))
-                .collect();
-            insert_refs!(tx, DB, rows, "reconciled", now)
-        });
+        let mut tx = self.begin_write().await?;
+        let known = tx.known_streams(&stream_ids).await?;
+        let rows: Vec<RefRow<'_>> = unique
+            .into_values()
+            .filter(|r| known.contains(&r.stream_id))
+            .collect();
+        let inserted = tx
+            .insert_refs(&rows, "reconciled", common::now_ms())
+            .await?;
+        tx.commit().await?;
         Ok(inserted)
     }
 
@@ -404,7 +410,7 @@ impl Db {
     pub async fn existing_result_ids(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
         let mut existing = HashSet::new();
         for chunk in ids.chunks(CHUNK_ROWS) {
-            let found: Vec<Uuid> = on_pool!(self, |pool, DB| {
+            let found: Vec<Uuid> = dispatch!(Db, self, |pool, DB| {
                 let mut query = QueryBuilder::<DB>::new("SELECT id FROM results WHERE id IN (");
                 let mut list = query.separated(", ");
                 for id in chunk {

@@ -2,16 +2,16 @@
 //! runs, on SQLite (the embedded default) or PostgreSQL, behind one [`Db`].
 //!
 //! Where the SQL text is the same for both backends (most of it: sqlx's SQLite driver accepts
-//! `$1`-style parameters), it is written once and [`on_pool!`]/[`in_transaction!`] expand the
-//! same sqlx call for each pool type. What differs between the dialects lives in
-//! [`sqlite`]/[`postgres`] as a [`Dialect`] and the migrations, side by side.
+//! `$1`-style parameters), it is written once and [`dispatch!`] runs the same sqlx call on
+//! whichever pool (or [`Tx`]) is behind the enum. What differs between the dialects lives in
+//! `sqlite.rs`/`postgres.rs` and in the migrations, side by side.
 //!
 //! Timestamps are epoch milliseconds UTC (`BIGINT`) everywhere; ids are `Uuid`s, which sort
 //! the same way on both backends, so UUIDv7 result ids sort in time order.
 
 use std::time::Duration;
 
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 mod error;
 mod events;
@@ -23,77 +23,36 @@ mod streams;
 mod workers;
 
 pub use error::{redact_url, DbError};
-pub use model::{
-    parse_timestamp_ms, FailureRow, MeasurementRow, NewStream, PersistStats, ReconciledRef,
-    ResultRow, StreamPatch, StreamRow, StreamState, UnknownStreamState, WorkerRow,
-};
+pub use model::{FailureRow, MeasurementRow, PersistStats, ReconciledRef, ResultRow, WorkerRow};
 
-/// Expands `$body` once per backend with `$pool` bound to the concrete pool and `$DB` naming
-/// the sqlx database type, so one SQL text serves both without sqlx's `Any` driver.
-macro_rules! on_pool {
-    ($db:expr, |$pool:ident, $DB:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Sqlite($pool) => {
-                #[allow(dead_code)]
+/// Runs `$body` on whichever backend `$value` (a [`Db`] or a [`Tx`], named by `$enum`) holds,
+/// with `$inner` bound to the pool or transaction of that backend and, in the second form,
+/// `$DB` naming its sqlx database type: one SQL text serves both without sqlx's `Any` driver.
+macro_rules! dispatch {
+    ($enum:ident, $value:expr, |$inner:ident| $body:expr) => {
+        match $value {
+            $crate::db::$enum::Sqlite($inner) => $body,
+            $crate::db::$enum::Postgres($inner) => $body,
+        }
+    };
+    ($enum:ident, $value:expr, |$inner:ident, $DB:ident| $body:expr) => {
+        match $value {
+            $crate::db::$enum::Sqlite($inner) => {
                 type $DB = ::sqlx::Sqlite;
                 $body
             }
-            $crate::db::Db::Postgres($pool) => {
-                #[allow(dead_code)]
+            $crate::db::$enum::Postgres($inner) => {
                 type $DB = ::sqlx::Postgres;
                 $body
             }
         }
     };
 }
-pub(crate) use on_pool;
-
-/// Like [`on_pool!`], inside one write transaction begun the backend's way (see
-/// [`Dialect::begin_write`]) and committed after `$body`. A `?` inside `$body` returns early and
-/// the dropped transaction rolls back.
-macro_rules! in_transaction {
-    ($db:expr, |$tx:ident, $DB:ident, $dialect:ident| $body:expr) => {
-        match $db {
-            $crate::db::Db::Sqlite(pool) => {
-                #[allow(dead_code)]
-                type $DB = ::sqlx::Sqlite;
-                let $dialect: &$crate::db::Dialect = &$crate::db::sqlite::DIALECT;
-                let mut $tx = pool.begin_with($dialect.begin_write).await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-            $crate::db::Db::Postgres(pool) => {
-                #[allow(dead_code)]
-                type $DB = ::sqlx::Postgres;
-                let $dialect: &$crate::db::Dialect = &$crate::db::postgres::DIALECT;
-                let mut $tx = pool.begin_with($dialect.begin_write).await?;
-                let out = $body;
-                $tx.commit().await?;
-                out
-            }
-        }
-    };
-}
-pub(crate) use in_transaction;
+pub(crate) use dispatch;
 
 /// Rows per multi-row INSERT. The widest insert (measurements, 20 columns) then binds 10 000
 /// values: under SQLite's 32 766 and PostgreSQL's 65 535 parameter limits.
 pub(crate) const CHUNK_ROWS: usize = 500;
-
-/// The SQL that differs between the backends, kept side by side in `sqlite.rs`/`postgres.rs`.
-#[derive(Debug)]
-pub(crate) struct Dialect {
-    /// Opens a transaction that will write. SQLite needs `BEGIN IMMEDIATE`: a deferred
-    /// transaction that reads and then writes can fail with SQLITE_BUSY without waiting when
-    /// another writer got there first, which the busy timeout does not cover.
-    pub(crate) begin_write: &'static str,
-    /// Appended to `SELECT id FROM streams WHERE id IN (...)` inside the event transaction:
-    /// holds off a concurrent delete until commit, so the references inserted next cannot
-    /// violate their foreign key. Empty on SQLite, where the write transaction already
-    /// excludes every other writer.
-    pub(crate) lock_streams: &'static str,
-}
 
 /// Pool settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,8 +73,9 @@ impl Default for ConnectOptions {
     }
 }
 
-/// A connection pool to the supervisor's database, either backend. Cheap to clone.
-#[derive(Clone)]
+/// A connection pool to the supervisor's database, either backend. Cheap to clone. (`Debug`
+/// shows sqlx's pool sizes and timeouts, never the connect options or a password.)
+#[derive(Debug, Clone)]
 pub enum Db {
     /// The embedded default: a file, WAL, one writer at a time.
     Sqlite(SqlitePool),
@@ -123,11 +83,10 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The pools' own Debug prints connect options; keep it to the backend.
-        write!(f, "Db({})", self.backend())
-    }
+/// A write transaction on either backend; dropped without [`Tx::commit`], it rolls back.
+pub(crate) enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
 }
 
 impl Db {
@@ -165,7 +124,7 @@ impl Db {
     /// One round trip, for readiness checks.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ping(&self) -> Result<(), DbError> {
-        on_pool!(self, |pool, DB| {
+        dispatch!(Db, self, |pool| {
             sqlx::query("SELECT 1").execute(pool).await?;
         });
         Ok(())
@@ -173,11 +132,32 @@ impl Db {
 
     /// Closes every connection, waiting for those in use to come back.
     pub async fn close(&self) {
-        on_pool!(self, |pool, DB| pool.close().await)
+        dispatch!(Db, self, |pool| pool.close().await)
+    }
+
+    /// Opens a transaction that will write. SQLite needs `BEGIN IMMEDIATE`: a deferred
+    /// transaction that reads and then writes can fail with SQLITE_BUSY without waiting when
+    /// another writer got there first, which the busy timeout does not cover.
+    pub(crate) async fn begin_write(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with(sqlite::BEGIN_WRITE).await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin_with(postgres::BEGIN_WRITE).await?),
+        })
     }
 }
 
-/// Now, in epoch milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+impl Tx {
+    pub(crate) async fn commit(self) -> Result<(), DbError> {
+        dispatch!(Tx, self, |tx| tx.commit().await?);
+        Ok(())
+    }
+
+    /// Appended to `SELECT … FROM streams WHERE id IN (…)` in a write transaction: holds off
+    /// a concurrent delete of those streams until commit, where the backend needs that.
+    pub(crate) fn lock_streams_clause(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => sqlite::LOCK_STREAMS,
+            Tx::Postgres(_) => postgres::LOCK_STREAMS,
+        }
+    }
 }

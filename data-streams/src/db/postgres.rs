@@ -5,13 +5,11 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
-use super::{ConnectOptions, DbError, Dialect};
+use super::{ConnectOptions, DbError};
 
-pub(crate) static DIALECT: Dialect = Dialect {
-    begin_write: "BEGIN",
-    // KEY SHARE blocks DELETE of the stream but not the UPDATE of its bookkeeping columns.
-    lock_streams: " FOR KEY SHARE",
-};
+pub(super) const BEGIN_WRITE: &str = "BEGIN";
+/// KEY SHARE blocks DELETE of the stream but not the UPDATE of its bookkeeping columns.
+pub(super) const LOCK_STREAMS: &str = " FOR KEY SHARE";
 
 /// Connects once to learn quickly whether the server is there, then opens the pool and
 /// migrates.

@@ -2,37 +2,29 @@
 
 use uuid::Uuid;
 
-use super::{on_pool, Db, DbError, FailureRow, MeasurementRow, ResultRow};
+use super::{dispatch, Db, DbError, FailureRow, MeasurementRow, ResultRow};
 
-macro_rules! result_columns {
-    () => {
-        "id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, sha256, status"
-    };
+/// `SELECT <reference columns> FROM results <tail>`, for [`ResultRow`].
+fn select_results(tail: &str) -> String {
+    format!(
+        "SELECT id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, sha256, \
+         status FROM results {tail}"
+    )
 }
 
-// Keyset pagination on the UUIDv7 id: rows inserted while a client pages are newer, so they
-// sort before the cursor and never shift the pages still to come. One row more than asked
-// tells whether there is a next page.
-const RESULTS_FIRST_PAGE: &str = concat!(
-    "SELECT ",
-    result_columns!(),
-    " FROM results WHERE stream_id = $1 ORDER BY id DESC LIMIT $2"
-);
-const RESULTS_AFTER: &str = concat!(
-    "SELECT ",
-    result_columns!(),
-    " FROM results WHERE stream_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2"
-);
-
-const GET_RESULT: &str = concat!("SELECT ", result_columns!(), " FROM results WHERE id = $1");
+/// `SELECT` of a stream's readings in a time window, for [`MeasurementRow`]: the identity
+/// columns and the catalogue's reading columns.
+fn select_measurements() -> String {
+    let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
+    format!(
+        "SELECT stream_id, result_id, ts, {} FROM measurements \
+         WHERE stream_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts LIMIT $4",
+        columns.join(", ")
+    )
+}
 
 const COUNT_ALL_RESULTS: &str = "SELECT COUNT(*) FROM results";
 const COUNT_STREAM_RESULTS: &str = "SELECT COUNT(*) FROM results WHERE stream_id = $1";
-
-const LIST_MEASUREMENTS: &str = "SELECT stream_id, result_id, ts, city, state, country, lat, lon, \
-       aqius, mainus, aqicn, maincn, weather_ts, tp, pr, hu, ws, wd, ic, heat_index \
-     FROM measurements WHERE stream_id = $1 AND ts >= $2 AND ts <= $3 \
-     ORDER BY ts LIMIT $4";
 
 const LIST_FAILURES: &str = "SELECT run_id, stream_id, at, class, message, stream_stopped \
      FROM run_failures WHERE stream_id = $1 ORDER BY at DESC, run_id DESC LIMIT $2";
@@ -50,13 +42,16 @@ impl Db {
     ) -> Result<(Vec<ResultRow>, Option<Uuid>), DbError> {
         // A page of nothing could never advance the cursor.
         let limit = limit.max(1);
-        let mut rows: Vec<ResultRow> = on_pool!(self, |pool, DB| {
-            let sql = if after.is_some() {
-                RESULTS_AFTER
-            } else {
-                RESULTS_FIRST_PAGE
-            };
-            let mut query = sqlx::query_as(sql)
+        // Keyset pagination on the UUIDv7 id: rows inserted while a client pages are newer, so
+        // they sort before the cursor and never shift the pages still to come. One row more
+        // than asked tells whether there is a next page.
+        let sql = select_results(if after.is_some() {
+            "WHERE stream_id = $1 AND id < $3 ORDER BY id DESC LIMIT $2"
+        } else {
+            "WHERE stream_id = $1 ORDER BY id DESC LIMIT $2"
+        });
+        let mut rows: Vec<ResultRow> = dispatch!(Db, self, |pool| {
+            let mut query = sqlx::query_as(&sql)
                 .bind(stream_id)
                 .bind(limit.saturating_add(1));
             if let Some(after) = after {
@@ -77,8 +72,8 @@ impl Db {
     /// One reference.
     #[tracing::instrument(level = "debug", skip_all, fields(result_id = %id))]
     pub async fn get_result(&self, id: Uuid) -> Result<Option<ResultRow>, DbError> {
-        let row = on_pool!(self, |pool, DB| {
-            sqlx::query_as(GET_RESULT)
+        let row = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&select_results("WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(pool)
                 .await?
@@ -89,7 +84,7 @@ impl Db {
     /// How many references a stream has, or all streams together.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = ?stream_id))]
     pub async fn count_results(&self, stream_id: Option<Uuid>) -> Result<i64, DbError> {
-        let count = on_pool!(self, |pool, DB| {
+        let count = dispatch!(Db, self, |pool| {
             match stream_id {
                 Some(stream_id) => {
                     sqlx::query_scalar(COUNT_STREAM_RESULTS)
@@ -117,8 +112,8 @@ impl Db {
         to_ms: Option<i64>,
         limit: i64,
     ) -> Result<Vec<MeasurementRow>, DbError> {
-        let rows = on_pool!(self, |pool, DB| {
-            sqlx::query_as(LIST_MEASUREMENTS)
+        let rows = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&select_measurements())
                 .bind(stream_id)
                 .bind(from_ms.unwrap_or(i64::MIN))
                 .bind(to_ms.unwrap_or(i64::MAX))
@@ -136,7 +131,7 @@ impl Db {
         stream_id: Uuid,
         limit: i64,
     ) -> Result<Vec<FailureRow>, DbError> {
-        let rows = on_pool!(self, |pool, DB| {
+        let rows = dispatch!(Db, self, |pool| {
             sqlx::query_as(LIST_FAILURES)
                 .bind(stream_id)
                 .bind(limit.max(0))

@@ -6,12 +6,12 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use super::{ConnectOptions, DbError, Dialect};
+use super::{ConnectOptions, DbError};
 
-pub(crate) static DIALECT: Dialect = Dialect {
-    begin_write: "BEGIN IMMEDIATE",
-    lock_streams: "",
-};
+/// A write transaction takes the one write lock at once (see [`super::Db::begin_write`]).
+pub(super) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+/// Nothing: a write transaction already excludes every other writer.
+pub(super) const LOCK_STREAMS: &str = "";
 
 /// How long a writer waits for the one write lock before SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

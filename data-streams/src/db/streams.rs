@@ -2,60 +2,46 @@
 
 use std::collections::HashMap;
 
+use common::SecretKey;
+use protocol::{RateLimit, Schedule};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 use uuid::Uuid;
 
-use super::model::{stream_columns, StreamRecord};
-use super::{on_pool, Db, DbError, NewStream, StreamPatch, StreamRow, StreamState};
+use super::error::CorruptRow;
+use super::{dispatch, Db, DbError};
+use crate::stream::{StreamRow, StreamSpec, StreamState};
 
-const INSERT_STREAM: &str = concat!(
-    "INSERT INTO streams (id, adapter, endpoint, secret_key, interval_ms, cron, timeout_ms, \
-     bucket_name, params, state, worker_id, generation, created_at, updated_at, \
-     rate_per_minute, rate_per_day, rate_per_month) \
+/// The columns [`StreamRow`]'s `FromRow` reads.
+const STREAM_COLUMNS: &str = "id, adapter, endpoint, secret_key, interval_ms, cron, timeout_ms, \
+     bucket_name, params, rate_per_minute, rate_per_day, rate_per_month, state, worker_id, \
+     generation, last_result_at, last_error, last_error_at, created_at, updated_at";
+
+/// `SELECT <stream columns> FROM streams <tail>`.
+fn select_streams(tail: &str) -> String {
+    format!("SELECT {STREAM_COLUMNS} FROM streams {tail}")
+}
+
+const INSERT_STREAM: &str = "INSERT INTO streams (id, adapter, endpoint, secret_key, \
+     interval_ms, cron, timeout_ms, bucket_name, params, state, worker_id, generation, \
+     created_at, updated_at, rate_per_minute, rate_per_day, rate_per_month) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, 0, $11, $11, $12, $13, $14) \
-     RETURNING ",
-    stream_columns!()
-);
+     RETURNING ";
 
-const GET_STREAM: &str = concat!("SELECT ", stream_columns!(), " FROM streams WHERE id = $1");
-
-const LIST_STREAMS: &str = concat!(
-    "SELECT ",
-    stream_columns!(),
-    " FROM streams ORDER BY created_at, id"
-);
-
-// The nullable schedule fields take a "change it" flag and a value, so a patch can set them
-// to NULL; the others keep their value when the parameter is NULL.
-const UPDATE_STREAM: &str = concat!(
-    "UPDATE streams SET \
-       adapter = COALESCE($2, adapter), \
-       endpoint = COALESCE($3, endpoint), \
-       secret_key = COALESCE($4, secret_key), \
-       interval_ms = CASE WHEN $5 THEN $6 ELSE interval_ms END, \
-       cron = CASE WHEN $7 THEN $8 ELSE cron END, \
-       timeout_ms = COALESCE($9, timeout_ms), \
-       bucket_name = COALESCE($10, bucket_name), \
-       params = COALESCE($11, params), \
-       updated_at = $12, \
-       rate_per_minute = COALESCE($13, rate_per_minute), \
-       rate_per_day = COALESCE($14, rate_per_day), \
-       rate_per_month = COALESCE($15, rate_per_month) \
-     WHERE id = $1 RETURNING ",
-    stream_columns!()
-);
+// An update sets the whole spec: the API validated the patched stream as a whole.
+const UPDATE_STREAM: &str = "UPDATE streams SET adapter = $2, endpoint = $3, secret_key = $4, \
+     interval_ms = $5, cron = $6, timeout_ms = $7, bucket_name = $8, params = $9, \
+     updated_at = $10, rate_per_minute = $11, rate_per_day = $12, rate_per_month = $13 \
+     WHERE id = $1 RETURNING ";
 
 // $3: error to record (or NULL); $4: clear last_error when no error is given.
 // `failed` also drops the assignment: the worker stopped the stream itself.
-const SET_STATE: &str = concat!(
-    "UPDATE streams SET \
+const SET_STATE: &str = "UPDATE streams SET \
        state = $2, \
        worker_id = CASE WHEN $2 = 'failed' THEN NULL ELSE worker_id END, \
        last_error = CASE WHEN $3 IS NOT NULL THEN $3 WHEN $4 THEN NULL ELSE last_error END, \
        last_error_at = CASE WHEN $3 IS NOT NULL THEN $5 ELSE last_error_at END, \
        updated_at = $5 \
-     WHERE id = $1 RETURNING ",
-    stream_columns!()
-);
+     WHERE id = $1 RETURNING ";
 
 const ASSIGN: &str = "UPDATE streams SET worker_id = $2, generation = generation + 1 \
                       WHERE id = $1 AND state = 'running' RETURNING generation";
@@ -66,118 +52,194 @@ const UNASSIGN: &str = "UPDATE streams SET worker_id = NULL \
 const RELEASE_WORKER: &str =
     "UPDATE streams SET worker_id = NULL WHERE worker_id = $1 RETURNING id";
 
-const ASSIGNABLE: &str = concat!(
-    "SELECT ",
-    stream_columns!(),
-    " FROM streams WHERE state = 'running' AND worker_id IS NULL \
-      ORDER BY created_at, id LIMIT $1"
-);
-
-const OF_WORKER: &str = concat!(
-    "SELECT ",
-    stream_columns!(),
-    " FROM streams WHERE worker_id = $1 ORDER BY created_at, id"
-);
-
 const ASSIGNED_KEYS: &str = "SELECT worker_id, secret_key, COUNT(*) FROM streams \
                              WHERE worker_id IS NOT NULL GROUP BY worker_id, secret_key";
 
 const ASSIGNED_COUNTS: &str = "SELECT worker_id, COUNT(*) FROM streams \
                                WHERE worker_id IS NOT NULL GROUP BY worker_id";
 
-fn params_text(params: &serde_json::Map<String, serde_json::Value>) -> String {
-    serde_json::Value::Object(params.clone()).to_string()
+/// The spec's columns in the order `INSERT_STREAM` and `UPDATE_STREAM` bind them after the id.
+struct SpecColumns<'a> {
+    adapter: &'a str,
+    endpoint: &'a str,
+    secret_key: &'a str,
+    interval_ms: Option<i64>,
+    cron: Option<&'a str>,
+    timeout_ms: i64,
+    bucket_name: &'a str,
+    params: String,
+    rate: [i64; 3],
 }
 
-fn decode_all(records: Vec<StreamRecord>) -> Result<Vec<StreamRow>, DbError> {
-    records.into_iter().map(StreamRow::try_from).collect()
+impl<'a> SpecColumns<'a> {
+    fn of(spec: &'a StreamSpec) -> Self {
+        let rate = spec.rate_limit();
+        SpecColumns {
+            adapter: spec.adapter(),
+            endpoint: spec.endpoint(),
+            secret_key: spec.secret_key().expose(),
+            interval_ms: spec.interval_ms().and_then(|ms| i64::try_from(ms).ok()),
+            cron: spec.cron(),
+            timeout_ms: i64::try_from(spec.timeout_ms()).unwrap_or(i64::MAX),
+            bucket_name: spec.bucket_name(),
+            params: serde_json::Value::Object(spec.params().clone()).to_string(),
+            rate: [rate.per_minute, rate.per_day, rate.per_month].map(i64::from),
+        }
+    }
+}
+
+impl<'r, R> FromRow<'r, R> for StreamRow
+where
+    R: Row,
+    &'r str: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let id: Uuid = row.try_get("id")?;
+        let corrupt = |what: String| CorruptRow::decode(format!("streams.{what} of {id}"));
+        let state: String = row.try_get("state")?;
+        let state = state.parse().map_err(|e| corrupt(format!("state: {e}")))?;
+        let params: String = row.try_get("params")?;
+        let params = serde_json::from_str(&params)
+            .map_err(|e| corrupt(format!("params is not a JSON object: {e}")))?;
+        let window = |column: &'r str| -> Result<u32, sqlx::Error> {
+            let value: i64 = row.try_get(column)?;
+            u32::try_from(value)
+                .map_err(|_| corrupt(format!("{column} is {value}, not a call count")))
+        };
+        let rate_limit = RateLimit {
+            per_minute: window("rate_per_minute")?,
+            per_day: window("rate_per_day")?,
+            per_month: window("rate_per_month")?,
+        };
+        let interval_ms: Option<i64> = row.try_get("interval_ms")?;
+        let cron: Option<String> = row.try_get("cron")?;
+        // The schema's CHECKs hold exactly one, and a positive interval.
+        let schedule = match (cron, interval_ms.and_then(|ms| u64::try_from(ms).ok())) {
+            (Some(expr), _) => Schedule::Cron { expr },
+            (None, Some(millis)) if millis > 0 => Schedule::Interval { millis },
+            _ => return Err(corrupt("interval_ms/cron: no schedule".into())),
+        };
+        let timeout_ms: i64 = row.try_get("timeout_ms")?;
+        let secret_key: String = row.try_get("secret_key")?;
+        let spec = StreamSpec::stored(
+            row.try_get("adapter")?,
+            row.try_get("endpoint")?,
+            SecretKey::new(secret_key),
+            schedule,
+            u64::try_from(timeout_ms).unwrap_or(1),
+            row.try_get("bucket_name")?,
+            params,
+            rate_limit,
+        );
+        Ok(StreamRow {
+            id,
+            spec,
+            state,
+            worker_id: row.try_get("worker_id")?,
+            generation: row.try_get("generation")?,
+            last_result_at: row.try_get("last_result_at")?,
+            last_error: row.try_get("last_error")?,
+            last_error_at: row.try_get("last_error_at")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
 }
 
 impl Db {
-    /// Stores a new stream, unassigned, generation 0.
-    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream.id))]
-    pub async fn insert_stream(&self, stream: &NewStream) -> Result<StreamRow, DbError> {
-        let params = params_text(&stream.params);
-        let record: StreamRecord = on_pool!(self, |pool, DB| {
-            sqlx::query_as(INSERT_STREAM)
-                .bind(stream.id)
-                .bind(&stream.adapter)
-                .bind(&stream.endpoint)
-                .bind(&stream.secret_key)
-                .bind(stream.interval_ms)
-                .bind(&stream.cron)
-                .bind(stream.timeout_ms)
-                .bind(&stream.bucket_name)
-                .bind(&params)
-                .bind(stream.state.as_str())
-                .bind(stream.now_ms)
-                .bind(i64::from(stream.rate_limit.per_minute))
-                .bind(i64::from(stream.rate_limit.per_day))
-                .bind(i64::from(stream.rate_limit.per_month))
+    /// Stores a new stream, unassigned, generation 0, created and updated at `now_ms`.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %id))]
+    pub async fn insert_stream(
+        &self,
+        id: Uuid,
+        spec: &StreamSpec,
+        state: StreamState,
+        now_ms: i64,
+    ) -> Result<StreamRow, DbError> {
+        let c = SpecColumns::of(spec);
+        let sql = format!("{INSERT_STREAM}{STREAM_COLUMNS}");
+        let row = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(id)
+                .bind(c.adapter)
+                .bind(c.endpoint)
+                .bind(c.secret_key)
+                .bind(c.interval_ms)
+                .bind(c.cron)
+                .bind(c.timeout_ms)
+                .bind(c.bucket_name)
+                .bind(&c.params)
+                .bind(state.as_str())
+                .bind(now_ms)
+                .bind(c.rate[0])
+                .bind(c.rate[1])
+                .bind(c.rate[2])
                 .fetch_one(pool)
                 .await?
         });
-        record.try_into()
+        Ok(row)
     }
 
     /// One stream, if it exists.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %id))]
     pub async fn get_stream(&self, id: Uuid) -> Result<Option<StreamRow>, DbError> {
-        let record: Option<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(GET_STREAM)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
+        let sql = select_streams("WHERE id = $1");
+        let row = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?
         });
-        record.map(StreamRow::try_from).transpose()
+        Ok(row)
     }
 
     /// Every stream, oldest first.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn list_streams(&self) -> Result<Vec<StreamRow>, DbError> {
-        let records: Vec<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(LIST_STREAMS).fetch_all(pool).await?
-        });
-        decode_all(records)
+        let sql = select_streams("ORDER BY created_at, id");
+        let rows = dispatch!(Db, self, |pool| sqlx::query_as(&sql)
+            .fetch_all(pool)
+            .await?);
+        Ok(rows)
     }
 
-    /// Applies `patch`; `None` if the stream does not exist. The assignment and generation stay:
-    /// the supervisor sends the assigned worker the new configuration.
+    /// Replaces the stream's spec; `None` if the stream does not exist. The assignment and
+    /// generation stay: the supervisor sends the assigned worker the new configuration.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %id))]
     pub async fn update_stream(
         &self,
         id: Uuid,
-        patch: &StreamPatch,
+        spec: &StreamSpec,
+        now_ms: i64,
     ) -> Result<Option<StreamRow>, DbError> {
-        let params = patch.params.as_ref().map(params_text);
-        let record: Option<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(UPDATE_STREAM)
+        let c = SpecColumns::of(spec);
+        let sql = format!("{UPDATE_STREAM}{STREAM_COLUMNS}");
+        let row = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
                 .bind(id)
-                .bind(&patch.adapter)
-                .bind(&patch.endpoint)
-                .bind(&patch.secret_key)
-                .bind(patch.interval_ms.is_some())
-                .bind(patch.interval_ms.flatten())
-                .bind(patch.cron.is_some())
-                .bind(patch.cron.as_ref().and_then(|cron| cron.as_deref()))
-                .bind(patch.timeout_ms)
-                .bind(&patch.bucket_name)
-                .bind(&params)
-                .bind(patch.now_ms)
-                .bind(patch.rate_limit.map(|r| i64::from(r.per_minute)))
-                .bind(patch.rate_limit.map(|r| i64::from(r.per_day)))
-                .bind(patch.rate_limit.map(|r| i64::from(r.per_month)))
+                .bind(c.adapter)
+                .bind(c.endpoint)
+                .bind(c.secret_key)
+                .bind(c.interval_ms)
+                .bind(c.cron)
+                .bind(c.timeout_ms)
+                .bind(c.bucket_name)
+                .bind(&c.params)
+                .bind(now_ms)
+                .bind(c.rate[0])
+                .bind(c.rate[1])
+                .bind(c.rate[2])
                 .fetch_optional(pool)
                 .await?
         });
-        record.map(StreamRow::try_from).transpose()
+        Ok(row)
     }
 
     /// Deletes a stream with its references, readings and failed runs (the foreign keys
     /// cascade). Raw objects stay in the bucket. False if there was no such stream.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %id))]
     pub async fn delete_stream(&self, id: Uuid) -> Result<bool, DbError> {
-        let deleted = on_pool!(self, |pool, DB| {
+        let deleted = dispatch!(Db, self, |pool| {
             sqlx::query("DELETE FROM streams WHERE id = $1")
                 .bind(id)
                 .execute(pool)
@@ -200,8 +262,9 @@ impl Db {
         clear_error: bool,
         now_ms: i64,
     ) -> Result<Option<StreamRow>, DbError> {
-        let record: Option<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(SET_STATE)
+        let sql = format!("{SET_STATE}{STREAM_COLUMNS}");
+        let row = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
                 .bind(id)
                 .bind(state.as_str())
                 .bind(error)
@@ -210,14 +273,14 @@ impl Db {
                 .fetch_optional(pool)
                 .await?
         });
-        record.map(StreamRow::try_from).transpose()
+        Ok(row)
     }
 
     /// Assigns a running stream to a worker and bumps its generation in one statement; returns
     /// the new generation, or `None` if the stream does not exist or is not running.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, worker_id = worker_id))]
     pub async fn assign(&self, stream_id: Uuid, worker_id: &str) -> Result<Option<i64>, DbError> {
-        let generation = on_pool!(self, |pool, DB| {
+        let generation = dispatch!(Db, self, |pool| {
             sqlx::query_scalar(ASSIGN)
                 .bind(stream_id)
                 .bind(worker_id)
@@ -236,7 +299,7 @@ impl Db {
         worker_id: &str,
         generation: i64,
     ) -> Result<bool, DbError> {
-        let cleared = on_pool!(self, |pool, DB| {
+        let cleared = dispatch!(Db, self, |pool| {
             sqlx::query(UNASSIGN)
                 .bind(stream_id)
                 .bind(worker_id)
@@ -251,7 +314,7 @@ impl Db {
     /// Clears every assignment of a worker (it went silent); returns the streams released.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker_id))]
     pub async fn release_worker(&self, worker_id: &str) -> Result<Vec<Uuid>, DbError> {
-        let released = on_pool!(self, |pool, DB| {
+        let released = dispatch!(Db, self, |pool| {
             sqlx::query_scalar(RELEASE_WORKER)
                 .bind(worker_id)
                 .fetch_all(pool)
@@ -263,41 +326,44 @@ impl Db {
     /// Running streams with no worker, oldest first, at most `limit`.
     #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
     pub async fn assignable_streams(&self, limit: i64) -> Result<Vec<StreamRow>, DbError> {
-        let records: Vec<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(ASSIGNABLE)
+        let sql = select_streams(
+            "WHERE state = 'running' AND worker_id IS NULL ORDER BY created_at, id LIMIT $1",
+        );
+        let rows = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
                 .bind(limit.max(0))
                 .fetch_all(pool)
                 .await?
         });
-        decode_all(records)
+        Ok(rows)
     }
 
     /// The streams assigned to a worker, oldest first.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker_id))]
     pub async fn streams_of_worker(&self, worker_id: &str) -> Result<Vec<StreamRow>, DbError> {
-        let records: Vec<StreamRecord> = on_pool!(self, |pool, DB| {
-            sqlx::query_as(OF_WORKER)
-                .bind(worker_id)
-                .fetch_all(pool)
-                .await?
+        let sql = select_streams("WHERE worker_id = $1 ORDER BY created_at, id");
+        let rows = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql).bind(worker_id).fetch_all(pool).await?
         });
-        decode_all(records)
+        Ok(rows)
     }
 
-    /// How many streams each worker has assigned per API key, as (worker id, key, count). The
-    /// keys are secrets: callers compare them and never print them.
+    /// How many streams each worker has assigned per API key, as (worker id, key, count).
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn assigned_keys(&self) -> Result<Vec<(String, String, i64)>, DbError> {
-        let pairs: Vec<(String, String, i64)> = on_pool!(self, |pool, DB| {
+    pub async fn assigned_keys(&self) -> Result<Vec<(String, SecretKey, i64)>, DbError> {
+        let rows: Vec<(String, String, i64)> = dispatch!(Db, self, |pool| {
             sqlx::query_as(ASSIGNED_KEYS).fetch_all(pool).await?
         });
-        Ok(pairs)
+        Ok(rows
+            .into_iter()
+            .map(|(worker, key, count)| (worker, SecretKey::new(key), count))
+            .collect())
     }
 
     /// How many streams each worker has assigned; workers with none are absent.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn assigned_counts(&self) -> Result<HashMap<String, i64>, DbError> {
-        let counts: Vec<(String, i64)> = on_pool!(self, |pool, DB| {
+        let counts: Vec<(String, i64)> = dispatch!(Db, self, |pool| {
             sqlx::query_as(ASSIGNED_COUNTS).fetch_all(pool).await?
         });
         Ok(counts.into_iter().collect())

@@ -1,7 +1,6 @@
 //! Workers: who connected, with what capacity and adapters, and when they were last heard.
 
-use super::model::WorkerRecord;
-use super::{on_pool, Db, DbError, WorkerRow};
+use super::{dispatch, Db, DbError, WorkerRow};
 
 const UPSERT_WORKER: &str =
     "INSERT INTO workers (id, capacity, adapters, connected, last_seen, connected_at) \
@@ -30,7 +29,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<(), DbError> {
         let adapters = serde_json::Value::from(adapters.to_vec()).to_string();
-        on_pool!(self, |pool, DB| {
+        dispatch!(Db, self, |pool| {
             sqlx::query(UPSERT_WORKER)
                 .bind(id)
                 .bind(capacity)
@@ -46,7 +45,7 @@ impl Db {
     /// Notes a sign of life. A worker never upserted is ignored.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = id))]
     pub async fn touch_worker(&self, id: &str, now_ms: i64) -> Result<(), DbError> {
-        on_pool!(self, |pool, DB| {
+        dispatch!(Db, self, |pool| {
             sqlx::query(TOUCH_WORKER)
                 .bind(id)
                 .bind(now_ms)
@@ -60,7 +59,7 @@ impl Db {
     /// [`Db::release_worker`]: a short reconnect keeps its streams.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = id))]
     pub async fn set_worker_disconnected(&self, id: &str, now_ms: i64) -> Result<(), DbError> {
-        on_pool!(self, |pool, DB| {
+        dispatch!(Db, self, |pool| {
             sqlx::query(DISCONNECT_WORKER)
                 .bind(id)
                 .bind(false)
@@ -74,9 +73,9 @@ impl Db {
     /// Every worker ever seen, by id, with how many streams are assigned to it.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn list_workers(&self) -> Result<Vec<WorkerRow>, DbError> {
-        let records: Vec<WorkerRecord> = on_pool!(self, |pool, DB| {
+        let rows = dispatch!(Db, self, |pool| {
             sqlx::query_as(LIST_WORKERS).fetch_all(pool).await?
         });
-        records.into_iter().map(WorkerRow::try_from).collect()
+        Ok(rows)
     }
 }

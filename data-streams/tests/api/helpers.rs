@@ -314,6 +314,7 @@ struct Running {
     http_addr: SocketAddr,
     worker_addr: SocketAddr,
     supervisor: Supervisor,
+    db: Db,
     shutdown: CancellationToken,
     handle: JoinHandle<Result<(), data_streams::StartupError>>,
 }
@@ -449,6 +450,7 @@ impl TestApp {
         let http_addr = app.http_addr();
         let worker_addr = app.worker_addr();
         let supervisor = app.supervisor();
+        let db = app.db();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         self.worker_addr = worker_addr;
@@ -457,6 +459,7 @@ impl TestApp {
             http_addr,
             worker_addr,
             supervisor,
+            db,
             shutdown,
             handle,
         });
@@ -478,7 +481,7 @@ impl TestApp {
     }
 
     pub fn db(&self) -> &Db {
-        self.supervisor().db()
+        &self.running.as_ref().expect("running").db
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -885,14 +888,13 @@ pub fn result_record(
 ) -> ResultRecord {
     let date = chrono::DateTime::from_timestamp_millis(fetched_ms)
         .expect("in range")
-        .format("%Y-%m-%d")
-        .to_string();
+        .date_naive();
     ResultRecord {
         result_id,
         stream_id,
         adapter: "IQAIR_DAILY".to_owned(),
         bucket: BUCKET.to_owned(),
-        key: protocol::object_key("IQAIR_DAILY", stream_id, &date, result_id),
+        key: objects::ObjectKey::new("IQAIR_DAILY", stream_id, date, result_id).to_string(),
         fetched_at_ms: fetched_ms,
         scheduled_at_ms: fetched_ms - 250,
         started_at_ms: fetched_ms - 240,

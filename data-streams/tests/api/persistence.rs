@@ -145,7 +145,13 @@ async fn schedule_lag_fields_round_trip(backend: Backend) {
             id: found,
             stream_id,
             bucket: "results".to_owned(),
-            key: protocol::object_key("IQAIR_DAILY", stream_id, "2026-01-01", found),
+            key: objects::ObjectKey::new(
+                "IQAIR_DAILY",
+                stream_id,
+                chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("a date"),
+                found,
+            )
+            .to_string(),
             fetched_at: T0 + 5_000,
             size: 1,
             sha256: "cd".repeat(32),

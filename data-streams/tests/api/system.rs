@@ -271,12 +271,13 @@ async fn store_unreported_object(app: &TestApp, id: &str) -> (uuid::Uuid, String
     .expect("the store");
     let result_id = uuid::Uuid::now_v7();
     let now = chrono::Utc::now();
-    let key = protocol::object_key(
+    let key = objects::ObjectKey::new(
         "IQAIR_DAILY",
         uuid::Uuid::parse_str(id).expect("a stream id"),
-        &now.format("%Y-%m-%d").to_string(),
+        now.date_naive(),
         result_id,
-    );
+    )
+    .to_string();
     let body = Bytes::from_static(br#"{"status":"success","data":{}}"#);
     let meta = ObjectMeta {
         stream_id: id.to_owned(),

@@ -1,6 +1,7 @@
 //! Builders for the rows and events the cases store.
 
-use data_streams::db::{Db, NewStream, StreamRow, StreamState};
+use data_streams::db::Db;
+use data_streams::stream::{StreamInput, StreamRow, StreamSpec, StreamState};
 use protocol::{FailureClass, Measurement, ResultRecord, RunFailure};
 use serde_json::{json, Map, Value};
 use uuid::{NoContext, Timestamp, Uuid};
@@ -27,47 +28,46 @@ pub fn iso(ms: i64) -> String {
 }
 
 pub fn params() -> Map<String, Value> {
-    let Value::Object(map) = json!({
-        "lat": 52.52,
-        "lon": 13.405,
-        "city": "Berlin",
-        "nested": {"flags": [1, 2, 3], "on": true},
-    }) else {
+    let Value::Object(map) = json!({"lat": 52.52, "lon": 13.405}) else {
         unreachable!("a JSON object literal")
     };
     map
 }
 
-/// A running interval stream created at `now_ms`.
-pub fn new_stream(now_ms: i64) -> NewStream {
-    NewStream {
-        id: Uuid::new_v4(),
-        adapter: "IQAIR_DAILY".to_owned(),
-        endpoint: "http://api.airvisual.com/v2/nearest_city".to_owned(),
-        secret_key: "sk-live-very-secret".to_owned(),
-        interval_ms: Some(300_000),
-        cron: None,
-        timeout_ms: 180_000,
-        bucket_name: "results".to_owned(),
-        params: params(),
-        rate_limit: protocol::RateLimit::COMMUNITY,
-        state: StreamState::Running,
-        now_ms,
-    }
+/// The body of a `POST /streams` for the fixture stream: every 5 minutes, 3-minute timeout.
+pub fn stream_body() -> Value {
+    json!({
+        "adapter": "IQAIR_DAILY",
+        "endpoint": "http://api.airvisual.com/v2/nearest_city",
+        "secret_key": "sk-live-very-secret",
+        "interval": 300_000,
+        "timeout": 180_000,
+        "bucket_name": "results",
+        "params": params(),
+    })
+}
+
+/// A validated spec from a request body.
+pub fn spec_of(body: Value) -> StreamSpec {
+    let input: StreamInput = serde_json::from_value(body).expect("a stream body");
+    StreamSpec::parse(input).expect("a valid stream")
+}
+
+/// The fixture stream's spec.
+pub fn spec() -> StreamSpec {
+    spec_of(stream_body())
 }
 
 /// Inserts a running stream created at `now_ms`.
 pub async fn stream(db: &Db, now_ms: i64) -> StreamRow {
-    db.insert_stream(&new_stream(now_ms))
-        .await
-        .expect("insert_stream")
+    stream_in(db, now_ms, StreamState::Running).await
 }
 
 /// Inserts a stream created at `now_ms` in `state`.
 pub async fn stream_in(db: &Db, now_ms: i64, state: StreamState) -> StreamRow {
-    let mut new = new_stream(now_ms);
-    new.state = state;
-    db.insert_stream(&new).await.expect("insert_stream")
+    db.insert_stream(Uuid::new_v4(), &spec(), state, now_ms)
+        .await
+        .expect("insert_stream")
 }
 
 /// A full IQAir reading for the hour `pollution_ms`.

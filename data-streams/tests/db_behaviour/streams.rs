@@ -2,34 +2,45 @@
 
 use std::collections::{HashMap, HashSet};
 
-use data_streams::db::{Db, DbError, StreamPatch, StreamState};
+use data_streams::db::{Db, DbError};
+use data_streams::stream::{StreamRow, StreamState, StreamUpdate};
 use protocol::Schedule;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::fixtures::{new_stream, params, result, stream, stream_in, T0};
+use crate::fixtures::{params, result, spec, spec_of, stream, stream_body, stream_in, T0};
 
 pub async fn stream_crud_round_trip(db: Db) {
     db.ping().await.expect("ping");
     assert!(["sqlite", "postgres"].contains(&db.backend()));
 
-    let interval = new_stream(T0);
-    let mut cron = new_stream(T0 + 1);
-    cron.interval_ms = None;
-    cron.cron = Some("0 */15 * * * *".to_owned());
-    cron.state = StreamState::Stopped;
+    let interval = spec();
+    let mut body = stream_body();
+    body.as_object_mut().expect("an object").remove("interval");
+    body.as_object_mut().expect("an object").remove("timeout");
+    body["cron"] = json!("0 */15 * * * *");
+    let cron = spec_of(body);
+    let (interval_id, cron_id) = (Uuid::new_v4(), Uuid::new_v4());
 
-    let stored = db.insert_stream(&interval).await.expect("insert");
-    assert_eq!(stored.id, interval.id);
-    assert_eq!(stored.adapter, "IQAIR_DAILY");
-    assert_eq!(stored.endpoint, interval.endpoint);
-    assert_eq!(stored.secret_key, interval.secret_key);
-    assert_eq!(stored.interval_ms, Some(300_000));
-    assert_eq!(stored.cron, None);
-    assert_eq!(stored.timeout_ms, 180_000);
-    assert_eq!(stored.bucket_name, "results");
-    assert_eq!(stored.params, params(), "params keep their JSON types");
-    assert_eq!(stored.params["lat"], json!(52.52));
+    let stored = db
+        .insert_stream(interval_id, &interval, StreamState::Running, T0)
+        .await
+        .expect("insert");
+    assert_eq!(stored.id, interval_id);
+    assert_eq!(stored.spec.adapter(), "IQAIR_DAILY");
+    assert_eq!(stored.spec.endpoint(), interval.endpoint());
+    assert_eq!(stored.spec.secret_key(), interval.secret_key());
+    assert_eq!(stored.spec.interval_ms(), Some(300_000));
+    assert_eq!(stored.spec.cron(), None);
+    assert_eq!(stored.spec.timeout_ms(), 180_000);
+    assert_eq!(stored.spec.bucket_name(), "results");
+    assert_eq!(
+        stored.spec.params(),
+        &params(),
+        "params keep their JSON types"
+    );
+    assert_eq!(stored.spec.params()["lat"], json!(52.52));
+    assert_eq!(stored.spec, interval, "the spec round-trips whole");
     assert_eq!(stored.state, StreamState::Running);
     assert_eq!(stored.worker_id, None);
     assert_eq!(stored.generation, 0);
@@ -38,23 +49,26 @@ pub async fn stream_crud_round_trip(db: Db) {
     assert_eq!(stored.last_error_at, None);
     assert_eq!((stored.created_at, stored.updated_at), (T0, T0));
     assert_eq!(
-        stored.schedule(),
-        Some(Schedule::Interval { millis: 300_000 })
+        stored.spec.schedule(),
+        &Schedule::Interval { millis: 300_000 }
     );
 
-    let stored_cron = db.insert_stream(&cron).await.expect("insert cron");
-    assert_eq!(stored_cron.cron.as_deref(), Some("0 */15 * * * *"));
-    assert_eq!(stored_cron.interval_ms, None);
+    let stored_cron = db
+        .insert_stream(cron_id, &cron, StreamState::Stopped, T0 + 1)
+        .await
+        .expect("insert cron");
+    assert_eq!(stored_cron.spec.cron(), Some("0 */15 * * * *"));
+    assert_eq!(stored_cron.spec.interval_ms(), None);
     assert_eq!(stored_cron.state, StreamState::Stopped);
     assert_eq!(
-        stored_cron.schedule(),
-        Some(Schedule::Cron {
+        stored_cron.spec.schedule(),
+        &Schedule::Cron {
             expr: "0 */15 * * * *".to_owned()
-        })
+        }
     );
 
     assert_eq!(
-        db.get_stream(interval.id).await.expect("get"),
+        db.get_stream(interval_id).await.expect("get"),
         Some(stored.clone())
     );
     assert_eq!(
@@ -65,45 +79,61 @@ pub async fn stream_crud_round_trip(db: Db) {
     assert_eq!(listed, vec![stored, stored_cron], "created_at order");
 
     // Same id twice is a query error, and not a transient one.
-    let again = db.insert_stream(&interval).await.expect_err("duplicate id");
+    let again = db
+        .insert_stream(interval_id, &interval, StreamState::Running, T0)
+        .await
+        .expect_err("duplicate id");
     assert!(matches!(again, DbError::Query(_)), "{again:?}");
     assert!(!again.is_transient());
+
+    // Parameters of any JSON shape come back as stored (nested objects, lists, booleans).
+    let nested = json!({"lat": 52.52, "nested": {"flags": [1, 2, 3], "on": true}});
+    raw(
+        &db,
+        &format!("UPDATE streams SET params = '{nested}' WHERE id = $1"),
+        Some(interval_id),
+    )
+    .await
+    .expect("plant nested params");
+    let read = db
+        .get_stream(interval_id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(json!(read.spec.params()), nested);
 }
 
-pub async fn stream_patch(db: Db) {
+pub async fn stream_update(db: Db) {
     let created = stream(&db, T0).await;
 
-    let patch = StreamPatch {
-        endpoint: Some("http://api.airvisual.com/v2/city".to_owned()),
-        secret_key: Some("sk-rotated".to_owned()),
-        interval_ms: Some(None),
-        cron: Some(Some("0 0 * * * *".to_owned())),
-        timeout_ms: Some(60_000),
-        bucket_name: Some("air".to_owned()),
-        params: Some(
-            json!({"city": "Los Angeles", "state": "California", "country": "USA"})
-                .as_object()
-                .cloned()
-                .expect("an object"),
-        ),
-        adapter: None,
-        rate_limit: None,
-        now_ms: T0 + 5_000,
-    };
+    let mut body = stream_body();
+    body.as_object_mut().expect("an object").remove("interval");
+    body["endpoint"] = json!("http://api.airvisual.com/v2/city");
+    body["secret_key"] = json!("sk-rotated");
+    body["cron"] = json!("0 0 * * * *");
+    body["timeout"] = json!(60_000);
+    body["bucket_name"] = json!("air");
+    body["params"] = json!({"city": "Los Angeles", "state": "California", "country": "USA"});
+    let spec = spec_of(body);
     let patched = db
-        .update_stream(created.id, &patch)
+        .update_stream(created.id, &spec, T0 + 5_000)
         .await
         .expect("update")
         .expect("the stream exists");
-    assert_eq!(patched.endpoint, "http://api.airvisual.com/v2/city");
-    assert_eq!(patched.secret_key, "sk-rotated");
-    assert_eq!(patched.interval_ms, None);
-    assert_eq!(patched.cron.as_deref(), Some("0 0 * * * *"));
-    assert_eq!(patched.timeout_ms, 60_000);
-    assert_eq!(patched.bucket_name, "air");
-    assert_eq!(patched.params["city"], json!("Los Angeles"));
-    assert_eq!(patched.params.len(), 3);
-    assert_eq!(patched.adapter, created.adapter, "an absent field is kept");
+    assert_eq!(patched.spec.endpoint(), "http://api.airvisual.com/v2/city");
+    assert_eq!(patched.spec.secret_key().expose(), "sk-rotated");
+    assert_eq!(patched.spec.interval_ms(), None);
+    assert_eq!(patched.spec.cron(), Some("0 0 * * * *"));
+    assert_eq!(patched.spec.timeout_ms(), 60_000);
+    assert_eq!(patched.spec.bucket_name(), "air");
+    assert_eq!(patched.spec.params()["city"], json!("Los Angeles"));
+    assert_eq!(patched.spec.params().len(), 3);
+    assert_eq!(patched.spec.adapter(), created.spec.adapter());
+    assert_eq!(
+        (patched.state, patched.generation),
+        (created.state, created.generation),
+        "state and assignment are not the spec's"
+    );
     assert_eq!(patched.created_at, T0);
     assert_eq!(patched.updated_at, T0 + 5_000);
     assert_eq!(
@@ -111,62 +141,51 @@ pub async fn stream_patch(db: Db) {
         Some(patched.clone())
     );
 
-    // An empty patch only touches updated_at.
+    // The same spec again only touches updated_at.
     let touched = db
-        .update_stream(
-            created.id,
-            &StreamPatch {
-                now_ms: T0 + 6_000,
-                ..StreamPatch::default()
-            },
-        )
+        .update_stream(created.id, &spec, T0 + 6_000)
         .await
-        .expect("empty patch")
+        .expect("same spec")
         .expect("exists");
     assert_eq!(
         touched,
-        data_streams::db::StreamRow {
+        StreamRow {
             updated_at: T0 + 6_000,
             ..patched.clone()
         }
     );
 
-    // Back to an interval.
+    // Back to an interval, through the API's own patch rules.
+    let back_spec = touched
+        .spec
+        .patched(StreamUpdate {
+            interval: Some(60_000),
+            ..StreamUpdate::default()
+        })
+        .expect("a valid patch");
     let back = db
-        .update_stream(
-            created.id,
-            &StreamPatch {
-                interval_ms: Some(Some(60_000)),
-                cron: Some(None),
-                now_ms: T0 + 7_000,
-                ..StreamPatch::default()
-            },
-        )
+        .update_stream(created.id, &back_spec, T0 + 7_000)
         .await
         .expect("update")
         .expect("exists");
     assert_eq!(
-        (back.interval_ms, back.cron.as_deref()),
+        (back.spec.interval_ms(), back.spec.cron()),
         (Some(60_000), None)
     );
 
     // Neither schedule: the schema refuses, and the row stays as it was.
-    let neither = db
-        .update_stream(
-            created.id,
-            &StreamPatch {
-                interval_ms: Some(None),
-                now_ms: T0 + 8_000,
-                ..StreamPatch::default()
-            },
-        )
-        .await
-        .expect_err("a stream needs a schedule");
-    assert!(!neither.is_transient(), "{neither:?}");
+    let neither = raw(
+        &db,
+        "UPDATE streams SET interval_ms = NULL WHERE id = $1",
+        Some(created.id),
+    )
+    .await
+    .expect_err("a stream needs a schedule");
+    assert!(!neither.is_empty());
     assert_eq!(db.get_stream(created.id).await.expect("get"), Some(back));
 
     let missing = db
-        .update_stream(Uuid::new_v4(), &patch)
+        .update_stream(Uuid::new_v4(), &spec, T0)
         .await
         .expect("update of a missing stream");
     assert_eq!(missing, None);
@@ -392,8 +411,7 @@ pub async fn assignable_streams_order_limit_and_filter(db: Db) {
     let assigned = stream(&db, T0 + 70).await;
     db.assign(assigned.id, "w1").await.expect("assign");
 
-    let ids =
-        |rows: Vec<data_streams::db::StreamRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let ids = |rows: Vec<StreamRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
     assert_eq!(
         ids(db.assignable_streams(10).await.expect("assignable")),
         vec![oldest.id, middle.id, newest.id]
@@ -471,18 +489,35 @@ pub async fn workers_lifecycle(db: Db) {
     assert_eq!((w2.connected_at, w2.last_seen), (T0 + 4_000, T0 + 4_000));
 }
 
-/// Runs raw SQL, bypassing the layer, to plant rows it would never write.
-async fn raw(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
-    }
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+/// Runs raw SQL, bypassing the layer, to plant rows it would never write; `$1`, when the text
+/// has it, is `id`. The error comes back as text.
+async fn raw(db: &Db, sql: &str, id: Option<Uuid>) -> Result<(), String> {
+    let outcome = match db {
+        Db::Sqlite(pool) => {
+            let query = sqlx::query(sql);
+            let query = match id {
+                Some(id) => query.bind(id),
+                None => query,
+            };
+            query.execute(pool).await.map(drop)
+        }
+        Db::Postgres(pool) => {
+            let query = sqlx::query(sql);
+            let query = match id {
+                Some(id) => query.bind(id),
+                None => query,
+            };
+            query.execute(pool).await.map(drop)
+        }
+    };
+    outcome.map_err(|e| format!("{sql}: {e}"))
 }
 
 pub async fn corrupt_rows_are_reported_as_corrupt(db: Db) {
     let s = stream(&db, T0).await;
-    raw(&db, "UPDATE streams SET params = 'not json'").await;
+    raw(&db, "UPDATE streams SET params = 'not json'", None)
+        .await
+        .expect("plant");
     let error = db.get_stream(s.id).await.expect_err("params do not decode");
     assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
     assert!(!error.is_transient());
@@ -491,31 +526,38 @@ pub async fn corrupt_rows_are_reported_as_corrupt(db: Db) {
     assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
 
     db.upsert_worker("w", 1, &[], T0).await.expect("upsert");
-    raw(&db, "UPDATE workers SET adapters = '{'").await;
+    raw(&db, "UPDATE workers SET adapters = '{'", None)
+        .await
+        .expect("plant");
     let error = db.list_workers().await.expect_err("adapters do not decode");
     assert!(matches!(error, DbError::Corrupt { .. }), "{error:?}");
 }
 
 pub async fn secrets_are_never_printed(db: Db) {
-    let new = new_stream(T0);
-    let row = db.insert_stream(&new).await.expect("insert");
-    let secret = &new.secret_key;
-    let patch = StreamPatch {
-        secret_key: Some("sk-new-secret".to_owned()),
-        ..StreamPatch::default()
+    let spec = spec();
+    let row = db
+        .insert_stream(Uuid::new_v4(), &spec, StreamState::Running, T0)
+        .await
+        .expect("insert");
+    let secret = spec.secret_key().expose().to_owned();
+    let update = StreamUpdate {
+        secret_key: Some("sk-new-secret".into()),
+        ..StreamUpdate::default()
     };
+    let view = row.view(&HashSet::new());
     for printed in [
         format!("{row:?}"),
-        format!("{new:?}"),
-        format!("{patch:?}"),
-        serde_json::to_string(&row).expect("serialize"),
+        format!("{spec:?}"),
+        format!("{update:?}"),
+        format!("{view:?}"),
+        serde_json::to_string(&view).expect("serialize"),
     ] {
         assert!(!printed.contains(secret.as_str()), "{printed}");
         assert!(!printed.contains("sk-new-secret"), "{printed}");
         assert!(printed.contains("***"), "{printed}");
     }
-    let json = serde_json::to_value(&row).expect("serialize");
-    assert_eq!(json["state"], json!("running"));
+    let json = serde_json::to_value(&view).expect("serialize");
+    assert_eq!(json["status"], json!("pending"));
     assert_eq!(json["secret_key"], json!("***"));
 }
 

@@ -94,7 +94,7 @@ async fn main() -> ExitCode {
         "s3-test-server listening on {} access_key={} secret_key={} root={}",
         server.endpoint,
         server.access_key,
-        server.secret_key,
+        server.secret_key.expose(),
         server.root().display()
     );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

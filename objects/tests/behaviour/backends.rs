@@ -113,7 +113,7 @@ pub fn s3_settings(endpoint: &str, access_key: &str, secret_key: &str) -> S3Sett
         endpoint: Some(endpoint.to_owned()),
         region: Some("us-east-1".into()),
         access_key_id: Some(access_key.to_owned()),
-        secret_access_key: Some(secret_key.to_owned()),
+        secret_access_key: Some(secret_key.into()),
         force_path_style: true,
         ..S3Settings::default()
     }
@@ -125,7 +125,10 @@ async fn s3_backend(
     server: Option<S3TestServer>,
     cleanup: Option<aws_sdk_s3::Client>,
 ) -> Backend {
-    let secret = settings.secret_access_key.clone();
+    let secret = settings
+        .secret_access_key
+        .as_ref()
+        .map(|s| s.expose().to_owned());
     let store: Arc<dyn ObjectStore> =
         Arc::new(S3Store::new(settings.clone(), CREATE).await.unwrap());
     let strict: Arc<dyn ObjectStore> = Arc::new(S3Store::new(settings, STRICT).await.unwrap());

@@ -1,23 +1,18 @@
-//! The IQAir AirVisual v2 adapter (`IQAIR_DAILY`): one GET per run, classified by body first
-//! (the API's HTTP statuses are undocumented, IQAIR.md §6), parsed leniently into a
-//! [`Measurement`] (fields come and go, numbers drift between integer and float, IQAIR.md §8).
+//! Fetching from IQAir AirVisual v2 (`IQAIR_DAILY`): one GET per run, classified by body first
+//! (the API's HTTP statuses are undocumented, IQAIR.md §6). What a body *is* (its envelope, and
+//! the [`Measurement`] in it) is the catalogue's `catalogue::iqair`; what to *do* about it
+//! (retry, back off, stop the stream) is decided here.
 
 use std::fmt::Write as _;
 
+use catalogue::iqair::{parse_measurement, read_envelope, Envelope};
+use common::SecretKey;
 use futures::future::BoxFuture;
 use protocol::{FailureClass, Measurement};
-use serde_json::{Map, Value};
 
 use super::{Adapter, AdapterError, FetchRequest, Fetched, RateLimitScope, Retry};
 
-/// The adapter name streams use.
-pub const NAME: &str = "IQAIR_DAILY";
-
-/// Longest API message or body excerpt kept in an error, so a huge error page cannot bloat the
-/// failure records.
-const MAX_MESSAGE_CHARS: usize = 200;
-/// Longest excerpt of an unparseable body quoted in an error message.
-const MAX_EXCERPT_CHARS: usize = 80;
+pub use catalogue::iqair::NAME;
 
 /// The IQAir AirVisual v2 adapter (`city` and `nearest_city` endpoints; any other v2 endpoint's
 /// body is still stored, with no measurement).
@@ -93,7 +88,7 @@ fn request_url(req: &FetchRequest<'_>) -> Result<reqwest::Url, AdapterError> {
     }
     {
         let mut query = url.query_pairs_mut();
-        query.append_pair("key", req.secret_key);
+        query.append_pair("key", req.secret_key.expose());
         for (name, value) in req.params {
             // The stream's key is the only key; a `key` parameter would be a second one.
             if name != "key" {
@@ -105,7 +100,7 @@ fn request_url(req: &FetchRequest<'_>) -> Result<reqwest::Url, AdapterError> {
 }
 
 /// A request that got no complete answer: connect refused, reset, TLS, body cut off mid-stream.
-fn transport_error(err: reqwest::Error, secret_key: &str) -> AdapterError {
+fn transport_error(err: reqwest::Error, secret_key: &SecretKey) -> AdapterError {
     let (class, retry) = if err.is_timeout() {
         (FailureClass::Timeout, Retry::Transient)
     } else {
@@ -127,7 +122,8 @@ fn transport_error(err: reqwest::Error, secret_key: &str) -> AdapterError {
 }
 
 /// Replaces the key (raw or percent-encoded) in `text` with `***`.
-fn redact(text: &str, secret_key: &str) -> String {
+fn redact(text: &str, secret_key: &SecretKey) -> String {
+    let secret_key = secret_key.expose();
     // A one- or two-character key would match ordinary words; real keys are UUID-like.
     if secret_key.len() < 3 {
         return text.to_string();
@@ -166,77 +162,6 @@ pub fn classify(status: u16, body: &[u8]) -> Result<Option<Measurement>, Adapter
         Envelope::Success(None) => Ok(None),
         Envelope::Fail(message) => Err(classify_message(message)),
         Envelope::Unrecognised(reason) => Err(classify_unrecognised(status, reason)),
-    }
-}
-
-enum Envelope {
-    /// A success envelope; `Some` when `data` is an object.
-    Success(Option<Map<String, Value>>),
-    /// A fail envelope with its message.
-    Fail(String),
-    /// Not an envelope; the reason, for the error message.
-    Unrecognised(String),
-}
-
-fn read_envelope(body: &[u8]) -> Envelope {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(err) => {
-            let reason = if body.iter().all(u8::is_ascii_whitespace) {
-                "empty body".to_string()
-            } else if err.is_eof() {
-                format!("truncated JSON body ({} bytes)", body.len())
-            } else {
-                format!("body is not JSON: {}", excerpt(body))
-            };
-            return Envelope::Unrecognised(reason);
-        }
-    };
-    let mut object = match value {
-        Value::Object(object) => object,
-        Value::String(text) => {
-            return Envelope::Unrecognised(format!(
-                "body is a bare JSON string: {}",
-                excerpt(text.as_bytes())
-            ))
-        }
-        other => {
-            return Envelope::Unrecognised(format!(
-                "body is JSON {} instead of an object",
-                json_kind(&other)
-            ))
-        }
-    };
-    let status = object.get("status").and_then(Value::as_str).unwrap_or("");
-    if status.eq_ignore_ascii_case("success") {
-        match object.remove("data") {
-            Some(Value::Object(data)) => Envelope::Success(Some(data)),
-            Some(Value::Array(_)) => Envelope::Success(None),
-            Some(Value::Null) | None => {
-                Envelope::Unrecognised("success envelope without data".to_string())
-            }
-            Some(other) => {
-                Envelope::Unrecognised(format!("success envelope with {} data", json_kind(&other)))
-            }
-        }
-    } else if status.eq_ignore_ascii_case("fail") {
-        let message = match object.get("data") {
-            Some(Value::Object(data)) => data.get("message").and_then(Value::as_str),
-            // Not seen in the wild, but unambiguous.
-            Some(Value::String(message)) => Some(message.as_str()),
-            _ => None,
-        };
-        match message {
-            Some(message) if !message.trim().is_empty() => {
-                Envelope::Fail(truncate(message.trim(), MAX_MESSAGE_CHARS))
-            }
-            _ => Envelope::Unrecognised("fail envelope without a message".to_string()),
-        }
-    } else {
-        Envelope::Unrecognised(format!(
-            "JSON object without a success or fail status: {}",
-            excerpt(body)
-        ))
     }
 }
 
@@ -312,99 +237,10 @@ fn classify_unrecognised(status: u16, reason: String) -> AdapterError {
     }
 }
 
-/// Flattens a city object (`data` of `city`/`nearest_city`) into a [`Measurement`]. Every field is
-/// optional, numbers may be integers, floats or numeric strings, unknown fields are ignored.
-/// `None` when nothing readable is there.
-pub fn parse_measurement(data: Map<String, Value>) -> Option<Measurement> {
-    let location = data.get("location");
-    let coordinates = location
-        .and_then(|l| l.get("coordinates"))
-        .and_then(Value::as_array);
-    // GeoJSON order: [longitude, latitude] (IQAIR.md §8.10).
-    let lon = coordinates.and_then(|c| c.first()).and_then(number);
-    let lat = coordinates.and_then(|c| c.get(1)).and_then(number);
-    let current = data.get("current");
-    let pollution = current.and_then(|c| c.get("pollution"));
-    let weather = current.and_then(|c| c.get("weather"));
-    let measurement = Measurement {
-        city: text(data.get("city")),
-        state: text(data.get("state")),
-        country: text(data.get("country")),
-        lat,
-        lon,
-        pollution_ts: text(field(pollution, "ts")),
-        aqius: field(pollution, "aqius").and_then(number),
-        mainus: text(field(pollution, "mainus")),
-        aqicn: field(pollution, "aqicn").and_then(number),
-        maincn: text(field(pollution, "maincn")),
-        weather_ts: text(field(weather, "ts")),
-        tp: field(weather, "tp").and_then(number),
-        pr: field(weather, "pr").and_then(number),
-        hu: field(weather, "hu").and_then(number),
-        ws: field(weather, "ws").and_then(number),
-        wd: field(weather, "wd").and_then(number),
-        ic: text(field(weather, "ic")),
-        // Renamed from `heat_index` on 2025-09-08 (IQAIR.md §1); accept both.
-        heat_index: field(weather, "heatIndex")
-            .or_else(|| field(weather, "heat_index"))
-            .and_then(number),
-    };
-    (measurement != Measurement::default()).then_some(measurement)
-}
-
-fn field<'a>(object: Option<&'a Value>, name: &str) -> Option<&'a Value> {
-    object.and_then(|o| o.get(name))
-}
-
-fn number(value: &Value) -> Option<f64> {
-    let parsed = match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    parsed.filter(|n| n.is_finite())
-}
-
-fn text(value: Option<&Value>) -> Option<String> {
-    value.and_then(Value::as_str).map(str::to_string)
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// The start of a body as one printable line, quoted.
-fn excerpt(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(MAX_EXCERPT_CHARS * 4)];
-    let lossy = String::from_utf8_lossy(cut);
-    let flat: String = lossy
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    let mut short = truncate(&flat, MAX_EXCERPT_CHARS);
-    if short.len() < flat.len() || cut.len() < body.len() {
-        short.push('…');
-    }
-    format!("{short:?}")
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use catalogue::iqair::{MAX_EXCERPT_CHARS, MAX_MESSAGE_CHARS};
 
     /// A Community `nearest_city` answer in the 2026 shape (IQAIR.md §3.2): pollution first,
     /// `heatIndex`, float wind speed.
@@ -440,96 +276,6 @@ mod tests {
 
     fn fail_body(message: &str) -> String {
         serde_json::json!({"status": "fail", "data": {"message": message}}).to_string()
-    }
-
-    #[test]
-    fn parses_the_2026_community_shape() {
-        let m = ok(200, SUCCESS_2026);
-        assert_eq!(m.city.as_deref(), Some("Los Angeles"));
-        assert_eq!(m.state.as_deref(), Some("California"));
-        assert_eq!(m.country.as_deref(), Some("USA"));
-        assert_eq!(m.lon, Some(-118.2417));
-        assert_eq!(m.lat, Some(34.0669));
-        assert_eq!(m.pollution_ts.as_deref(), Some("2026-03-01T10:00:00.000Z"));
-        assert_eq!(m.aqius, Some(66.0));
-        assert_eq!(m.mainus.as_deref(), Some("p2"));
-        assert_eq!(m.aqicn, Some(44.0));
-        assert_eq!(m.maincn.as_deref(), Some("p1"));
-        assert_eq!(m.weather_ts.as_deref(), Some("2026-03-01T11:00:00.000Z"));
-        assert_eq!(m.ic.as_deref(), Some("04n"));
-        assert_eq!(m.hu, Some(86.0));
-        assert_eq!(m.pr, Some(1012.0));
-        assert_eq!(m.tp, Some(6.0));
-        assert_eq!(m.wd, Some(252.0));
-        assert_eq!(m.ws, Some(4.54));
-        assert_eq!(m.heat_index, Some(7.0));
-    }
-
-    #[test]
-    fn key_order_integer_floats_and_odd_timestamps_do_not_matter() {
-        let m = ok(200, SUCCESS_2018);
-        assert_eq!(m.city.as_deref(), Some("Beijing"));
-        assert_eq!(m.lat, Some(39.904211));
-        assert_eq!(m.lon, Some(116.4074));
-        assert_eq!(m.pollution_ts.as_deref(), Some("2018-09-04T01:15:00.000Z"));
-        assert_eq!(m.weather_ts.as_deref(), Some("2018-09-04T00:00:00.000Z"));
-        assert_eq!(m.ws, Some(2.0));
-        assert_eq!(m.aqius, Some(186.0));
-        assert_eq!(m.heat_index, None);
-    }
-
-    #[test]
-    fn the_old_heat_index_name_is_read_too() {
-        let body = r#"{"status":"success","data":{"current":{"weather":{"ts":"2025-08-10T10:00:00.000Z","tp":29,"heat_index":31}}}}"#;
-        let m = ok(200, body);
-        assert_eq!(m.heat_index, Some(31.0));
-        assert_eq!(m.tp, Some(29.0));
-        assert_eq!(m.aqius, None);
-    }
-
-    #[test]
-    fn paid_plan_extras_and_unknown_fields_are_ignored() {
-        let body = r#"{"status":"success","data":{"city":"Beijing","state":"Beijing","country":"China","name":"US Embassy","location":{"type":"Point","coordinates":[116.466258,39.954352]},"forecasts":[{"ts":"2025-01-01T00:00:00.000Z","aqius":10,"pop":20,"pm25":3.5}],"units":{"p2":"ugm3","co":"ppm","pm25":"ugm3"},"history":{"pollution":[],"weather":[]},"current":{"pollution":{"ts":"2025-01-01T00:00:00.000Z","aqius":12,"mainus":"p2","aqicn":4,"maincn":"p2","p2":{"conc":3,"aqius":12,"aqicn":4},"co":{"conc":0.2,"aqius":2,"aqicn":2}},"weather":{"ts":"2025-01-01T00:00:00.000Z","tp":-3.5,"pr":1030,"hu":20,"ws":0.45,"wd":0,"ic":"01n","heatIndex":-3,"brand_new":true}},"future_field":{"x":[1,2,3]}}}"#;
-        let m = ok(200, body);
-        assert_eq!(m.aqius, Some(12.0));
-        assert_eq!(m.tp, Some(-3.5));
-        assert_eq!(m.ws, Some(0.45));
-        assert_eq!(m.wd, Some(0.0));
-        assert_eq!(m.lat, Some(39.954352));
-    }
-
-    #[test]
-    fn missing_pollution_still_succeeds_with_empty_pollution_fields() {
-        let body = r#"{"status":"success","data":{"city":"Oslo","state":"Oslo","country":"Norway","location":{"type":"Point","coordinates":[10.7522,59.9139]},"current":{"weather":{"ts":"2026-01-01T10:00:00.000Z","tp":-4,"pr":1001,"hu":80,"ws":3,"wd":180,"ic":"13d"}}}}"#;
-        let m = ok(200, body);
-        assert_eq!(m.city.as_deref(), Some("Oslo"));
-        assert_eq!(m.pollution_ts, None);
-        assert_eq!(m.aqius, None);
-        assert_eq!(m.mainus, None);
-        assert_eq!(m.tp, Some(-4.0));
-    }
-
-    #[test]
-    fn missing_main_pollutants_are_none() {
-        let body = r#"{"status":"success","data":{"city":"X","current":{"pollution":{"ts":"2019-06-01T10:00:00.000Z","aqius":20,"aqicn":7}}}}"#;
-        let m = ok(200, body);
-        assert_eq!(m.aqius, Some(20.0));
-        assert_eq!(m.mainus, None);
-        assert_eq!(m.maincn, None);
-    }
-
-    #[test]
-    fn wrongly_typed_fields_become_none_and_numeric_strings_are_read() {
-        let body = r#"{"status":"success","data":{"city":42,"location":{"coordinates":["13.4","x"]},"current":{"pollution":{"ts":7,"aqius":"55","aqicn":null,"mainus":["p2"]},"weather":"sunny"}}}"#;
-        let m = ok(200, body);
-        assert_eq!(m.city, None);
-        assert_eq!(m.lon, Some(13.4));
-        assert_eq!(m.lat, None);
-        assert_eq!(m.pollution_ts, None);
-        assert_eq!(m.aqius, Some(55.0));
-        assert_eq!(m.aqicn, None);
-        assert_eq!(m.mainus, None);
-        assert_eq!(m.tp, None);
     }
 
     #[test]
@@ -710,9 +456,10 @@ mod tests {
             ("lon".to_string(), "0.0".to_string()),
             ("key".to_string(), "not-this-one".to_string()),
         ]);
+        let key = SecretKey::new("k e/y");
         let req = FetchRequest {
             endpoint: "http://127.0.0.1:8090/v2/nearest_city",
-            secret_key: "k e/y",
+            secret_key: &key,
             params: &params,
         };
         let url = request_url(&req).map_err(|e| e.message);
@@ -736,9 +483,10 @@ mod tests {
 
     #[test]
     fn redaction_covers_raw_and_encoded_keys() {
-        assert_eq!(redact("a key=abc/def b", "abc/def"), "a key=*** b");
-        assert_eq!(redact("a key=abc%2Fdef b", "abc/def"), "a key=*** b");
-        assert_eq!(redact("nothing here", "abc/def"), "nothing here");
-        assert_eq!(redact("a b", "a"), "a b");
+        let key = SecretKey::new("abc/def");
+        assert_eq!(redact("a key=abc/def b", &key), "a key=*** b");
+        assert_eq!(redact("a key=abc%2Fdef b", &key), "a key=*** b");
+        assert_eq!(redact("nothing here", &key), "nothing here");
+        assert_eq!(redact("a b", &SecretKey::new("a")), "a b");
     }
 }

@@ -1,10 +1,13 @@
-//! External API adapters: what the scheduler calls to fetch one reading, and the typed outcome
-//! (raw body plus parsed measurement, or a classified error that says how to carry on).
+//! External API adapters: how to fetch from each source of the catalogue (`catalogue`, which
+//! knows the names, the parameter rules and the parsers), and the typed outcome (raw body plus
+//! parsed measurement, or a classified error that says how to carry on). Every source in the
+//! catalogue has an adapter here; `registry_covers_the_catalogue` holds the two in step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use common::SecretKey;
 use futures::future::BoxFuture;
 use protocol::{FailureClass, Measurement};
 
@@ -12,33 +15,15 @@ pub mod iqair;
 
 pub use iqair::IqAir;
 
-/// Adapter names this build knows. The supervisor keeps its own copy of this trivial list (it
-/// cannot depend on the worker); keep the two in step.
-pub const ADAPTER_NAMES: &[&str] = &[iqair::NAME];
-
-/// True when `name` is an adapter this build can run (e.g. `IQAIR_DAILY`).
-pub fn is_known_adapter(name: &str) -> bool {
-    ADAPTER_NAMES.contains(&name)
-}
-
 /// What a fetch needs.
+#[derive(Debug, Clone, Copy)]
 pub struct FetchRequest<'a> {
     /// The full URL, e.g. `http://127.0.0.1:8090/v2/nearest_city`.
     pub endpoint: &'a str,
-    /// The external API key. Never printed: `Debug` redacts it.
-    pub secret_key: &'a str,
+    /// The external API key.
+    pub secret_key: &'a SecretKey,
     /// Query parameters: `lat`/`lon`, or `city`/`state`/`country`.
     pub params: &'a BTreeMap<String, String>,
-}
-
-impl fmt::Debug for FetchRequest<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FetchRequest")
-            .field("endpoint", &self.endpoint)
-            .field("secret_key", &"***")
-            .field("params", &self.params)
-            .finish()
-    }
 }
 
 /// A successful fetch: the body exactly as received (after transport decompression), and the
@@ -170,25 +155,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registry_holds_exactly_the_known_adapters() {
+    fn registry_covers_the_catalogue() {
         let adapters = registry(reqwest::Client::new());
         assert_eq!(adapters.names(), vec!["IQAIR_DAILY".to_string()]);
         let iqair = adapters.get("IQAIR_DAILY").map(|a| a.name());
         assert_eq!(iqair, Some("IQAIR_DAILY"));
         assert!(adapters.get("iqair_daily").is_none());
-        for name in adapters.names() {
-            assert!(is_known_adapter(&name));
-        }
-        assert!(!is_known_adapter("OPENAQ"));
-        assert!(!is_known_adapter(""));
+        let mut catalogue = catalogue::names();
+        catalogue.sort_unstable();
+        assert_eq!(
+            adapters.names(),
+            catalogue,
+            "one adapter per catalogue source"
+        );
+        assert!(catalogue::source("OPENAQ").is_none());
+        assert!(catalogue::source("").is_none());
     }
 
     #[test]
     fn fetch_request_debug_redacts_the_key() {
         let params = BTreeMap::from([("lat".to_string(), "0".to_string())]);
+        let key = SecretKey::new("secret-key-123");
         let req = FetchRequest {
             endpoint: "http://x/v2/nearest_city",
-            secret_key: "secret-key-123",
+            secret_key: &key,
             params: &params,
         };
         let printed = format!("{req:?}");

@@ -50,7 +50,7 @@ impl Adapter for Scripted {
         self.calls.lock().unwrap().push((
             Instant::now(),
             req.endpoint.to_owned(),
-            req.secret_key.to_owned(),
+            req.secret_key.expose().to_owned(),
         ));
         let step = self.script.lock().unwrap().pop_front().unwrap_or(Step::Ok);
         Box::pin(async move {

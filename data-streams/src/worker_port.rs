@@ -11,25 +11,59 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::SecretKey;
 use protocol::handshake;
 use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
 use protocol::tls::TlsAcceptor;
-use protocol::{Connection, Event, Reply, ResultRecord, RunFailure, RunningStream, Welcome};
+use protocol::{
+    Connection, Event, ProtocolError, Reply, ResultRecord, RunFailure, RunningStream, Welcome,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::db::DbError;
 use crate::supervisor::Supervisor;
 
 /// Events persisted per transaction, at most.
 const PERSIST_BATCH: usize = 1024;
 
-/// How the worker port behaves.
+/// Why one worker's connection ended early. Logged with the peer's address; the listener and
+/// every other session carry on.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("TLS handshake: not finished within {0:?}")]
+    TlsTimeout(Duration),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(#[source] ProtocolError),
+    #[error("worker {worker_id}: cannot record the connection: {source}")]
+    Record {
+        worker_id: String,
+        #[source]
+        source: DbError,
+    },
+    #[error("worker {worker_id}: {source}")]
+    Link {
+        worker_id: String,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("worker {worker_id}: link task failed: {source}")]
+    LinkTask {
+        worker_id: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// How the worker port behaves. (No `Debug`: rustls' acceptor has none.)
 #[derive(Clone)]
 pub struct WorkerPortSettings {
-    pub token: String,
+    pub token: SecretKey,
     pub max_connections: usize,
     pub max_frame: usize,
     pub heartbeat_interval: Duration,
@@ -38,20 +72,6 @@ pub struct WorkerPortSettings {
     pub handshake_timeout: Duration,
     /// When set, the port accepts TLS only.
     pub tls: Option<TlsAcceptor>,
-}
-
-impl std::fmt::Debug for WorkerPortSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerPortSettings")
-            .field("token", &"***")
-            .field("max_connections", &self.max_connections)
-            .field("max_frame", &self.max_frame)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("tls", &self.tls.is_some())
-            .finish()
-    }
 }
 
 /// Accept workers on `listener` until `shutdown`.
@@ -95,9 +115,9 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            if let Err(reason) = connection(socket, &settings, supervisor, shutdown).await {
+            if let Err(err) = connection(socket, &settings, supervisor, shutdown).await {
                 metrics::counter!("ds_worker_connections_closed_with_error_total").increment(1);
-                tracing::warn!(%peer, "worker connection closed: {reason}");
+                tracing::warn!(%peer, "worker connection closed: {}", common::error_chain(&err));
             }
         });
     }
@@ -108,7 +128,7 @@ async fn connection(
     settings: &WorkerPortSettings,
     supervisor: Supervisor,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let _ = socket.set_nodelay(true);
     // One deadline for the TLS handshake and the hello together, so a silent client holds its
     // connection slot no longer than on a plain port.
@@ -118,13 +138,8 @@ async fn connection(
         Some(acceptor) => {
             let tls = tokio::time::timeout_at(deadline, acceptor.accept(socket))
                 .await
-                .map_err(|_| {
-                    format!(
-                        "TLS handshake: not finished within {:?}",
-                        settings.handshake_timeout
-                    )
-                })
-                .and_then(|accepted| accepted.map_err(|e| format!("TLS handshake: {e}")))
+                .map_err(|_| SessionError::TlsTimeout(settings.handshake_timeout))
+                .and_then(|accepted| accepted.map_err(SessionError::Tls))
                 .inspect_err(|_| {
                     metrics::counter!("ds_tls_handshake_failures_total").increment(1);
                 })?;
@@ -140,7 +155,7 @@ async fn session<T>(
     settings: &WorkerPortSettings,
     supervisor: Supervisor,
     shutdown: CancellationToken,
-) -> Result<(), String>
+) -> Result<(), SessionError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -151,14 +166,14 @@ where
     };
     let hello = handshake::accept(
         &mut conn,
-        settings.token.as_bytes(),
+        settings.token.expose().as_bytes(),
         welcome,
         deadline.saturating_duration_since(tokio::time::Instant::now()),
     )
     .await
     .map_err(|e| {
         metrics::counter!("ds_handshake_rejections_total").increment(1);
-        format!("handshake: {e}")
+        SessionError::Handshake(e)
     })?;
     let worker_id = hello.worker_id.clone();
     let config = LinkConfig {
@@ -170,7 +185,10 @@ where
     let conn_id = supervisor
         .worker_connected(&worker_id, hello.capacity, hello.adapters, link.clone())
         .await
-        .map_err(|e| format!("worker {worker_id}: cannot record the connection: {e}"))?;
+        .map_err(|source| SessionError::Record {
+            worker_id: worker_id.clone(),
+            source,
+        })?;
     tracing::info!(
         worker_id,
         capacity = hello.capacity,
@@ -188,8 +206,8 @@ where
             ended = &mut task => {
                 break match ended {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(err)) => Err(format!("worker {worker_id}: {err}")),
-                    Err(join) => Err(format!("worker {worker_id}: link task failed: {join}")),
+                    Ok(Err(source)) => Err(SessionError::Link { worker_id: worker_id.clone(), source }),
+                    Err(source) => Err(SessionError::LinkTask { worker_id: worker_id.clone(), source }),
                 };
             }
             msg = incoming.recv() => {
@@ -286,8 +304,9 @@ async fn collect(
     }
 }
 
-/// Commit a batch, retrying while the database is down (the worker keeps the events meanwhile,
-/// and TCP backpressure slows it), then acknowledge. Returns false on shutdown.
+/// Commit a batch through the supervisor, retrying while the database is down (the worker keeps
+/// the events meanwhile, and TCP backpressure slows it), then acknowledge. Returns false on
+/// shutdown.
 async fn persist(
     supervisor: &Supervisor,
     worker_id: &str,
@@ -298,8 +317,7 @@ async fn persist(
     let mut wait = Duration::from_millis(100);
     loop {
         match supervisor
-            .db()
-            .persist_events(&batch.results, &batch.failures)
+            .persist(worker_id, &batch.results, &batch.failures)
             .await
         {
             Ok(stats) => {
@@ -321,15 +339,6 @@ async fn persist(
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
-    }
-    for failure in batch.failures.iter().filter(|f| f.stream_stopped) {
-        supervisor
-            .stream_failed(
-                failure.stream_id,
-                worker_id,
-                &format!("{}: {}", failure.class, failure.message),
-            )
-            .await;
     }
     if batch.max_seq > 0 {
         let _ = link.ack(batch.max_seq).await;

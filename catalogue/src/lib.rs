@@ -1,0 +1,66 @@
+//! The adapter catalogue: every source a stream can name, in one place both services read.
+//!
+//! For each source: its name, the rules its `params` must follow (the supervisor checks them at
+//! `POST /streams`, so a bad stream is refused before any worker sees it), the columns of the
+//! reading it yields (the warehouse's schema), and the version of the parser that turns a raw
+//! object into that reading (stored with every reading, so rows can be told apart and re-parsed
+//! when the parser changes). How to *fetch* from a source is the worker's business
+//! (`worker/src/adapters/`); what the data *is* lives here.
+//!
+//! A new source is a module here (name, rules, parser) plus a line in [`SOURCES`], and its fetch
+//! in the worker's adapters: nothing else in either service names a source.
+
+pub mod iqair;
+pub mod reading;
+
+use serde_json::{Map, Value};
+
+pub use reading::{Cell, Column, ColumnKind};
+
+/// A source a stream can name in `adapter`.
+pub trait Source: Sync {
+    /// The name streams use, e.g. `IQAIR_DAILY`.
+    fn name(&self) -> &'static str;
+
+    /// Every problem with a stream's `params` for this source, each a sentence naming the
+    /// parameter (empty: the parameters are fine).
+    fn check_params(&self, params: &Map<String, Value>) -> Vec<String>;
+
+    /// The version of the parser that turns this source's raw objects into readings. Bumped
+    /// whenever the same bytes would parse differently.
+    fn parser_version(&self) -> u32;
+
+    /// The columns of a reading, in storage order; empty when the source keeps raw objects
+    /// only.
+    fn reading_columns(&self) -> &'static [Column];
+}
+
+/// Every source of this build.
+pub static SOURCES: &[&dyn Source] = &[&iqair::IqAir];
+
+/// The source called `name` (exact, case-sensitive), if this build has it.
+pub fn source(name: &str) -> Option<&'static dyn Source> {
+    SOURCES.iter().copied().find(|s| s.name() == name)
+}
+
+/// Every source name, in catalogue order.
+pub fn names() -> Vec<&'static str> {
+    SOURCES.iter().map(|s| s.name()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_exact_and_unique() {
+        assert_eq!(names(), ["IQAIR_DAILY"]);
+        assert!(source("IQAIR_DAILY").is_some());
+        assert!(source("iqair_daily").is_none());
+        assert!(source("OPENAQ").is_none());
+        assert!(source("").is_none());
+        let mut unique = names();
+        unique.dedup();
+        assert_eq!(unique.len(), SOURCES.len());
+    }
+}

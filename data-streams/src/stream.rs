@@ -1,0 +1,759 @@
+//! One model of a stream, from the request that creates it to the config a worker runs:
+//!
+//! - [`StreamInput`] / [`StreamUpdate`]: a `POST /streams` / `PATCH /streams/{id}` body as sent;
+//! - [`StreamSpec`]: what passed validation, parsed once at the API and trusted downstream (a
+//!   known adapter with valid parameters, an http(s) endpoint, a key, exactly one of interval
+//!   or cron, a sane timeout, an S3-valid bucket name);
+//! - [`StreamRow`]: a stored stream, the spec with its desired state, assignment and health;
+//!   `StreamConfig::from(&row)` is what its worker runs;
+//! - [`StreamView`]: what the API shows, the key as `***`.
+
+use std::collections::HashSet;
+
+use common::SecretKey;
+use protocol::{RateLimit, Schedule, StreamConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Shortest interval accepted, in ms (IQAir updates hourly; faster only helps tests and demos).
+pub const MIN_INTERVAL_MS: u64 = 1_000;
+/// Longest interval accepted: 31 days.
+pub const MAX_INTERVAL_MS: u64 = 31 * 24 * 3_600_000;
+/// Default timeout of a cron stream (an interval stream's default is its interval).
+pub const DEFAULT_CRON_TIMEOUT_MS: u64 = 60_000;
+/// Longest per-run timeout accepted: 1 hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Largest call budget accepted on any rate-limit window.
+pub const MAX_RATE_LIMIT: i64 = 1_000_000;
+
+/// `rate_limit` in a request: calls per minute, day and month for the stream's key (0: no
+/// limit on that window). A window left out keeps its value (on create: IQAir Community's 5,
+/// 500 and 10 000).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitInput {
+    pub per_minute: Option<i64>,
+    pub per_day: Option<i64>,
+    pub per_month: Option<i64>,
+}
+
+/// The body of `POST /streams`, as the caller sent it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamInput {
+    pub adapter: String,
+    pub endpoint: String,
+    pub secret_key: SecretKey,
+    #[serde(default)]
+    pub interval: Option<u64>,
+    #[serde(default)]
+    pub cron: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    pub bucket_name: String,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// The key's call budget; absent: IQAir Community's.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitInput>,
+    /// Start right away (the default) or create stopped.
+    #[serde(default)]
+    pub start: Option<bool>,
+}
+
+/// The body of `PATCH /streams/{id}`: any subset of the fields. Setting `interval` drops `cron`
+/// and the other way round.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamUpdate {
+    pub adapter: Option<String>,
+    pub endpoint: Option<String>,
+    pub secret_key: Option<SecretKey>,
+    pub interval: Option<u64>,
+    pub cron: Option<String>,
+    pub timeout: Option<u64>,
+    pub bucket_name: Option<String>,
+    pub params: Option<Map<String, Value>>,
+    pub rate_limit: Option<RateLimitInput>,
+}
+
+/// Every problem found in one request, so the caller can fix them all at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the stream is not valid: {}", .0.join("; "))]
+pub struct Invalid(pub Vec<String>);
+
+/// A stream that passed validation. Built only by [`StreamSpec::parse`] and
+/// [`StreamSpec::patched`] (and by the database, which stores nothing else).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSpec {
+    adapter: String,
+    endpoint: String,
+    secret_key: SecretKey,
+    schedule: Schedule,
+    timeout_ms: u64,
+    bucket_name: String,
+    params: Map<String, Value>,
+    rate_limit: RateLimit,
+}
+
+/// Every field of a stream before validation: a new stream's, or a stored one with an update
+/// applied.
+struct Draft {
+    adapter: String,
+    endpoint: String,
+    secret_key: SecretKey,
+    interval: Option<u64>,
+    cron: Option<String>,
+    timeout: Option<u64>,
+    bucket_name: String,
+    params: Map<String, Value>,
+    /// The budget the windows of `rate_input` change.
+    rate_base: RateLimit,
+    rate_input: Option<RateLimitInput>,
+}
+
+impl StreamSpec {
+    /// Validate a new stream. `timeout` defaults to the interval (or 60 s for cron).
+    pub fn parse(input: StreamInput) -> Result<Self, Invalid> {
+        Draft {
+            adapter: input.adapter,
+            endpoint: input.endpoint,
+            secret_key: input.secret_key,
+            interval: input.interval,
+            cron: input.cron,
+            timeout: input.timeout,
+            bucket_name: input.bucket_name,
+            params: input.params,
+            rate_base: RateLimit::COMMUNITY,
+            rate_input: input.rate_limit,
+        }
+        .check()
+    }
+
+    /// Apply an update to a valid spec and validate the result as a whole.
+    pub fn patched(&self, update: StreamUpdate) -> Result<Self, Invalid> {
+        let (interval, cron) = match (update.interval, update.cron) {
+            (None, None) => (self.interval_ms(), self.cron().map(str::to_owned)),
+            given => given,
+        };
+        // A timeout that was only the default (the interval, or the cron default) follows a new
+        // schedule, whichever way it switches: cron to a 5 s interval must not keep 60 s.
+        let schedule_changed = interval != self.interval_ms() || cron.as_deref() != self.cron();
+        let old_default = self.interval_ms().unwrap_or(DEFAULT_CRON_TIMEOUT_MS);
+        let timeout = update
+            .timeout
+            .or(if schedule_changed && self.timeout_ms == old_default {
+                None
+            } else {
+                Some(self.timeout_ms)
+            });
+        Draft {
+            adapter: update.adapter.unwrap_or_else(|| self.adapter.clone()),
+            endpoint: update.endpoint.unwrap_or_else(|| self.endpoint.clone()),
+            secret_key: update.secret_key.unwrap_or_else(|| self.secret_key.clone()),
+            interval,
+            cron,
+            timeout,
+            bucket_name: update
+                .bucket_name
+                .unwrap_or_else(|| self.bucket_name.clone()),
+            params: update.params.unwrap_or_else(|| self.params.clone()),
+            rate_base: self.rate_limit,
+            rate_input: update.rate_limit,
+        }
+        .check()
+    }
+
+    /// A spec as the database stored it: it stores only specs that passed [`StreamSpec::parse`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn stored(
+        adapter: String,
+        endpoint: String,
+        secret_key: SecretKey,
+        schedule: Schedule,
+        timeout_ms: u64,
+        bucket_name: String,
+        params: Map<String, Value>,
+        rate_limit: RateLimit,
+    ) -> Self {
+        StreamSpec {
+            adapter,
+            endpoint,
+            secret_key,
+            schedule,
+            timeout_ms,
+            bucket_name,
+            params,
+            rate_limit,
+        }
+    }
+
+    /// e.g. `IQAIR_DAILY`: a name in the adapter catalogue.
+    pub fn adapter(&self) -> &str {
+        &self.adapter
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn secret_key(&self) -> &SecretKey {
+        &self.secret_key
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The interval in ms, for an interval stream.
+    pub fn interval_ms(&self) -> Option<u64> {
+        match self.schedule {
+            Schedule::Interval { millis } => Some(millis),
+            Schedule::Cron { .. } => None,
+        }
+    }
+
+    /// The cron expression, for a cron stream.
+    pub fn cron(&self) -> Option<&str> {
+        match &self.schedule {
+            Schedule::Cron { expr } => Some(expr),
+            Schedule::Interval { .. } => None,
+        }
+    }
+
+    /// Per-run timeout (fetch, retries and upload together), in ms.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
+    pub fn bucket_name(&self) -> &str {
+        &self.bucket_name
+    }
+
+    /// The adapter's parameters as the user gave them (numbers stay numbers).
+    pub fn params(&self) -> &Map<String, Value> {
+        &self.params
+    }
+
+    /// Calls per window for the key; streams sharing a key share the strictest.
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit
+    }
+}
+
+impl Draft {
+    fn check(self) -> Result<StreamSpec, Invalid> {
+        let mut problems = Vec::new();
+        match catalogue::source(&self.adapter) {
+            Some(source) => problems.extend(source.check_params(&self.params)),
+            None => problems.push(format!(
+                "adapter {:?} is not known; known adapters: {}",
+                self.adapter,
+                catalogue::names().join(", ")
+            )),
+        }
+        match url::Url::parse(&self.endpoint) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if u.query_pairs().any(|(k, _)| k == "key") {
+                    problems.push("endpoint must not carry the key; use secret_key".into());
+                }
+            }
+            Ok(_) => {
+                problems.push("endpoint must be an http:// or https:// URL with a host".into())
+            }
+            Err(e) => problems.push(format!("endpoint is not a URL: {e}")),
+        }
+        let key = self.secret_key.expose();
+        if key.trim().is_empty() {
+            problems.push("secret_key must not be empty".into());
+        } else if key.len() > 256 || key.chars().any(char::is_control) {
+            problems.push("secret_key must be at most 256 printable characters".into());
+        }
+        let schedule = match (self.interval, &self.cron) {
+            (Some(_), Some(_)) => {
+                problems.push("give either interval or cron, not both".into());
+                None
+            }
+            (None, None) => {
+                problems.push("give interval (ms) or cron".into());
+                None
+            }
+            (Some(ms), None) if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) => {
+                problems.push(format!(
+                    "interval must be between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS} ms"
+                ));
+                None
+            }
+            (Some(millis), None) => Some(Schedule::Interval { millis }),
+            (None, Some(expr)) => match protocol::schedule::parse_cron(expr) {
+                Ok(_) => Some(Schedule::Cron { expr: expr.clone() }),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+        };
+        let timeout_ms = self
+            .timeout
+            .unwrap_or(self.interval.unwrap_or(DEFAULT_CRON_TIMEOUT_MS));
+        if !(100..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            problems.push(format!(
+                "timeout must be between 100 and {MAX_TIMEOUT_MS} ms"
+            ));
+        }
+        if let Err(e) = objects::validate_bucket_name(&self.bucket_name) {
+            problems.push(format!("bucket_name: {e}"));
+        }
+        let rate_limit = check_rate_limit(self.rate_base, self.rate_input, &mut problems);
+        match schedule {
+            Some(schedule) if problems.is_empty() => Ok(StreamSpec {
+                adapter: self.adapter,
+                endpoint: self.endpoint,
+                secret_key: self.secret_key,
+                schedule,
+                timeout_ms,
+                bucket_name: self.bucket_name,
+                params: self.params,
+                rate_limit,
+            }),
+            _ => Err(Invalid(problems)),
+        }
+    }
+}
+
+/// `base` with the windows the input names, each within 0..=[`MAX_RATE_LIMIT`].
+fn check_rate_limit(
+    base: RateLimit,
+    input: Option<RateLimitInput>,
+    problems: &mut Vec<String>,
+) -> RateLimit {
+    let input = input.unwrap_or_default();
+    let mut window = |given: Option<i64>, current: u32, name: &str| match given {
+        None => current,
+        Some(v) if (0..=MAX_RATE_LIMIT).contains(&v) => v as u32,
+        Some(_) => {
+            problems.push(format!(
+                "rate_limit.{name} must be between 0 (no limit) and {MAX_RATE_LIMIT}"
+            ));
+            current
+        }
+    };
+    RateLimit {
+        per_minute: window(input.per_minute, base.per_minute, "per_minute"),
+        per_day: window(input.per_day, base.per_day, "per_day"),
+        per_month: window(input.per_month, base.per_month, "per_month"),
+    }
+}
+
+/// The desired state of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamState {
+    /// Should be running on some worker.
+    Running,
+    /// Stopped by a person.
+    Stopped,
+    /// Stopped by a bad or expired key; waits for a person.
+    Failed,
+}
+
+impl StreamState {
+    /// The text stored in `streams.state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Running => "running",
+            StreamState::Stopped => "stopped",
+            StreamState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for StreamState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state text that is not one of `running`, `stopped`, `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stream state {0:?}: expected running, stopped or failed")]
+pub struct UnknownStreamState(pub String);
+
+impl std::str::FromStr for StreamState {
+    type Err = UnknownStreamState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(StreamState::Running),
+            "stopped" => Ok(StreamState::Stopped),
+            "failed" => Ok(StreamState::Failed),
+            other => Err(UnknownStreamState(other.to_owned())),
+        }
+    }
+}
+
+/// What the API shows as a stream's `status`: its desired state, and for a running stream
+/// whether a connected worker has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStatus {
+    /// Assigned to a connected worker.
+    Running,
+    /// Should run, but no connected worker has it (yet).
+    Pending,
+    Stopped,
+    Failed,
+}
+
+/// A stored stream: its spec, desired state, assignment and health. Times are epoch ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRow {
+    pub id: Uuid,
+    pub spec: StreamSpec,
+    pub state: StreamState,
+    /// The worker it is assigned to, if any.
+    pub worker_id: Option<String>,
+    /// Bumped on every assignment; settles stale claims.
+    pub generation: i64,
+    pub last_result_at: Option<i64>,
+    /// Set by a failure (or by a state change that records one); cleared by a newer result.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StreamRow {
+    /// The status the API shows, given the connected workers.
+    pub fn status(&self, connected: &HashSet<String>) -> StreamStatus {
+        match self.state {
+            StreamState::Stopped => StreamStatus::Stopped,
+            StreamState::Failed => StreamStatus::Failed,
+            StreamState::Running => match &self.worker_id {
+                Some(w) if connected.contains(w) => StreamStatus::Running,
+                _ => StreamStatus::Pending,
+            },
+        }
+    }
+
+    /// The public shape of the stream.
+    pub fn view(&self, connected: &HashSet<String>) -> StreamView<'_> {
+        let spec = &self.spec;
+        StreamView {
+            id: self.id,
+            adapter: &spec.adapter,
+            endpoint: &spec.endpoint,
+            secret_key: &spec.secret_key,
+            interval: spec.interval_ms(),
+            cron: spec.cron(),
+            timeout: spec.timeout_ms,
+            bucket_name: &spec.bucket_name,
+            params: &spec.params,
+            rate_limit: spec.rate_limit,
+            status: self.status(connected),
+            worker_id: self.worker_id.as_deref(),
+            generation: self.generation,
+            last_result_at: self.last_result_at.map(Rfc3339),
+            last_error: self.last_error.as_deref(),
+            last_error_at: self.last_error_at.map(Rfc3339),
+            created_at: Rfc3339(self.created_at),
+            updated_at: Rfc3339(self.updated_at),
+        }
+    }
+}
+
+/// What a worker runs for this stream, under its current generation.
+impl From<&StreamRow> for StreamConfig {
+    fn from(row: &StreamRow) -> Self {
+        let spec = &row.spec;
+        let params = spec
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        StreamConfig {
+            stream_id: row.id,
+            generation: u64::try_from(row.generation).unwrap_or(0),
+            adapter: spec.adapter.clone(),
+            endpoint: spec.endpoint.clone(),
+            secret_key: spec.secret_key.clone(),
+            schedule: spec.schedule.clone(),
+            timeout_ms: spec.timeout_ms.max(1),
+            bucket_name: spec.bucket_name.clone(),
+            params,
+            rate_limit: spec.rate_limit,
+        }
+    }
+}
+
+/// A stream as the API shows it: the key is `***` (see [`SecretKey`]'s `Serialize`), times are
+/// RFC 3339.
+#[derive(Debug, Serialize)]
+pub struct StreamView<'a> {
+    pub id: Uuid,
+    pub adapter: &'a str,
+    pub endpoint: &'a str,
+    pub secret_key: &'a SecretKey,
+    pub interval: Option<u64>,
+    pub cron: Option<&'a str>,
+    pub timeout: u64,
+    pub bucket_name: &'a str,
+    pub params: &'a Map<String, Value>,
+    pub rate_limit: RateLimit,
+    pub status: StreamStatus,
+    pub worker_id: Option<&'a str>,
+    pub generation: i64,
+    pub last_result_at: Option<Rfc3339>,
+    pub last_error: Option<&'a str>,
+    pub last_error_at: Option<Rfc3339>,
+    pub created_at: Rfc3339,
+    pub updated_at: Rfc3339,
+}
+
+/// Epoch milliseconds that serialize as RFC 3339 in UTC with milliseconds (`null` outside the
+/// calendar's range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rfc3339(#[serde(with = "rfc3339")] pub i64);
+
+/// `#[serde(with = "crate::stream::rfc3339")]` on an epoch-ms field (serialize only).
+pub mod rfc3339 {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+        match common::rfc3339_ms(*ms) {
+            Some(text) => serializer.serialize_str(&text),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// The same for an optional field.
+    pub mod option {
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(
+            ms: &Option<i64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => super::serialize(ms, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input(v: Value) -> StreamInput {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({"adapter": "IQAIR_DAILY", "endpoint": "http://api.airvisual.com/v2/nearest_city",
+               "secret_key": "k", "interval": 300000, "bucket_name": "results",
+               "params": {"lat": 52.52, "lon": 13.40}})
+    }
+
+    #[test]
+    fn the_design_example_is_valid_and_timeout_defaults_to_the_interval() {
+        let spec = StreamSpec::parse(input(base())).unwrap();
+        assert_eq!(spec.timeout_ms(), 300_000);
+        assert_eq!(spec.interval_ms(), Some(300_000));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut v = base();
+        v["adapter"] = json!("NOPE");
+        v["secret_key"] = json!("");
+        v["interval"] = json!(5);
+        v["bucket_name"] = json!("Bad_Bucket");
+        v["params"] = json!({"lat": 95, "lon": "x", "zip": 1});
+        let Invalid(problems) = StreamSpec::parse(input(v.clone())).unwrap_err();
+        for needle in ["adapter", "secret_key", "interval", "bucket_name"] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle} missing from {problems:?}"
+            );
+        }
+        // The parameters are checked against the adapter's rules, so a known adapter's
+        // parameter problems are reported with the rest.
+        v["adapter"] = json!("IQAIR_DAILY");
+        let Invalid(problems) = StreamSpec::parse(input(v)).unwrap_err();
+        for needle in ["secret_key", "interval", "bucket_name", "lat", "lon", "zip"] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle} missing from {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cron_replaces_interval_and_must_parse() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("interval");
+        v["cron"] = json!("0 */15 * * * *");
+        let spec = StreamSpec::parse(input(v.clone())).unwrap();
+        assert_eq!(spec.timeout_ms(), DEFAULT_CRON_TIMEOUT_MS);
+        v["cron"] = json!("not a cron");
+        assert!(StreamSpec::parse(input(v.clone())).is_err());
+        v["interval"] = json!(60000);
+        v["cron"] = json!("0 * * * * *");
+        assert!(StreamSpec::parse(input(v)).is_err(), "both given");
+    }
+
+    #[test]
+    fn a_place_needs_all_three_names() {
+        let mut v = base();
+        v["params"] = json!({"city": "Los Angeles", "state": "California", "country": "USA"});
+        assert!(StreamSpec::parse(input(v.clone())).is_ok());
+        v["params"] = json!({"city": "Los Angeles"});
+        assert!(StreamSpec::parse(input(v)).is_err());
+    }
+
+    #[test]
+    fn a_patch_switches_schedule_and_a_default_timeout_follows_the_interval() {
+        let spec = StreamSpec::parse(input(base())).unwrap();
+        let faster = spec
+            .patched(StreamUpdate {
+                interval: Some(60_000),
+                ..StreamUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (faster.interval_ms(), faster.timeout_ms()),
+            (Some(60_000), 60_000)
+        );
+        let cron = spec
+            .patched(StreamUpdate {
+                cron: Some("0 0 * * * *".into()),
+                ..StreamUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (cron.interval_ms(), cron.cron()),
+            (None, Some("0 0 * * * *"))
+        );
+    }
+
+    #[test]
+    fn a_patch_keeps_what_it_does_not_name() {
+        let spec = StreamSpec::parse(input(base())).unwrap();
+        let rotated = spec
+            .patched(StreamUpdate {
+                secret_key: Some(SecretKey::new("rotated")),
+                ..StreamUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(rotated.secret_key().expose(), "rotated");
+        assert_eq!(rotated.endpoint(), spec.endpoint());
+        assert_eq!(rotated.schedule(), spec.schedule());
+        assert_eq!(rotated.params(), spec.params());
+        assert_eq!(rotated.bucket_name(), spec.bucket_name());
+        assert_eq!(rotated.rate_limit(), spec.rate_limit());
+        let both = spec.patched(StreamUpdate {
+            interval: Some(60_000),
+            cron: Some("0 0 * * * *".into()),
+            ..StreamUpdate::default()
+        });
+        assert!(both.is_err(), "interval and cron together");
+    }
+
+    #[test]
+    fn rate_limits_default_to_community_and_are_checked() {
+        let spec = StreamSpec::parse(input(base())).unwrap();
+        assert_eq!(spec.rate_limit(), RateLimit::COMMUNITY);
+        let mut v = base();
+        v["rate_limit"] = json!({"per_minute": 0, "per_day": 1000000});
+        let spec = StreamSpec::parse(input(v.clone())).unwrap();
+        assert_eq!(
+            spec.rate_limit(),
+            RateLimit {
+                per_minute: 0,
+                per_day: 1_000_000,
+                per_month: 10_000
+            }
+        );
+        let patched = spec
+            .patched(StreamUpdate {
+                rate_limit: Some(RateLimitInput {
+                    per_month: Some(0),
+                    ..RateLimitInput::default()
+                }),
+                ..StreamUpdate::default()
+            })
+            .unwrap();
+        assert_eq!(
+            (patched.rate_limit().per_day, patched.rate_limit().per_month),
+            (1_000_000, 0),
+            "a window left out keeps its value"
+        );
+        v["rate_limit"] = json!({"per_minute": -1, "per_day": 1000001});
+        let Invalid(problems) = StreamSpec::parse(input(v)).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("rate_limit.per_minute"));
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let spec = StreamSpec::parse(input(base())).unwrap();
+        assert!(!format!("{spec:?}").contains("\"k\""));
+    }
+
+    fn row(spec: StreamSpec) -> StreamRow {
+        StreamRow {
+            id: Uuid::now_v7(),
+            spec,
+            state: StreamState::Running,
+            worker_id: Some("w1".into()),
+            generation: 3,
+            last_result_at: Some(1_795_870_800_123),
+            last_error: None,
+            last_error_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_view_shows_no_key_and_rfc3339_times() {
+        let row = row(StreamSpec::parse(input(base())).unwrap());
+        let connected = HashSet::from(["w1".to_owned()]);
+        let view = serde_json::to_value(row.view(&connected)).unwrap();
+        assert_eq!(view["secret_key"], "***");
+        assert_eq!(view["status"], "running");
+        assert_eq!(view["interval"], 300_000);
+        assert_eq!(view["cron"], Value::Null);
+        assert_eq!(view["last_result_at"], "2026-11-28T13:00:00.123Z");
+        assert_eq!(view["created_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            view["rate_limit"],
+            json!({"per_minute": 5, "per_day": 500, "per_month": 10000})
+        );
+        assert_eq!(row.status(&HashSet::new()), StreamStatus::Pending);
+    }
+
+    #[test]
+    fn a_row_becomes_the_config_its_worker_runs() {
+        let row = row(StreamSpec::parse(input(base())).unwrap());
+        let config = StreamConfig::from(&row);
+        assert_eq!(config.stream_id, row.id);
+        assert_eq!(config.generation, 3);
+        assert_eq!(config.secret_key.expose(), "k");
+        assert_eq!(config.schedule, Schedule::Interval { millis: 300_000 });
+        assert_eq!(
+            config.params["lat"], "52.52",
+            "numbers travel as their JSON text"
+        );
+    }
+}

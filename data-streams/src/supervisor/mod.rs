@@ -1,0 +1,188 @@
+//! Supervision, the one door into changing streams and workers: the HTTP API creates, changes,
+//! deletes, starts and stops streams here; the worker port reports connections, what a worker
+//! runs and what it stored here; the periodic sweep runs here. Nothing else writes a stream.
+//!
+//! The database holds each stream's desired state and assignment (worker, generation); the
+//! [`sessions`] hold the connected workers, and this module makes the two match. Assignment
+//! decisions are serialised by one lock so two triggers (a worker connecting, a stream started
+//! over the API, the sweep) never hand the same stream out twice; [`placement`] decides where
+//! each stream goes, as a pure function. Calls to workers run concurrently, bounded.
+//!
+//! - `mod.rs`: the stream commands of the API;
+//! - `workers.rs`: what the worker port reports (connect, disconnect, what runs, events);
+//! - `assign.rs`: handing streams out, taking them back, telling workers;
+//! - `placement.rs`: where each stream goes; `sweep.rs`: the periodic housekeeping job;
+//! - `sessions.rs`: the connected workers.
+
+mod assign;
+pub mod placement;
+mod sessions;
+mod sweep;
+mod workers;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::now_ms;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+use crate::stream::{Invalid, StreamRow, StreamSpec, StreamState, StreamUpdate};
+use sessions::Sessions;
+
+pub use sweep::Housekeeping;
+
+/// Why a stream command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("stream {0} not found")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+struct Inner {
+    db: Db,
+    sessions: Sessions,
+    assign_lock: tokio::sync::Mutex<()>,
+    call_timeout: Duration,
+    /// How long a disconnected worker keeps its streams (the heartbeat timeout).
+    grace: Duration,
+    /// Wakes the reconciler (a worker (re)connected: what it stored unreported gets indexed).
+    reconcile_soon: Arc<Notify>,
+}
+
+/// The supervision core, shared by the worker port, the HTTP API and the sweep.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// A supervisor over `db`. A disconnected worker keeps its streams for `grace` (the heartbeat
+    /// timeout) so a quick restart does not shuffle them; `reconcile_soon` is notified when a
+    /// worker (re)connects.
+    pub fn new(
+        db: Db,
+        call_timeout: Duration,
+        grace: Duration,
+        reconcile_soon: Arc<Notify>,
+    ) -> Self {
+        Supervisor {
+            inner: Arc::new(Inner {
+                db,
+                sessions: Sessions::default(),
+                assign_lock: tokio::sync::Mutex::new(()),
+                call_timeout,
+                grace,
+                reconcile_soon,
+            }),
+        }
+    }
+
+    /// Ids of the connected workers.
+    pub fn connected_workers(&self) -> HashSet<String> {
+        self.inner.sessions.ids()
+    }
+
+    async fn stream(&self, id: Uuid) -> Result<StreamRow, SupervisorError> {
+        self.inner
+            .db
+            .get_stream(id)
+            .await?
+            .ok_or(SupervisorError::NotFound(id))
+    }
+
+    /// `POST /streams`: store a validated stream, running (and placed at once when a worker
+    /// can take it) or stopped.
+    pub async fn create(
+        &self,
+        spec: StreamSpec,
+        start: bool,
+    ) -> Result<StreamRow, SupervisorError> {
+        let state = if start {
+            StreamState::Running
+        } else {
+            StreamState::Stopped
+        };
+        let row = self
+            .inner
+            .db
+            .insert_stream(Uuid::now_v7(), &spec, state, now_ms())
+            .await?;
+        tracing::info!(stream_id = %row.id, "stream created");
+        if !start {
+            return Ok(row);
+        }
+        self.assign_pending().await;
+        Ok(self.inner.db.get_stream(row.id).await?.unwrap_or(row))
+    }
+
+    /// `PATCH /streams/{id}`: apply the update, validate the stream as a whole, store it, and
+    /// hand its worker the new config (applied at the end of the current interval).
+    pub async fn update(
+        &self,
+        id: Uuid,
+        update: StreamUpdate,
+    ) -> Result<StreamRow, SupervisorError> {
+        let spec = self.stream(id).await?.spec.patched(update)?;
+        let row = self
+            .inner
+            .db
+            .update_stream(id, &spec, now_ms())
+            .await?
+            .ok_or(SupervisorError::NotFound(id))?;
+        self.reconfigure(&row).await;
+        Ok(row)
+    }
+
+    /// `DELETE /streams/{id}`: stop it on its worker, then delete it with its references,
+    /// readings and failed runs. Its raw objects stay in the bucket.
+    pub async fn delete(&self, id: Uuid) -> Result<(), SupervisorError> {
+        let row = self.stream(id).await?;
+        self.inner
+            .db
+            .set_state(id, StreamState::Stopped, None, false, now_ms())
+            .await?;
+        self.stop_on_worker(&row).await;
+        self.inner.db.delete_stream(id).await?;
+        tracing::info!(stream_id = %id, "stream deleted (its objects stay in the bucket)");
+        Ok(())
+    }
+
+    /// `POST /streams/{id}/start`: desired state running (a past error is cleared), then run it
+    /// somewhere. Idempotent.
+    pub async fn start(&self, id: Uuid) -> Result<StreamRow, SupervisorError> {
+        let row = self
+            .inner
+            .db
+            .set_state(id, StreamState::Running, None, true, now_ms())
+            .await?
+            .ok_or(SupervisorError::NotFound(id))?;
+        match row.worker_id.as_deref() {
+            // Already placed on a connected worker: `worker:start` is idempotent there.
+            Some(worker_id) if self.inner.sessions.get(worker_id).is_some() => {
+                self.reconfigure(&row).await
+            }
+            _ => self.assign_pending().await,
+        }
+        Ok(self.inner.db.get_stream(id).await?.unwrap_or(row))
+    }
+
+    /// `POST /streams/{id}/stop`: desired state stopped, and tell its worker. Idempotent.
+    pub async fn stop(&self, id: Uuid) -> Result<StreamRow, SupervisorError> {
+        let before = self.stream(id).await?;
+        let row = self
+            .inner
+            .db
+            .set_state(id, StreamState::Stopped, None, false, now_ms())
+            .await?
+            .ok_or(SupervisorError::NotFound(id))?;
+        self.stop_on_worker(&before).await;
+        Ok(row)
+    }
+}

@@ -1,0 +1,92 @@
+//! What the worker port reports: a worker connected or went away, what it runs, what it stored.
+
+use common::now_ms;
+use protocol::{LinkHandle, ResultRecord, RunFailure, RunningStream};
+
+use super::Supervisor;
+use crate::db::{DbError, PersistStats};
+
+impl Supervisor {
+    /// Register a worker that passed the handshake. An older session of the same worker is
+    /// closed: the newest connection wins. Returns this connection's id.
+    pub async fn worker_connected(
+        &self,
+        worker_id: &str,
+        capacity: u32,
+        adapters: Vec<String>,
+        link: LinkHandle,
+    ) -> Result<u64, DbError> {
+        self.inner
+            .db
+            .upsert_worker(worker_id, i64::from(capacity), &adapters, now_ms())
+            .await?;
+        let (conn_id, previous) = self
+            .inner
+            .sessions
+            .insert(worker_id, capacity, adapters, link);
+        if let Some(old) = previous {
+            tracing::warn!(
+                worker_id,
+                "worker connected again; closing its older connection"
+            );
+            old.link.close().await;
+        }
+        metrics::gauge!("ds_workers_connected").set(self.inner.sessions.len() as f64);
+        Ok(conn_id)
+    }
+
+    /// A worker's link ended. Its streams stay assigned for the grace period; if it has not come
+    /// back by then, they go to the other workers.
+    pub async fn worker_disconnected(&self, worker_id: &str, conn_id: u64) {
+        if !self.inner.sessions.remove(worker_id, conn_id) {
+            return;
+        }
+        metrics::gauge!("ds_workers_connected").set(self.inner.sessions.len() as f64);
+        if let Err(err) = self
+            .inner
+            .db
+            .set_worker_disconnected(worker_id, now_ms())
+            .await
+        {
+            tracing::error!(worker_id, "could not record the disconnect: {err}");
+        }
+        let this = self.clone();
+        let worker_id = worker_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.inner.grace).await;
+            if this.inner.sessions.get(&worker_id).is_none() {
+                this.release_worker(&worker_id).await;
+            }
+        });
+    }
+
+    /// Answer `data-streams:worker_available` (every connect): index what the worker stored
+    /// but could not report (the reconciler, soon), stop what it runs that is no longer its own,
+    /// (re)start what it should run, then assign pending streams. It calls the worker over the
+    /// link whose session reported this, so the session runs it beside its loop, never in it.
+    pub async fn worker_available(&self, worker_id: &str, running: Vec<RunningStream>) {
+        self.inner.reconcile_soon.notify_one();
+        self.bring_in_line(worker_id, running).await;
+    }
+
+    /// Commit a batch of a worker's events (one transaction), then mark failed the streams whose
+    /// worker stopped them (bad or expired key). The caller acknowledges the batch only after
+    /// this returns `Ok`.
+    pub async fn persist(
+        &self,
+        worker_id: &str,
+        results: &[ResultRecord],
+        failures: &[RunFailure],
+    ) -> Result<PersistStats, DbError> {
+        let stats = self.inner.db.persist_events(results, failures).await?;
+        for failure in failures.iter().filter(|f| f.stream_stopped) {
+            self.stream_failed(
+                failure.stream_id,
+                worker_id,
+                &format!("{}: {}", failure.class, failure.message),
+            )
+            .await;
+        }
+        Ok(stats)
+    }
+}

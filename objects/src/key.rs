@@ -1,0 +1,155 @@
+//! [`ObjectKey`]: where a raw result lives in its bucket, built, listed by prefix and parsed
+//! back in one place. The worker builds keys, the reconciler lists the prefixes and reads the
+//! result id back out of every name it finds.
+
+use std::fmt;
+
+use chrono::NaiveDate;
+use uuid::Uuid;
+
+/// `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`. The date is the UTC day of the
+/// fetch, which the UUIDv7 `result_id` also carries, so a listing of one stream is a timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    adapter: String,
+    stream_id: Uuid,
+    date: NaiveDate,
+    result_id: Uuid,
+}
+
+impl ObjectKey {
+    /// The key of a result fetched on `date` (UTC).
+    pub fn new(adapter: &str, stream_id: Uuid, date: NaiveDate, result_id: Uuid) -> Self {
+        ObjectKey {
+            adapter: adapter.to_owned(),
+            stream_id,
+            date,
+            result_id,
+        }
+    }
+
+    /// The key of a result, dated by the time in its UUIDv7 (today when it carries none).
+    pub fn for_result(adapter: &str, stream_id: Uuid, result_id: Uuid) -> Self {
+        let date = uuid_time_ms(result_id)
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or_else(chrono::Utc::now)
+            .date_naive();
+        ObjectKey::new(adapter, stream_id, date, result_id)
+    }
+
+    /// Every object of one stream: `<adapter>/<stream_id>/`.
+    pub fn stream_prefix(adapter: &str, stream_id: Uuid) -> String {
+        format!("{adapter}/{stream_id}/")
+    }
+
+    /// One day's partition of one stream: `<adapter>/<stream_id>/dt=YYYY-MM-DD/`.
+    pub fn day_prefix(adapter: &str, stream_id: Uuid, date: NaiveDate) -> String {
+        format!("{adapter}/{stream_id}/dt={}/", date.format("%Y-%m-%d"))
+    }
+
+    /// A key in this layout, or `None` for any other name (a foreign object, a temporary file).
+    pub fn parse(key: &str) -> Option<Self> {
+        let mut parts = key.split('/');
+        let (adapter, stream, day, name) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || adapter.is_empty() {
+            return None;
+        }
+        let date = NaiveDate::parse_from_str(day.strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
+        Some(ObjectKey {
+            adapter: adapter.to_owned(),
+            stream_id: Uuid::parse_str(stream).ok()?,
+            date,
+            result_id: Uuid::parse_str(name.strip_suffix(".json")?).ok()?,
+        })
+    }
+
+    pub fn adapter(&self) -> &str {
+        &self.adapter
+    }
+
+    pub fn stream_id(&self) -> Uuid {
+        self.stream_id
+    }
+
+    /// The UTC day of the fetch.
+    pub fn date(&self) -> NaiveDate {
+        self.date
+    }
+
+    pub fn result_id(&self) -> Uuid {
+        self.result_id
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}.json",
+            ObjectKey::day_prefix(&self.adapter, self.stream_id, self.date),
+            self.result_id
+        )
+    }
+}
+
+/// The Unix time in a UUIDv7 (or v1/v6), in milliseconds; `None` for ids without one.
+pub fn uuid_time_ms(id: Uuid) -> Option<i64> {
+    id.get_timestamp().map(|ts| {
+        let (secs, nanos) = ts.to_unix();
+        secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_has_the_documented_layout_and_parses_back() {
+        let stream = Uuid::now_v7();
+        let result = Uuid::now_v7();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let key = ObjectKey::new("IQAIR_DAILY", stream, day, result);
+        let text = key.to_string();
+        assert_eq!(
+            text,
+            format!("IQAIR_DAILY/{stream}/dt=2026-11-22/{result}.json")
+        );
+        assert!(text.starts_with(&ObjectKey::stream_prefix("IQAIR_DAILY", stream)));
+        assert!(text.starts_with(&ObjectKey::day_prefix("IQAIR_DAILY", stream, day)));
+        assert_eq!(ObjectKey::parse(&text), Some(key));
+        crate::validate_key(&text).unwrap();
+    }
+
+    #[test]
+    fn result_ids_come_from_the_file_name_and_foreign_names_are_none() {
+        let id = Uuid::now_v7();
+        let parsed = ObjectKey::parse(&format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json"));
+        assert_eq!(parsed.map(|k| k.result_id()), Some(id));
+        for foreign in [
+            format!("IQAIR_DAILY/{id}/dt=2026-11-22/notes.txt"),
+            format!("IQAIR_DAILY/{id}/dt=2026-11-22/abc.json"),
+            format!("IQAIR_DAILY/x/dt=2026-11-22/{id}.json"),
+            format!("IQAIR_DAILY/{id}/2026-11-22/{id}.json"),
+            format!("IQAIR_DAILY/{id}/dt=2026-11-22/more/{id}.json"),
+            format!("{id}.json"),
+        ] {
+            assert_eq!(ObjectKey::parse(&foreign), None, "{foreign}");
+        }
+    }
+
+    #[test]
+    fn the_date_comes_from_the_uuid7_time() {
+        let ms = 1_795_870_800_123; // 2026-11-28T13:00:00.123Z
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            (ms / 1000) as u64,
+            ((ms % 1000) * 1_000_000) as u32,
+        ));
+        assert_eq!(uuid_time_ms(id), Some(ms));
+        let key = ObjectKey::for_result("IQAIR_DAILY", Uuid::nil(), id);
+        assert_eq!(key.date(), NaiveDate::from_ymd_opt(2026, 11, 28).unwrap());
+        assert_eq!(uuid_time_ms(Uuid::new_v4()), None);
+    }
+}
