@@ -21,11 +21,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY protocol/Cargo.toml protocol/
 COPY objects/Cargo.toml objects/
 COPY worker/Cargo.toml worker/
+COPY iqair-sim/Cargo.toml iqair-sim/
 COPY data-streams/Cargo.toml data-streams/
 # The benchmark crate is a workspace member that is never built here: its manifest and an empty
 # main.rs only let Cargo load the workspace.
 COPY bench/Cargo.toml bench/
-RUN for crate in protocol objects worker data-streams; do \
+RUN for crate in protocol objects worker iqair-sim data-streams; do \
         mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; \
     done \
  && mkdir -p bench/src && touch bench/src/main.rs \
@@ -36,12 +37,13 @@ RUN for crate in protocol objects worker data-streams; do \
 COPY protocol protocol
 COPY objects objects
 COPY worker worker
+COPY iqair-sim iqair-sim
 COPY data-streams data-streams
 
 # The target directory is a BuildKit cache, so a rebuild recompiles only what changed. It is not
 # part of the image, so the binaries are copied out of it in the same step.
 RUN --mount=type=cache,id=data-streams-target,target=/src/target,sharing=locked \
-    cargo build --release --locked --offline -p data-streams -p worker --bins \
+    cargo build --release --locked --offline -p data-streams -p worker -p iqair-sim --bins \
  && mkdir -p /out \
  && cp target/release/data-streams target/release/worker target/release/iqair-sim /out/
 

@@ -173,12 +173,12 @@ async fn the_budget_keeps_a_shared_key_under_the_simulators_community_limits() {
     let stop = shutdown.clone();
     let _guard = shutdown.clone().drop_guard();
     tokio::spawn(async move {
-        let config = worker::sim::SimConfig {
+        let config = iqair_sim::SimConfig {
             keys: vec![helpers::IQAIR_KEY.to_owned()],
-            limits: worker::sim::Limits::community(),
-            ..worker::sim::SimConfig::default()
+            limits: iqair_sim::Limits::community(),
+            ..iqair_sim::SimConfig::default()
         };
-        let _ = worker::sim::serve(listener, config, async move { stop.cancelled().await }).await;
+        let _ = iqair_sim::serve(listener, config, async move { stop.cancelled().await }).await;
     });
 
     let app = spawn_app().await;

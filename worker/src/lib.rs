@@ -15,7 +15,6 @@ pub mod ratelimit;
 pub mod runner;
 pub mod scheduler;
 pub mod settings;
-pub mod sim;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iqair_sim::{self as sim, Limits, SimConfig};
 use protocol::FailureClass;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -12,7 +13,6 @@ use tokio::sync::oneshot;
 use worker::adapters::{
     registry, Adapter, AdapterError, FetchRequest, Fetched, RateLimitScope, Retry,
 };
-use worker::sim::{self, Limits, SimConfig};
 
 /// Distinctive, so a leak into a message cannot be a coincidence.
 const KEY: &str = "3f2b9c1e-7d4a-4e8b-9a6f-5c0d1e2f3a4b";

@@ -161,15 +161,14 @@ impl Sim {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
         let addr = listener.local_addr().expect("sim address");
         let shutdown = CancellationToken::new();
-        let config = worker::sim::SimConfig {
+        let config = iqair_sim::SimConfig {
             keys: vec![IQAIR_KEY.to_owned()],
-            limits: worker::sim::Limits::off(),
-            ..worker::sim::SimConfig::default()
+            limits: iqair_sim::Limits::off(),
+            ..iqair_sim::SimConfig::default()
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ =
-                worker::sim::serve(listener, config, async move { stop.cancelled().await }).await;
+            let _ = iqair_sim::serve(listener, config, async move { stop.cancelled().await }).await;
         });
         Sim { addr, shutdown }
     }

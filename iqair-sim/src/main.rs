@@ -1,12 +1,12 @@
-//! `iqair-sim`: the local IQAir AirVisual v2 simulator (see `worker::sim` for endpoints, faults
-//! and the admin API).
+//! `iqair-sim`: the local IQAir AirVisual v2 simulator (see the `iqair_sim` library for
+//! endpoints, faults and the admin API).
 
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use iqair_sim::{Fault, FaultRule, Limits, SimConfig};
 use tracing_subscriber::EnvFilter;
-use worker::sim::{self, Fault, FaultRule, Limits, SimConfig};
 
 /// A local stand-in for the IQAir AirVisual v2 API (Community plan).
 #[derive(Debug, Parser)]
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Scripts wait for this exact line.
     println!("iqair-sim listening on http://{addr}");
-    sim::serve(listener, config, shutdown_signal())
+    iqair_sim::serve(listener, config, shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("iqair-sim stopped");

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use iqair_sim::{self as sim, Fault, FaultRule, Limits, SimConfig, Stats};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use worker::sim::{self, Fault, FaultRule, Limits, SimConfig, Stats};
 
 struct Sim {
     base: String,
