@@ -18,6 +18,8 @@ WORKDIR /src
 # stubs; the real sources replace them below. Fetching for the build platform only skips the
 # Windows/macOS-only crates in Cargo.lock.
 COPY Cargo.toml Cargo.lock ./
+COPY common/Cargo.toml common/
+COPY catalogue/Cargo.toml catalogue/
 COPY protocol/Cargo.toml protocol/
 COPY objects/Cargo.toml objects/
 COPY worker/Cargo.toml worker/
@@ -26,7 +28,7 @@ COPY data-streams/Cargo.toml data-streams/
 # The benchmark crate is a workspace member that is never built here: its manifest and an empty
 # main.rs only let Cargo load the workspace.
 COPY bench/Cargo.toml bench/
-RUN for crate in protocol objects worker iqair-sim data-streams; do \
+RUN for crate in common catalogue protocol objects worker iqair-sim data-streams; do \
         mkdir -p "$crate/src" && touch "$crate/src/lib.rs"; \
     done \
  && mkdir -p bench/src && touch bench/src/main.rs \
@@ -34,6 +36,8 @@ RUN for crate in protocol objects worker iqair-sim data-streams; do \
 
 # The sources (migrations included: sqlx::migrate! embeds them at compile time). Only the crates
 # are copied, so edits to docs, scripts or compose files do not invalidate the build.
+COPY common common
+COPY catalogue catalogue
 COPY protocol protocol
 COPY objects objects
 COPY worker worker

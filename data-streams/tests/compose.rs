@@ -823,6 +823,83 @@ fn dockerfile() -> Vec<(String, String)> {
     instructions
 }
 
+/// Every workspace package as (name, folder relative to the workspace, is tooling): tooling
+/// (`publish = false`, the bench crate) is never built into the image.
+fn workspace_packages() -> Vec<(String, String, bool)> {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(output.status.success(), "cargo metadata failed");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|package| {
+            let manifest = Path::new(package["manifest_path"].as_str().expect("a manifest"));
+            let folder = manifest
+                .parent()
+                .and_then(|dir| dir.strip_prefix(workspace_root()).ok())
+                .expect("members live in the workspace")
+                .display()
+                .to_string();
+            let tooling = package["publish"].as_array().is_some_and(|p| p.is_empty());
+            let name = package["name"].as_str().expect("a package name").to_owned();
+            (name, folder, tooling)
+        })
+        .collect()
+}
+
+#[test]
+fn the_builder_has_every_crate_the_binaries_need() {
+    let instructions = dockerfile();
+    let has = |instruction: &str, args: &str| {
+        instructions.iter().any(|(i, a)| {
+            i == instruction && a.split_whitespace().collect::<Vec<_>>().join(" ") == args
+        })
+    };
+    let builds: Vec<&String> = instructions
+        .iter()
+        .filter(|(i, args)| i == "RUN" && args.contains("cargo build"))
+        .map(|(_, args)| args)
+        .collect();
+    let stubs = instructions
+        .iter()
+        .find(|(i, args)| i == "RUN" && args.contains("cargo fetch"))
+        .map(|(_, args)| args.clone())
+        .expect("a RUN that fetches the dependencies from the manifests");
+    let binary_packages: BTreeSet<&String> = workspace_bins().values().collect();
+    for (name, folder, tooling) in workspace_packages() {
+        // Cargo loads the whole workspace, so every member's manifest is needed to fetch.
+        assert!(
+            has("COPY", &format!("{folder}/Cargo.toml {folder}/")),
+            "the Dockerfile does not copy {folder}/Cargo.toml"
+        );
+        if tooling {
+            continue;
+        }
+        assert!(
+            has("COPY", &format!("{folder} {folder}")),
+            "the Dockerfile does not copy the sources of {name} ({folder})"
+        );
+        assert!(
+            stubs
+                .split_whitespace()
+                .any(|w| w.trim_end_matches(';') == folder),
+            "the dependency layer has no stub for {folder}: {stubs}"
+        );
+        if binary_packages.contains(&name) {
+            assert!(
+                builds.iter().any(|b| b.contains(&format!("-p {name} "))),
+                "no cargo build in the Dockerfile builds package {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_dockerfile_builds_every_binary_in_stages_and_runs_them_unprivileged() {
     let instructions = dockerfile();
