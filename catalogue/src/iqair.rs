@@ -362,18 +362,15 @@ fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
+/// Real answer shapes (IQAIR.md §3.2), for tests and for the API's documented examples.
+pub mod examples {
     /// A Community `nearest_city` answer in the 2026 shape (IQAIR.md §3.2): pollution first,
     /// `heatIndex`, float wind speed.
-    const SUCCESS_2026: &str = r#"{"status":"success","data":{"city":"Los Angeles","state":"California","country":"USA","location":{"type":"Point","coordinates":[-118.2417,34.0669]},"current":{"pollution":{"ts":"2026-03-01T10:00:00.000Z","aqius":66,"mainus":"p2","aqicn":44,"maincn":"p1"},"weather":{"ts":"2026-03-01T11:00:00.000Z","ic":"04n","hu":86,"pr":1012,"tp":6,"wd":252,"ws":4.54,"heatIndex":7}}}}"#;
+    pub const SUCCESS_2026: &str = r#"{"status":"success","data":{"city":"Los Angeles","state":"California","country":"USA","location":{"type":"Point","coordinates":[-118.2417,34.0669]},"current":{"pollution":{"ts":"2026-03-01T10:00:00.000Z","aqius":66,"mainus":"p2","aqicn":44,"maincn":"p1"},"weather":{"ts":"2026-03-01T11:00:00.000Z","ic":"04n","hu":86,"pr":1012,"tp":6,"wd":252,"ws":4.54,"heatIndex":7}}}}"#;
 
     /// The 2018 shape: weather before pollution, other key order inside weather, integer `ws`,
     /// no heat index, a `ts` that is not on the hour.
-    const SUCCESS_2018: &str = r#"{
+    pub const SUCCESS_2018: &str = r#"{
       "status": "success",
       "data": {
         "city": "Beijing", "state": "Beijing", "country": "China",
@@ -384,6 +381,14 @@ mod tests {
         }
       }
     }"#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    use examples::{SUCCESS_2018, SUCCESS_2026};
 
     fn ok(body: &str) -> Measurement {
         parse(body.as_bytes()).unwrap_or_else(|| panic!("expected a measurement for {body}"))

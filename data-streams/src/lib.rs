@@ -44,12 +44,8 @@ pub enum StartupError {
         #[source]
         source: DbError,
     },
-    #[error("object store {url}: {source}")]
-    ObjectStore {
-        url: String,
-        #[source]
-        source: objects::StoreError,
-    },
+    #[error(transparent)]
+    ObjectStore(#[from] objects::OpenError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: String,
@@ -98,24 +94,9 @@ impl Application {
             Err(missing) => return Err(StartupError::TlsIncomplete { missing }),
         };
         let db = connect_db(&settings).await?;
-        let store = objects::open(
-            &settings.object_store_url,
-            objects::StoreOptions {
-                create_buckets: settings.create_buckets,
-            },
-        )
-        .await
-        .map_err(|source| StartupError::ObjectStore {
-            url: settings.object_store_url.clone(),
-            source,
-        })?;
-        match store.check().await {
-            Ok(()) => tracing::info!(store = %store.describe(), "object store ready"),
-            Err(err) => {
-                // Not fatal: raw reads fail with 503 and /readyz says why until it is back.
-                tracing::error!(store = %store.describe(), "object store not reachable at start: {err}");
-            }
-        }
+        // A store that is down at start is not fatal: raw reads fail with 503 and /readyz says
+        // why until it is back.
+        let store = settings.store.open().await?;
         // Nothing is connected to a process that just started.
         for w in db
             .list_workers()
@@ -178,16 +159,8 @@ impl Application {
 
     /// Serve until `shutdown` is cancelled, then drain.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
-        let Application {
-            settings,
-            http,
-            worker_port,
-            worker_tls,
-            supervisor,
-            db,
-            store,
-            reconciler,
-        } = self;
+        let settings = self.settings;
+        let (supervisor, db) = (self.supervisor, self.db);
         let (token, dev_token) = settings.worker_token();
         if dev_token {
             tracing::warn!("DATA_STREAMS_WORKER_TOKEN is not set: workers authenticate with the development token");
@@ -204,7 +177,7 @@ impl Application {
             heartbeat_interval: settings.heartbeat_interval(),
             heartbeat_timeout: settings.heartbeat_timeout(),
             handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms.max(1)),
-            tls: worker_tls,
+            tls: self.worker_tls,
         };
         if port_settings.tls.is_some() {
             tracing::info!("the worker port accepts TLS only");
@@ -212,7 +185,7 @@ impl Application {
             tracing::warn!("WORKER_TLS_CERT is not set: the worker link is plain TCP: stream configurations, secret keys included, cross the network unencrypted");
         }
         tracker.spawn(worker_port::serve(
-            worker_port,
+            self.worker_port,
             port_settings,
             supervisor.clone(),
             shutdown.clone(),
@@ -225,7 +198,7 @@ impl Application {
         )
         .await
         .map_err(StartupError::Scheduler)?;
-        tracker.spawn(reconciler.clone().run(
+        tracker.spawn(self.reconciler.clone().run(
             Duration::from_millis(settings.reconcile_interval_ms.max(100)),
             shutdown.clone(),
         ));
@@ -233,12 +206,13 @@ impl Application {
         let state = api::AppState {
             supervisor: supervisor.clone(),
             db: db.clone(),
-            store,
-            reconciler,
+            store: self.store,
+            reconciler: self.reconciler,
             api_token_digest: api_token.as_ref().map(common::SecretKey::digest),
             metrics: metrics_handle(),
         };
         let app = api::router(state, settings.max_body_bytes);
+        let http = self.http;
         tracing::info!(http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
         let served = axum::serve(http, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::Parser;
 use common::SecretKey;
 
 /// Settings of the `data-streams` binary. Secrets are [`SecretKey`]s (`***` in `Debug`); the
@@ -48,12 +48,8 @@ pub struct Settings {
     /// How long to keep trying to reach the database at start before exiting non-zero, in s.
     #[arg(long, env = "DATABASE_CONNECT_RETRY_SECS", default_value_t = 30)]
     pub database_connect_retry_secs: u64,
-    /// Where raw responses are: `file://<folder>` or `s3://`.
-    #[arg(long, env = "OBJECT_STORE_URL", default_value = "file://data/objects")]
-    pub object_store_url: String,
-    /// Create a missing bucket when asked to (the worker writes; this side reads).
-    #[arg(long, env = "OBJECT_STORE_CREATE_BUCKETS", default_value_t = true, action = ArgAction::Set)]
-    pub create_buckets: bool,
+    #[command(flatten)]
+    pub store: objects::StoreSettings,
     /// Heartbeat period on the worker link, in ms.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 2_000)]
     pub heartbeat_interval_ms: u64,
@@ -148,8 +144,8 @@ impl Settings {
             if dev { "<dev token>" } else { "***" },
             if self.api_token().is_some() { "***" } else { "<none: API open>" },
             self.database_target(),
-            self.object_store_url,
-            self.create_buckets,
+            self.store.object_store_url,
+            self.store.create_buckets,
             self.heartbeat_interval_ms,
             self.heartbeat_timeout_ms,
             self.call_timeout_ms,

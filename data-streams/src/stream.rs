@@ -83,18 +83,19 @@ pub struct StreamUpdate {
 #[error("the stream is not valid: {}", .0.join("; "))]
 pub struct Invalid(pub Vec<String>);
 
-/// A stream that passed validation. Built only by [`StreamSpec::parse`] and
-/// [`StreamSpec::patched`] (and by the database, which stores nothing else).
+/// A stream that passed validation. Outside this crate it is built only by
+/// [`StreamSpec::parse`] and [`StreamSpec::patched`]; inside, also by the database, which stores
+/// nothing else.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSpec {
-    adapter: String,
-    endpoint: String,
-    secret_key: SecretKey,
-    schedule: Schedule,
-    timeout_ms: u64,
-    bucket_name: String,
-    params: Map<String, Value>,
-    rate_limit: RateLimit,
+    pub(crate) adapter: String,
+    pub(crate) endpoint: String,
+    pub(crate) secret_key: SecretKey,
+    pub(crate) schedule: Schedule,
+    pub(crate) timeout_ms: u64,
+    pub(crate) bucket_name: String,
+    pub(crate) params: Map<String, Value>,
+    pub(crate) rate_limit: RateLimit,
 }
 
 /// Every field of a stream before validation: a new stream's, or a stored one with an update
@@ -163,30 +164,6 @@ impl StreamSpec {
             rate_input: update.rate_limit,
         }
         .check()
-    }
-
-    /// A spec as the database stored it: it stores only specs that passed [`StreamSpec::parse`].
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn stored(
-        adapter: String,
-        endpoint: String,
-        secret_key: SecretKey,
-        schedule: Schedule,
-        timeout_ms: u64,
-        bucket_name: String,
-        params: Map<String, Value>,
-        rate_limit: RateLimit,
-    ) -> Self {
-        StreamSpec {
-            adapter,
-            endpoint,
-            secret_key,
-            schedule,
-            timeout_ms,
-            bucket_name,
-            params,
-            rate_limit,
-        }
     }
 
     /// e.g. `IQAIR_DAILY`: a name in the adapter catalogue.

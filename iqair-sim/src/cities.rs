@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 /// A built-in city. `base_aqi` and `mean_temp` give each place its own character (Delhi is not
 /// Reykjavik); the hourly values vary around them.
@@ -17,26 +18,6 @@ pub(crate) struct City {
     pub mean_temp: f64,
 }
 
-const fn city(
-    name: &'static str,
-    state: &'static str,
-    country: &'static str,
-    lat: f64,
-    lon: f64,
-    base_aqi: f64,
-    mean_temp: f64,
-) -> City {
-    City {
-        name,
-        state,
-        country,
-        lat,
-        lon,
-        base_aqi,
-        mean_temp,
-    }
-}
-
 /// Where IP-mode `nearest_city` (no `lat`/`lon`) lands: the simulator cannot geolocate loopback.
 pub(crate) const IP_MODE_CITY: usize = 0;
 
@@ -44,391 +25,39 @@ pub(crate) const IP_MODE_CITY: usize = 0;
 /// differs by place (benchmarks use thousands of points).
 const NEAREST_CITY_RADIUS_KM: f64 = 100.0;
 
-pub(crate) static CITIES: &[City] = &[
-    city(
-        "Los Angeles",
-        "California",
-        "USA",
-        34.0522,
-        -118.2437,
-        55.0,
-        18.0,
-    ),
-    city(
-        "New York City",
-        "New York",
-        "USA",
-        40.7128,
-        -74.0060,
-        40.0,
-        13.0,
-    ),
-    city("Chicago", "Illinois", "USA", 41.8781, -87.6298, 45.0, 10.0),
-    city("Houston", "Texas", "USA", 29.7604, -95.3698, 50.0, 21.0),
-    city("Denver", "Colorado", "USA", 39.7392, -104.9903, 45.0, 10.0),
-    city(
-        "Seattle",
-        "Washington",
-        "USA",
-        47.6062,
-        -122.3321,
-        30.0,
-        11.0,
-    ),
-    city("Miami", "Florida", "USA", 25.7617, -80.1918, 35.0, 25.0),
-    city("Anchorage", "Alaska", "USA", 61.2181, -149.9003, 15.0, 3.0),
-    city("Honolulu", "Hawaii", "USA", 21.3069, -157.8583, 20.0, 25.0),
-    city("Toronto", "Ontario", "Canada", 43.6532, -79.3832, 30.0, 9.0),
-    city(
-        "Vancouver",
-        "British Columbia",
-        "Canada",
-        49.2827,
-        -123.1207,
-        25.0,
-        11.0,
-    ),
-    city("Montreal", "Quebec", "Canada", 45.5017, -73.5673, 30.0, 7.0),
-    city(
-        "Mexico City",
-        "Mexico City",
-        "Mexico",
-        19.4326,
-        -99.1332,
-        85.0,
-        17.0,
-    ),
-    city("Bogota", "Bogota", "Colombia", 4.7110, -74.0721, 60.0, 14.0),
-    city("Lima", "Lima", "Peru", -12.0464, -77.0428, 75.0, 19.0),
-    city(
-        "Santiago",
-        "Santiago Metropolitan",
-        "Chile",
-        -33.4489,
-        -70.6693,
-        70.0,
-        15.0,
-    ),
-    city(
-        "Sao Paulo",
-        "Sao Paulo",
-        "Brazil",
-        -23.5505,
-        -46.6333,
-        55.0,
-        20.0,
-    ),
-    city(
-        "Buenos Aires",
-        "Buenos Aires",
-        "Argentina",
-        -34.6037,
-        -58.3816,
-        40.0,
-        18.0,
-    ),
-    city(
-        "London",
-        "England",
-        "United Kingdom",
-        51.5074,
-        -0.1278,
-        35.0,
-        11.0,
-    ),
-    city(
-        "Paris",
-        "Ile-de-France",
-        "France",
-        48.8566,
-        2.3522,
-        40.0,
-        12.0,
-    ),
-    city("Berlin", "Berlin", "Germany", 52.5200, 13.4050, 35.0, 10.0),
-    city("Munich", "Bavaria", "Germany", 48.1351, 11.5820, 30.0, 9.0),
-    city("Madrid", "Madrid", "Spain", 40.4168, -3.7038, 40.0, 15.0),
-    city("Rome", "Lazio", "Italy", 41.9028, 12.4964, 45.0, 16.0),
-    city("Milan", "Lombardy", "Italy", 45.4642, 9.1900, 65.0, 13.0),
-    city(
-        "Amsterdam",
-        "North Holland",
-        "Netherlands",
-        52.3676,
-        4.9041,
-        35.0,
-        10.0,
-    ),
-    city(
-        "Zurich",
-        "Zurich",
-        "Switzerland",
-        47.3769,
-        8.5417,
-        25.0,
-        9.0,
-    ),
-    city("Vienna", "Vienna", "Austria", 48.2082, 16.3738, 35.0, 11.0),
-    city("Warsaw", "Mazovia", "Poland", 52.2297, 21.0122, 50.0, 8.0),
-    city(
-        "Krakow",
-        "Lesser Poland Voivodeship",
-        "Poland",
-        50.0647,
-        19.9450,
-        70.0,
-        8.0,
-    ),
-    city(
-        "Stockholm",
-        "Stockholm",
-        "Sweden",
-        59.3293,
-        18.0686,
-        20.0,
-        7.0,
-    ),
-    city("Oslo", "Oslo", "Norway", 59.9139, 10.7522, 20.0, 6.0),
-    city(
-        "Reykjavik",
-        "Capital Region",
-        "Iceland",
-        64.1466,
-        -21.9426,
-        12.0,
-        5.0,
-    ),
-    city("Athens", "Attica", "Greece", 37.9838, 23.7275, 45.0, 18.0),
-    city(
-        "Istanbul", "Istanbul", "Turkey", 41.0082, 28.9784, 60.0, 14.0,
-    ),
-    city("Moscow", "Moscow", "Russia", 55.7558, 37.6173, 45.0, 6.0),
-    city("Kyiv", "Kyiv", "Ukraine", 50.4501, 30.5234, 45.0, 8.0),
-    city("Cairo", "Cairo", "Egypt", 30.0444, 31.2357, 140.0, 22.0),
-    city("Lagos", "Lagos", "Nigeria", 6.5244, 3.3792, 110.0, 27.0),
-    city("Nairobi", "Nairobi", "Kenya", -1.2921, 36.8219, 55.0, 18.0),
-    city(
-        "Johannesburg",
-        "Gauteng",
-        "South Africa",
-        -26.2041,
-        28.0473,
-        70.0,
-        16.0,
-    ),
-    city(
-        "Cape Town",
-        "Western Cape",
-        "South Africa",
-        -33.9249,
-        18.4241,
-        35.0,
-        17.0,
-    ),
-    city(
-        "Dubai",
-        "Dubai",
-        "United Arab Emirates",
-        25.2048,
-        55.2708,
-        110.0,
-        28.0,
-    ),
-    city("Tehran", "Tehran", "Iran", 35.6892, 51.3890, 110.0, 17.0),
-    city("Delhi", "Delhi", "India", 28.7041, 77.1025, 170.0, 25.0),
-    city(
-        "Mumbai",
-        "Maharashtra",
-        "India",
-        19.0760,
-        72.8777,
-        130.0,
-        27.0,
-    ),
-    city(
-        "Kolkata",
-        "West Bengal",
-        "India",
-        22.5726,
-        88.3639,
-        150.0,
-        27.0,
-    ),
-    city(
-        "Bengaluru",
-        "Karnataka",
-        "India",
-        12.9716,
-        77.5946,
-        90.0,
-        24.0,
-    ),
-    city(
-        "Lahore", "Punjab", "Pakistan", 31.5204, 74.3587, 180.0, 24.0,
-    ),
-    city(
-        "Karachi", "Sindh", "Pakistan", 24.8607, 67.0011, 130.0, 26.0,
-    ),
-    city(
-        "Dhaka",
-        "Dhaka",
-        "Bangladesh",
-        23.8103,
-        90.4125,
-        170.0,
-        26.0,
-    ),
-    city(
-        "Kathmandu",
-        "Central Region",
-        "Nepal",
-        27.7172,
-        85.3240,
-        140.0,
-        19.0,
-    ),
-    city(
-        "Bangkok", "Bangkok", "Thailand", 13.7563, 100.5018, 95.0, 29.0,
-    ),
-    city(
-        "Chiang Mai",
-        "Chiang Mai",
-        "Thailand",
-        18.7883,
-        98.9853,
-        100.0,
-        26.0,
-    ),
-    city("Hanoi", "Hanoi", "Vietnam", 21.0278, 105.8342, 140.0, 24.0),
-    city(
-        "Ho Chi Minh City",
-        "Ho Chi Minh City",
-        "Vietnam",
-        10.8231,
-        106.6297,
-        90.0,
-        28.0,
-    ),
-    city(
-        "Jakarta",
-        "Jakarta",
-        "Indonesia",
-        -6.2088,
-        106.8456,
-        130.0,
-        28.0,
-    ),
-    city(
-        "Singapore",
-        "Singapore",
-        "Singapore",
-        1.3521,
-        103.8198,
-        45.0,
-        28.0,
-    ),
-    city(
-        "Kuala Lumpur",
-        "Kuala Lumpur",
-        "Malaysia",
-        3.1390,
-        101.6869,
-        60.0,
-        28.0,
-    ),
-    city(
-        "Manila",
-        "National Capital Region",
-        "Philippines",
-        14.5995,
-        120.9842,
-        70.0,
-        28.0,
-    ),
-    city(
-        "Beijing", "Beijing", "China", 39.9042, 116.4074, 110.0, 13.0,
-    ),
-    city(
-        "Shanghai", "Shanghai", "China", 31.2304, 121.4737, 80.0, 17.0,
-    ),
-    city(
-        "Guangzhou",
-        "Guangdong",
-        "China",
-        23.1291,
-        113.2644,
-        75.0,
-        22.0,
-    ),
-    city(
-        "Chengdu", "Sichuan", "China", 30.5728, 104.0668, 100.0, 16.0,
-    ),
-    city(
-        "Hong Kong",
-        "Hong Kong",
-        "Hong Kong SAR",
-        22.3193,
-        114.1694,
-        55.0,
-        23.0,
-    ),
-    city(
-        "Seoul",
-        "Seoul",
-        "South Korea",
-        37.5665,
-        126.9780,
-        75.0,
-        13.0,
-    ),
-    city("Tokyo", "Tokyo", "Japan", 35.6762, 139.6503, 40.0, 16.0),
-    city("Osaka", "Osaka", "Japan", 34.6937, 135.5023, 45.0, 17.0),
-    city(
-        "Ulaanbaatar",
-        "Ulaanbaatar",
-        "Mongolia",
-        47.8864,
-        106.9057,
-        130.0,
-        -1.0,
-    ),
-    city(
-        "Sydney",
-        "New South Wales",
-        "Australia",
-        -33.8688,
-        151.2093,
-        25.0,
-        18.0,
-    ),
-    city(
-        "Melbourne",
-        "Victoria",
-        "Australia",
-        -37.8136,
-        144.9631,
-        25.0,
-        15.0,
-    ),
-    city(
-        "Perth",
-        "Western Australia",
-        "Australia",
-        -31.9505,
-        115.8605,
-        20.0,
-        19.0,
-    ),
-    city(
-        "Auckland",
-        "Auckland",
-        "New Zealand",
-        -36.8485,
-        174.7633,
-        15.0,
-        15.0,
-    ),
-];
+/// The built-in cities, from `cities.csv` (compiled in).
+pub(crate) static CITIES: LazyLock<Vec<City>> = LazyLock::new(|| {
+    parse_cities(include_str!("cities.csv"))
+        // The file is part of the build; `the_city_table_parses` checks it.
+        .unwrap_or_else(|line| panic!("cities.csv line {line} does not parse"))
+});
+
+/// `name|state|country|lat|lon|base_aqi|mean_temp` lines (`#` comments and blank lines
+/// skipped); on a bad line, its number.
+fn parse_cities(text: &'static str) -> Result<Vec<City>, usize> {
+    let mut cities = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&'static str> = line.split('|').collect();
+        let [name, state, country, lat, lon, base_aqi, mean_temp] = fields[..] else {
+            return Err(n + 1);
+        };
+        let number = |text: &str| text.parse::<f64>().map_err(|_| n + 1);
+        cities.push(City {
+            lat: number(lat)?,
+            lon: number(lon)?,
+            base_aqi: number(base_aqi)?,
+            mean_temp: number(mean_temp)?,
+            name,
+            state,
+            country,
+        });
+    }
+    Ok(cities)
+}
 
 /// A place a reading is made for: a built-in city or a synthetic grid cell.
 #[derive(Debug, Clone)]
@@ -564,6 +193,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_city_table_parses() {
+        let cities = parse_cities(include_str!("cities.csv")).expect("cities.csv parses");
+        assert_eq!(cities.len(), 73);
+        assert_eq!(cities[IP_MODE_CITY].name, "Los Angeles");
+        assert!(cities
+            .iter()
+            .all(|c| c.lat.abs() <= 90.0 && c.lon.abs() <= 180.0));
+        assert_eq!(
+            parse_cities("a|b|c|1|2|3").err(),
+            Some(1),
+            "a missing field"
+        );
+        assert_eq!(
+            parse_cities("# x\na|b|c|1|2|x|4").err(),
+            Some(2),
+            "a bad number"
+        );
+    }
+
+    #[test]
     fn nearest_finds_real_cities_and_synthesises_the_rest() {
         assert_eq!(nearest(52.52, 13.40).city, "Berlin");
         assert_eq!(nearest(52.3, 13.1).city, "Berlin");
@@ -581,7 +230,7 @@ mod tests {
     #[test]
     fn city_names_are_unique_and_listings_agree() {
         let mut seen = BTreeSet::new();
-        for c in CITIES {
+        for c in CITIES.iter() {
             assert!(seen.insert((c.name, c.state, c.country)), "{}", c.name);
             assert!((-90.0..=90.0).contains(&c.lat) && (-180.0..=180.0).contains(&c.lon));
             assert!(find_city(c.name, c.state, c.country).is_some());

@@ -58,7 +58,6 @@
 //! `current.pollution`, or without `mainus`/`maincn`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -85,7 +84,8 @@ pub use limits::Limits;
 use faults::FaultBoard;
 use limits::Windows;
 
-/// Everything the simulator can be told at start.
+/// Everything the simulator can be told at start. (No `Debug`: it holds the accepted keys;
+/// [`SimConfig::describe`] is the start-up line, keys counted, never shown.)
 #[derive(Clone)]
 pub struct SimConfig {
     /// Accepted API keys.
@@ -106,17 +106,6 @@ impl Default for SimConfig {
             faults: Vec::new(),
             slow_body: Duration::from_secs(3),
         }
-    }
-}
-
-impl fmt::Debug for SimConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
-            .field("limits", &self.limits)
-            .field("faults", &self.faults.len())
-            .field("slow_body", &self.slow_body)
-            .finish()
     }
 }
 

@@ -43,14 +43,7 @@ impl FolderStore {
         let root = root.into();
         if options.create_buckets {
             let folder = root.clone();
-            blocking(move || {
-                fs::create_dir_all(&folder).map_err(|source| StoreError::Io {
-                    op: "create the root folder",
-                    path: folder.clone(),
-                    source,
-                })
-            })
-            .await?;
+            blocking(move || create_root(&folder)).await?;
         }
         Ok(FolderStore {
             root,
@@ -92,36 +85,26 @@ impl ObjectStore for FolderStore {
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
-        validate_bucket_name(bucket)?;
-        validate_key(key)?;
-        let root = self.root.clone();
-        let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        blocking(move || {
-            let path = root.join(&bucket).join(&key);
-            match fs::read(&path) {
-                Ok(bytes) => Ok(Bytes::from(bytes)),
-                Err(error) => Err(missing_or_io(&root, &bucket, &key, "read", &path, error)),
-            }
+        self.at_object(bucket, key, |at| match fs::read(&at.path) {
+            Ok(bytes) => Ok(Bytes::from(bytes)),
+            Err(error) => Err(at.missing_or_io("read", error)),
         })
         .await
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {
-        validate_bucket_name(bucket)?;
-        validate_key(key)?;
-        let root = self.root.clone();
-        let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        blocking(move || {
-            let path = root.join(&bucket).join(&key);
-            let size = match fs::metadata(&path) {
+        self.at_object(bucket, key, |at| {
+            let size = match fs::metadata(&at.path) {
                 Ok(info) if info.is_file() => info.len(),
-                Ok(_) => return Err(no_such_key(&bucket, &key)),
-                Err(error) => {
-                    return Err(missing_or_io(&root, &bucket, &key, "stat", &path, error))
-                }
+                Ok(_) => return Err(no_such_key(&at.bucket, &at.key)),
+                Err(error) => return Err(at.missing_or_io("stat", error)),
             };
-            let meta = read_sidecar(&sidecar_path(&path));
-            Ok(ObjectInfo { key, size, meta })
+            let meta = read_sidecar(&sidecar_path(&at.path));
+            Ok(ObjectInfo {
+                key: at.key,
+                size,
+                meta,
+            })
         })
         .await
     }
@@ -139,11 +122,7 @@ impl ObjectStore for FolderStore {
         let root = self.root.clone();
         let bucket = bucket.to_owned();
         blocking(move || {
-            fs::create_dir_all(&root).map_err(|source| StoreError::Io {
-                op: "create the root folder",
-                path: root.clone(),
-                source,
-            })?;
+            create_root(&root)?;
             create_folders(&root, Path::new(&bucket))
         })
         .await
@@ -174,6 +153,48 @@ impl ObjectStore for FolderStore {
 }
 
 /// Run file system work off the async threads. A panic inside is a bug and is passed on.
+fn create_root(root: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(root).map_err(|source| StoreError::Io {
+        op: "create the root folder",
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// One object's names and file, for work on a blocking thread.
+struct At {
+    root: PathBuf,
+    bucket: String,
+    key: String,
+    path: PathBuf,
+}
+
+impl At {
+    fn missing_or_io(&self, op: &'static str, error: std::io::Error) -> StoreError {
+        missing_or_io(&self.root, &self.bucket, &self.key, op, &self.path, error)
+    }
+}
+
+impl FolderStore {
+    /// Checks the names, then runs `work` on a blocking thread with the object's file.
+    async fn at_object<T, F>(&self, bucket: &str, key: &str, work: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(At) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        validate_bucket_name(bucket)?;
+        validate_key(key)?;
+        let path = self.root.join(bucket).join(key);
+        let at = At {
+            root: self.root.clone(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            path,
+        };
+        blocking(move || work(at)).await
+    }
+}
+
 async fn blocking<T, F>(work: F) -> Result<T, StoreError>
 where
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -528,6 +549,20 @@ mod tests {
         }
     }
 
+    /// A store rooted at `root`.
+    async fn store_at(root: &Path, create_buckets: bool) -> FolderStore {
+        FolderStore::new(root, StoreOptions { create_buckets })
+            .await
+            .unwrap()
+    }
+
+    /// Stores `body` under `key` in the bucket `results`.
+    async fn put(store: &FolderStore, key: &str, body: &Bytes) -> Result<(), StoreError> {
+        store
+            .put("results", key, body.clone(), &meta_for(body))
+            .await
+    }
+
     fn names_in(folder: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(folder)
             .unwrap()
@@ -540,24 +575,9 @@ mod tests {
     #[tokio::test]
     async fn put_leaves_the_object_and_a_hidden_sidecar_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::new(
-            dir.path(),
-            StoreOptions {
-                create_buckets: true,
-            },
-        )
-        .await
-        .unwrap();
+        let store = store_at(dir.path(), true).await;
         let body = Bytes::from_static(b"{\"a\":1}");
-        store
-            .put(
-                "results",
-                "x/dt=2024-05-01/r1.json",
-                body.clone(),
-                &meta_for(&body),
-            )
-            .await
-            .unwrap();
+        put(&store, "x/dt=2024-05-01/r1.json", &body).await.unwrap();
         let folder = dir.path().join("results/x/dt=2024-05-01");
         assert_eq!(names_in(&folder), [".r1.json.meta.json", "r1.json"]);
         let sidecar: ObjectMeta =
@@ -568,14 +588,7 @@ mod tests {
     #[tokio::test]
     async fn hidden_files_and_foreign_objects_are_handled() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::new(
-            dir.path(),
-            StoreOptions {
-                create_buckets: false,
-            },
-        )
-        .await
-        .unwrap();
+        let store = store_at(dir.path(), false).await;
         let folder = dir.path().join("results/p");
         fs::create_dir_all(&folder).unwrap();
         // A write that crashed half-way, and an object copied in by hand without metadata.
@@ -598,28 +611,12 @@ mod tests {
     #[tokio::test]
     async fn an_object_cannot_also_be_a_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FolderStore::new(
-            dir.path(),
-            StoreOptions {
-                create_buckets: true,
-            },
-        )
-        .await
-        .unwrap();
+        let store = store_at(dir.path(), true).await;
         let body = Bytes::from_static(b"1");
-        store
-            .put("results", "a/b", body.clone(), &meta_for(&body))
-            .await
-            .unwrap();
-        let err = store
-            .put("results", "a/b/c", body.clone(), &meta_for(&body))
-            .await
-            .unwrap_err();
+        put(&store, "a/b", &body).await.unwrap();
+        let err = put(&store, "a/b/c", &body).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidName { .. }), "{err}");
-        let err = store
-            .put("results", "a", body.clone(), &meta_for(&body))
-            .await
-            .unwrap_err();
+        let err = put(&store, "a", &body).await.unwrap_err();
         assert!(matches!(err, StoreError::InvalidName { .. }), "{err}");
         assert_eq!(store.get("results", "a/b").await.unwrap(), body);
         // No temporary files are left behind by the failed puts.
@@ -634,14 +631,7 @@ mod tests {
     async fn check_fails_when_the_root_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("absent");
-        let store = FolderStore::new(
-            &root,
-            StoreOptions {
-                create_buckets: false,
-            },
-        )
-        .await
-        .unwrap();
+        let store = store_at(&root, false).await;
         let err = store.check().await.unwrap_err();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
         assert!(err.is_transient());

@@ -104,6 +104,50 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     fn describe(&self) -> String;
 }
 
+/// The object store settings both services share (flattened into each binary's settings).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreSettings {
+    /// Where raw responses are: `file://<folder>` or `s3://` (endpoint and credentials from
+    /// the `AWS_*` settings).
+    #[arg(long, env = "OBJECT_STORE_URL", default_value = "file://data/objects")]
+    pub object_store_url: String,
+    /// Create a stream's bucket when it is missing (otherwise each run fails naming it).
+    #[arg(long, env = "OBJECT_STORE_CREATE_BUCKETS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_buckets: bool,
+}
+
+/// The store named by the settings could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("object store {url}: {source}")]
+pub struct OpenError {
+    pub url: String,
+    #[source]
+    pub source: StoreError,
+}
+
+impl StoreSettings {
+    /// Opens the store ([`open`]) and checks it once. A store that does not answer at start is
+    /// logged, not fatal: its calls fail (and say why) until it is back.
+    pub async fn open(&self) -> Result<Arc<dyn ObjectStore>, OpenError> {
+        let options = StoreOptions {
+            create_buckets: self.create_buckets,
+        };
+        let store = open(&self.object_store_url, options)
+            .await
+            .map_err(|source| OpenError {
+                url: self.object_store_url.clone(),
+                source,
+            })?;
+        match store.check().await {
+            Ok(()) => tracing::info!(store = %store.describe(), "object store ready"),
+            Err(err) => {
+                tracing::error!(store = %store.describe(), "object store not reachable at start: {err}")
+            }
+        }
+        Ok(store)
+    }
+}
+
 /// Open the store named by `url` (the `OBJECT_STORE_URL` setting).
 ///
 /// - `file://<path>`: a [`FolderStore`] rooted at `<path>`, taken literally (no percent

@@ -31,12 +31,8 @@ use crate::settings::Settings;
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("object store {url}: {source}")]
-    ObjectStore {
-        url: String,
-        #[source]
-        source: objects::StoreError,
-    },
+    #[error(transparent)]
+    ObjectStore(#[from] objects::OpenError),
     #[error("could not build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     #[error("TLS to the supervisor: {0}")]
@@ -58,24 +54,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }),
         None => None,
     };
-    let store = objects::open(
-        &settings.object_store_url,
-        objects::StoreOptions {
-            create_buckets: settings.create_buckets,
-        },
-    )
-    .await
-    .map_err(|source| StartupError::ObjectStore {
-        url: settings.object_store_url.clone(),
-        source,
-    })?;
-    match store.check().await {
-        Ok(()) => tracing::info!(store = %store.describe(), "object store ready"),
-        Err(err) => {
-            // Not fatal: runs retry the upload and report `storage` failures until it comes back.
-            tracing::error!(store = %store.describe(), "object store not reachable at start: {err}");
-        }
-    }
+    // A store that is down at start is not fatal: runs retry the upload and report `storage`
+    // failures until it comes back.
+    let store = settings.store.open().await?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(settings.http_connect_timeout_ms))
         .pool_idle_timeout(Duration::from_secs(60))

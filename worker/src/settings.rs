@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::Parser;
 use common::SecretKey;
 
 /// Settings of the `worker` binary; the token is a [`SecretKey`] (`***` in `Debug`).
@@ -29,12 +29,8 @@ pub struct Settings {
     /// Name the supervisor's certificate must carry; defaults to the host part of the address.
     #[arg(long, env = "WORKER_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
-    /// Where raw responses go: `file://<folder>` or `s3://`.
-    #[arg(long, env = "OBJECT_STORE_URL", default_value = "file://data/objects")]
-    pub object_store_url: String,
-    /// Create a stream's bucket when it is missing (otherwise each run fails naming it).
-    #[arg(long, env = "OBJECT_STORE_CREATE_BUCKETS", default_value_t = true, action = ArgAction::Set)]
-    pub create_buckets: bool,
+    #[command(flatten)]
+    pub store: objects::StoreSettings,
     /// Stable identity across restarts; defaults to the host name.
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
@@ -115,8 +111,8 @@ impl Settings {
                 None => "off".to_owned(),
             },
             if dev { "<dev token>" } else { "***" },
-            self.object_store_url,
-            self.create_buckets,
+            self.store.object_store_url,
+            self.store.create_buckets,
             self.worker_id(),
             self.capacity,
             self.outbox_limit,

@@ -1,8 +1,9 @@
 //! Reading what was stored: references (keyset paginated), raw objects byte for byte,
 //! measurements by time, and failed runs.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -14,11 +15,19 @@ use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::db::{FailureRow, ResultRow};
 use crate::stream::Rfc3339;
 
-async fn known_stream(state: &AppState, raw: &str) -> Result<Uuid, ApiError> {
-    let id = parse_id(raw, "stream")?;
-    match state.db.get_stream(id).await? {
-        Some(_) => Ok(id),
-        None => Err(ApiError::NotFound(format!("stream {id} not found"))),
+/// The stream of a `/streams/{id}/…` read route: its id from the path, checked to exist.
+pub(super) struct KnownStream(Uuid);
+
+impl FromRequestParts<AppState> for KnownStream {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        let id = parse_id(&raw, "stream")?;
+        match state.db.get_stream(id).await? {
+            Some(_) => Ok(KnownStream(id)),
+            None => Err(ApiError::NotFound(format!("stream {id} not found"))),
+        }
     }
 }
 
@@ -76,10 +85,9 @@ impl<'a> From<&'a ResultRow> for ResultView<'a> {
 /// `GET /streams/{id}/results?limit=&after=`: newest first; `next` is the cursor for `after`.
 pub(super) async fn list(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
     ApiQuery(page): ApiQuery<Page>,
+    KnownStream(stream_id): KnownStream,
 ) -> Result<Json<Value>, ApiError> {
-    let stream_id = known_stream(&state, &id).await?;
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
     let after = match page.after.as_deref() {
         None | Some("") => None,
@@ -172,10 +180,9 @@ impl<'a> From<&'a FailureRow> for FailureView<'a> {
 /// `GET /streams/{id}/measurements?from=&to=&limit=`: one reading per pollution hour, oldest first.
 pub(super) async fn measurements(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
     ApiQuery(window): ApiQuery<Window>,
+    KnownStream(stream_id): KnownStream,
 ) -> Result<Json<Value>, ApiError> {
-    let stream_id = known_stream(&state, &id).await?;
     let from = instant(window.from.as_deref(), "from")?;
     let to = instant(window.to.as_deref(), "to")?;
     let limit = limit(window.limit.as_deref(), 1000, 10_000)?;
@@ -189,10 +196,9 @@ pub(super) async fn measurements(
 /// `GET /streams/{id}/failures?limit=`: failed runs, newest first.
 pub(super) async fn failures(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<String>,
     ApiQuery(page): ApiQuery<Page>,
+    KnownStream(stream_id): KnownStream,
 ) -> Result<Json<Value>, ApiError> {
-    let stream_id = known_stream(&state, &id).await?;
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
     let rows = state.db.list_failures(stream_id, limit).await?;
     let items: Vec<FailureView<'_>> = rows.iter().map(FailureView::from).collect();

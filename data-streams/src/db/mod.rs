@@ -18,6 +18,7 @@ mod events;
 mod model;
 mod postgres;
 mod reads;
+mod row;
 mod sqlite;
 mod streams;
 mod workers;

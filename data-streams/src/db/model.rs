@@ -2,10 +2,11 @@
 //! both backends.
 
 use serde::Serialize;
-use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
+use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
 use super::error::CorruptRow;
+use super::row::StoredRow;
 
 /// A worker as last seen by the supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,30 +21,22 @@ pub struct WorkerRow {
     pub streams: i64,
 }
 
-impl<'r, R> FromRow<'r, R> for WorkerRow
-where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
-    bool: Decode<'r, R::Database> + Type<R::Database>,
-{
+impl<'r, R: Row + StoredRow<'r>> FromRow<'r, R> for WorkerRow {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let id: String = row.try_get("id")?;
-        let adapters: String = row.try_get("adapters")?;
-        let adapters = serde_json::from_str(&adapters).map_err(|e| {
+        let id = row.text("id")?;
+        let adapters = serde_json::from_str(&row.text("adapters")?).map_err(|e| {
             CorruptRow::decode(format!(
                 "workers.adapters of {id:?} is not a JSON list of names: {e}"
             ))
         })?;
         Ok(WorkerRow {
             id,
-            capacity: row.try_get("capacity")?,
+            capacity: row.int("capacity")?,
             adapters,
-            connected: row.try_get("connected")?,
-            last_seen: row.try_get("last_seen")?,
-            connected_at: row.try_get("connected_at")?,
-            streams: row.try_get("streams")?,
+            connected: row.flag("connected")?,
+            last_seen: row.int("last_seen")?,
+            connected_at: row.int("connected_at")?,
+            streams: row.int("streams")?,
         })
     }
 }

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use common::SecretKey;
 use protocol::{RateLimit, Schedule};
-use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
+use sqlx::query::QueryAs;
+use sqlx::{Database, Encode, FromRow, Row, Type};
 use uuid::Uuid;
 
 use super::error::CorruptRow;
+use super::row::StoredRow;
 use super::{dispatch, Db, DbError};
 use crate::stream::{StreamRow, StreamSpec, StreamState};
 
@@ -21,16 +23,17 @@ fn select_streams(tail: &str) -> String {
     format!("SELECT {STREAM_COLUMNS} FROM streams {tail}")
 }
 
+// $2..$12 are the spec, bound by `bind_spec`.
 const INSERT_STREAM: &str = "INSERT INTO streams (id, adapter, endpoint, secret_key, \
-     interval_ms, cron, timeout_ms, bucket_name, params, state, worker_id, generation, \
-     created_at, updated_at, rate_per_minute, rate_per_day, rate_per_month) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, 0, $11, $11, $12, $13, $14) \
+     interval_ms, cron, timeout_ms, bucket_name, params, rate_per_minute, rate_per_day, \
+     rate_per_month, state, worker_id, generation, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $14) \
      RETURNING ";
 
 // An update sets the whole spec: the API validated the patched stream as a whole.
 const UPDATE_STREAM: &str = "UPDATE streams SET adapter = $2, endpoint = $3, secret_key = $4, \
      interval_ms = $5, cron = $6, timeout_ms = $7, bucket_name = $8, params = $9, \
-     updated_at = $10, rate_per_minute = $11, rate_per_day = $12, rate_per_month = $13 \
+     rate_per_minute = $10, rate_per_day = $11, rate_per_month = $12, updated_at = $13 \
      WHERE id = $1 RETURNING ";
 
 // $3: error to record (or NULL); $4: clear last_error when no error is given.
@@ -58,7 +61,7 @@ const ASSIGNED_KEYS: &str = "SELECT worker_id, secret_key, COUNT(*) FROM streams
 const ASSIGNED_COUNTS: &str = "SELECT worker_id, COUNT(*) FROM streams \
                                WHERE worker_id IS NOT NULL GROUP BY worker_id";
 
-/// The spec's columns in the order `INSERT_STREAM` and `UPDATE_STREAM` bind them after the id.
+/// The spec's columns, bound as `$2..$12` of `INSERT_STREAM` and `UPDATE_STREAM`.
 struct SpecColumns<'a> {
     adapter: &'a str,
     endpoint: &'a str,
@@ -88,24 +91,43 @@ impl<'a> SpecColumns<'a> {
     }
 }
 
-impl<'r, R> FromRow<'r, R> for StreamRow
+/// Binds the spec's columns (`$2..$12`) after the id.
+fn bind_spec<'q, DB: Database>(
+    query: QueryAs<'q, DB, StreamRow, <DB as Database>::Arguments<'q>>,
+    c: &'q SpecColumns<'q>,
+) -> QueryAs<'q, DB, StreamRow, <DB as Database>::Arguments<'q>>
 where
-    R: Row,
-    &'r str: ColumnIndex<R>,
-    Uuid: Decode<'r, R::Database> + Type<R::Database>,
-    String: Decode<'r, R::Database> + Type<R::Database>,
-    i64: Decode<'r, R::Database> + Type<R::Database>,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
+    query
+        .bind(c.adapter)
+        .bind(c.endpoint)
+        .bind(c.secret_key)
+        .bind(c.interval_ms)
+        .bind(c.cron)
+        .bind(c.timeout_ms)
+        .bind(c.bucket_name)
+        .bind(c.params.as_str())
+        .bind(c.rate[0])
+        .bind(c.rate[1])
+        .bind(c.rate[2])
+}
+
+impl<'r, R: Row + StoredRow<'r>> FromRow<'r, R> for StreamRow {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let id: Uuid = row.try_get("id")?;
+        let id = row.uuid("id")?;
         let corrupt = |what: String| CorruptRow::decode(format!("streams.{what} of {id}"));
-        let state: String = row.try_get("state")?;
-        let state = state.parse().map_err(|e| corrupt(format!("state: {e}")))?;
-        let params: String = row.try_get("params")?;
-        let params = serde_json::from_str(&params)
+        let state = row
+            .text("state")?
+            .parse()
+            .map_err(|e| corrupt(format!("state: {e}")))?;
+        let params = serde_json::from_str(&row.text("params")?)
             .map_err(|e| corrupt(format!("params is not a JSON object: {e}")))?;
         let window = |column: &'r str| -> Result<u32, sqlx::Error> {
-            let value: i64 = row.try_get(column)?;
+            let value = row.int(column)?;
             u32::try_from(value)
                 .map_err(|_| corrupt(format!("{column} is {value}, not a call count")))
         };
@@ -114,37 +136,37 @@ where
             per_day: window("rate_per_day")?,
             per_month: window("rate_per_month")?,
         };
-        let interval_ms: Option<i64> = row.try_get("interval_ms")?;
-        let cron: Option<String> = row.try_get("cron")?;
+        let interval_ms = row.int_or_null("interval_ms")?;
         // The schema's CHECKs hold exactly one, and a positive interval.
-        let schedule = match (cron, interval_ms.and_then(|ms| u64::try_from(ms).ok())) {
+        let schedule = match (
+            row.text_or_null("cron")?,
+            interval_ms.and_then(|ms| u64::try_from(ms).ok()),
+        ) {
             (Some(expr), _) => Schedule::Cron { expr },
             (None, Some(millis)) if millis > 0 => Schedule::Interval { millis },
             _ => return Err(corrupt("interval_ms/cron: no schedule".into())),
         };
-        let timeout_ms: i64 = row.try_get("timeout_ms")?;
-        let secret_key: String = row.try_get("secret_key")?;
-        let spec = StreamSpec::stored(
-            row.try_get("adapter")?,
-            row.try_get("endpoint")?,
-            SecretKey::new(secret_key),
+        let spec = StreamSpec {
+            adapter: row.text("adapter")?,
+            endpoint: row.text("endpoint")?,
+            secret_key: SecretKey::new(row.text("secret_key")?),
             schedule,
-            u64::try_from(timeout_ms).unwrap_or(1),
-            row.try_get("bucket_name")?,
+            timeout_ms: u64::try_from(row.int("timeout_ms")?).unwrap_or(1),
+            bucket_name: row.text("bucket_name")?,
             params,
             rate_limit,
-        );
+        };
         Ok(StreamRow {
             id,
             spec,
             state,
-            worker_id: row.try_get("worker_id")?,
-            generation: row.try_get("generation")?,
-            last_result_at: row.try_get("last_result_at")?,
-            last_error: row.try_get("last_error")?,
-            last_error_at: row.try_get("last_error_at")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            worker_id: row.text_or_null("worker_id")?,
+            generation: row.int("generation")?,
+            last_result_at: row.int_or_null("last_result_at")?,
+            last_error: row.text_or_null("last_error")?,
+            last_error_at: row.int_or_null("last_error_at")?,
+            created_at: row.int("created_at")?,
+            updated_at: row.int("updated_at")?,
         })
     }
 }
@@ -162,21 +184,9 @@ impl Db {
         let c = SpecColumns::of(spec);
         let sql = format!("{INSERT_STREAM}{STREAM_COLUMNS}");
         let row = dispatch!(Db, self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(id)
-                .bind(c.adapter)
-                .bind(c.endpoint)
-                .bind(c.secret_key)
-                .bind(c.interval_ms)
-                .bind(c.cron)
-                .bind(c.timeout_ms)
-                .bind(c.bucket_name)
-                .bind(&c.params)
+            bind_spec(sqlx::query_as(&sql).bind(id), &c)
                 .bind(state.as_str())
                 .bind(now_ms)
-                .bind(c.rate[0])
-                .bind(c.rate[1])
-                .bind(c.rate[2])
                 .fetch_one(pool)
                 .await?
         });
@@ -215,20 +225,8 @@ impl Db {
         let c = SpecColumns::of(spec);
         let sql = format!("{UPDATE_STREAM}{STREAM_COLUMNS}");
         let row = dispatch!(Db, self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(id)
-                .bind(c.adapter)
-                .bind(c.endpoint)
-                .bind(c.secret_key)
-                .bind(c.interval_ms)
-                .bind(c.cron)
-                .bind(c.timeout_ms)
-                .bind(c.bucket_name)
-                .bind(&c.params)
+            bind_spec(sqlx::query_as(&sql).bind(id), &c)
                 .bind(now_ms)
-                .bind(c.rate[0])
-                .bind(c.rate[1])
-                .bind(c.rate[2])
                 .fetch_optional(pool)
                 .await?
         });

@@ -242,23 +242,7 @@ mod tests {
     use super::*;
     use catalogue::iqair::{MAX_EXCERPT_CHARS, MAX_MESSAGE_CHARS};
 
-    /// A Community `nearest_city` answer in the 2026 shape (IQAIR.md §3.2): pollution first,
-    /// `heatIndex`, float wind speed.
-    const SUCCESS_2026: &str = r#"{"status":"success","data":{"city":"Los Angeles","state":"California","country":"USA","location":{"type":"Point","coordinates":[-118.2417,34.0669]},"current":{"pollution":{"ts":"2026-03-01T10:00:00.000Z","aqius":66,"mainus":"p2","aqicn":44,"maincn":"p1"},"weather":{"ts":"2026-03-01T11:00:00.000Z","ic":"04n","hu":86,"pr":1012,"tp":6,"wd":252,"ws":4.54,"heatIndex":7}}}}"#;
-
-    /// The 2018 shape: weather before pollution, other key order inside weather, integer `ws`,
-    /// no heat index, a `ts` that is not on the hour.
-    const SUCCESS_2018: &str = r#"{
-      "status": "success",
-      "data": {
-        "city": "Beijing", "state": "Beijing", "country": "China",
-        "location": {"coordinates": [116.4074, 39.904211], "type": "Point"},
-        "current": {
-          "weather": {"ts": "2018-09-04T00:00:00.000Z", "hu": 17, "ic": "01n", "pr": 999, "tp": 23, "wd": 46, "ws": 2},
-          "pollution": {"ts": "2018-09-04T01:15:00.000Z", "aqius": 186, "mainus": "p2", "aqicn": 136, "maincn": "p2"}
-        }
-      }
-    }"#;
+    use catalogue::iqair::examples::{SUCCESS_2018, SUCCESS_2026};
 
     fn ok(status: u16, body: &str) -> Measurement {
         match classify(status, body.as_bytes()) {
