@@ -85,10 +85,7 @@ pub struct Settings {
 impl Settings {
     /// The worker token, and whether it is the development fallback.
     pub fn worker_token(&self) -> (SecretKey, bool) {
-        match &self.worker_token {
-            Some(t) if !t.is_empty() => (t.clone(), false),
-            _ => (SecretKey::new(protocol::handshake::DEV_TOKEN), true),
-        }
+        protocol::handshake::token_or_dev(self.worker_token.as_ref())
     }
 
     /// The API token, if one is configured.

@@ -125,38 +125,12 @@ async fn main() -> anyhow::Result<()> {
     }
     // Scripts wait for this exact line.
     println!("iqair-sim listening on http://{addr}");
-    iqair_sim::serve(listener, config, shutdown_signal())
-        .await
-        .context("serving")?;
+    iqair_sim::serve(listener, config, async {
+        common::shutdown_signal().await;
+        tracing::info!("shutting down");
+    })
+    .await
+    .context("serving")?;
     tracing::info!("iqair-sim stopped");
     Ok(())
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -19,6 +19,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// Fine on a laptop; anyone who can reach the worker port can drive the supervisor with it.
 pub const DEV_TOKEN: &str = "data-streams-dev-token";
 
+/// The token to use: the configured one, or [`DEV_TOKEN`] when it is unset or empty (the second
+/// value says so, for the warning both binaries print).
+pub fn token_or_dev(configured: Option<&common::SecretKey>) -> (common::SecretKey, bool) {
+    match configured {
+        Some(token) if !token.is_empty() => (token.clone(), false),
+        _ => (common::SecretKey::new(DEV_TOKEN), true),
+    }
+}
+
 /// A fresh challenge with a random nonce.
 pub fn new_challenge() -> Challenge {
     let mut nonce = [0u8; 32];

@@ -62,10 +62,7 @@ pub struct Settings {
 impl Settings {
     /// The token to use, and whether it is the development fallback.
     pub fn token(&self) -> (SecretKey, bool) {
-        match &self.token {
-            Some(t) if !t.is_empty() => (t.clone(), false),
-            _ => (SecretKey::new(protocol::handshake::DEV_TOKEN), true),
-        }
+        protocol::handshake::token_or_dev(self.token.as_ref())
     }
 
     /// The worker id to use.

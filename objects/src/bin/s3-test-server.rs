@@ -97,17 +97,7 @@ async fn main() -> ExitCode {
         server.secret_key.expose(),
         server.root().display()
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(err) => {
-            eprintln!("s3-test-server: cannot listen for SIGTERM: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    common::shutdown_signal().await;
     drop(server);
     eprintln!("s3-test-server stopped");
     ExitCode::SUCCESS
