@@ -1,5 +1,7 @@
 //! The shape of a reading, for storage and for the warehouse: named, typed columns, and a cell
-//! per column that code can bind without knowing the source.
+//! per column that code can bind (or show) without knowing the source.
+
+use serde_json::{Map, Value};
 
 /// What a column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,4 +30,22 @@ pub enum Cell<'a> {
     Text(Option<&'a str>),
     Real(Option<f64>),
     TimeMs(Option<i64>),
+}
+
+/// A reading as the API shows it: each column by name, times as RFC 3339 (`null` when absent).
+pub fn to_json(columns: &[Column], cells: &[Cell<'_>]) -> Map<String, Value> {
+    columns
+        .iter()
+        .zip(cells)
+        .map(|(column, cell)| {
+            let value = match *cell {
+                Cell::Text(v) => v.map_or(Value::Null, Value::from),
+                Cell::Real(v) => v.map_or(Value::Null, Value::from),
+                Cell::TimeMs(v) => v
+                    .and_then(common::rfc3339_ms)
+                    .map_or(Value::Null, Value::from),
+            };
+            (column.name.to_owned(), value)
+        })
+        .collect()
 }

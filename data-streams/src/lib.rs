@@ -5,7 +5,9 @@
 //! the real addresses are readable); [`Application::run_until_stopped`] serves until shutdown.
 
 pub mod api;
+pub mod console;
 pub mod db;
+pub mod live;
 pub mod reconcile;
 pub mod settings;
 pub mod stream;
@@ -23,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::db::{Db, DbError};
+use crate::live::Live;
 use crate::reconcile::Reconciler;
 use crate::settings::Settings;
 use crate::supervisor::{Housekeeping, Supervisor};
@@ -71,6 +74,7 @@ pub struct Application {
     db: Db,
     store: Arc<dyn ObjectStore>,
     reconciler: Reconciler,
+    live: Live,
 }
 
 /// The process-wide Prometheus recorder (installed once; later apps in the same process share it).
@@ -115,11 +119,13 @@ impl Application {
         let http = bind(&settings.http_addr, "HTTP API").await?;
         let worker_port = bind(&settings.worker_addr, "worker port").await?;
         let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days);
+        let live = Live::new();
         let supervisor = Supervisor::new(
             db.clone(),
             settings.call_timeout(),
             settings.heartbeat_timeout(),
             reconciler.trigger(),
+            live.clone(),
         );
         Ok(Application {
             settings,
@@ -130,6 +136,7 @@ impl Application {
             db,
             store,
             reconciler,
+            live,
         })
     }
 
@@ -208,7 +215,8 @@ impl Application {
             db: db.clone(),
             store: self.store,
             reconciler: self.reconciler,
-            api_token_digest: api_token.as_ref().map(common::SecretKey::digest),
+            live: self.live,
+            auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
         };
         let app = api::router(state, settings.max_body_bytes);

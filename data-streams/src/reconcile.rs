@@ -19,7 +19,7 @@ use crate::db::{Db, DbError, ReconciledRef};
 use crate::stream::StreamRow;
 
 /// What one pass found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Findings {
     /// Streams whose partitions were listed.
     pub streams: u64,
@@ -252,7 +252,7 @@ impl Reconciler {
 }
 
 /// A full comparison of the object store with the references: every partition of every stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Audit {
     /// Objects in the streams' prefixes.
     pub objects: u64,

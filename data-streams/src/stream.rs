@@ -14,6 +14,7 @@ use common::SecretKey;
 use protocol::{RateLimit, Schedule, StreamConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Shortest interval accepted, in ms (IQAir updates hourly; faster only helps tests and demos).
@@ -30,29 +31,57 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 /// `rate_limit` in a request: calls per minute, day and month for the stream's key (0: no
 /// limit on that window). A window left out keeps its value (on create: IQAir Community's 5,
 /// 500 and 10 000).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitInput {
+    /// Calls in any 61 s (0: no limit).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_minute: Option<i64>,
+    /// Calls per UTC day (0: no limit).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_day: Option<i64>,
+    /// Calls per UTC month (0: no limit).
+    #[schema(minimum = 0, maximum = 1000000)]
     pub per_month: Option<i64>,
 }
 
+/// A key's call budget as stored and shown (0: no limit on that window).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // The schema of `protocol::RateLimit`, which has no utoipa derive.
+pub struct RateLimitShown {
+    per_minute: u32,
+    per_day: u32,
+    per_month: u32,
+}
+
 /// The body of `POST /streams`, as the caller sent it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamInput {
+    /// A source of the adapter catalogue, e.g. `IQAIR_DAILY`.
+    #[schema(example = "IQAIR_DAILY")]
     pub adapter: String,
+    /// The API URL, without the key, e.g. `http://api.airvisual.com/v2/nearest_city`.
     pub endpoint: String,
+    /// The API key; never shown again (`***`).
+    #[schema(value_type = String, format = Password)]
     pub secret_key: SecretKey,
+    /// Milliseconds between runs (1000 to 31 days); give this or `cron`.
     #[serde(default)]
+    #[schema(minimum = 1000, maximum = 2678400000u64)]
     pub interval: Option<u64>,
+    /// A cron expression with seconds, UTC (`0 */15 * * * *`); give this or `interval`.
     #[serde(default)]
     pub cron: Option<String>,
+    /// Per-run timeout in ms (100 to 1 h); default the interval, or 60 s for cron.
     #[serde(default)]
+    #[schema(minimum = 100, maximum = 3600000)]
     pub timeout: Option<u64>,
+    /// The bucket (S3 naming rules) raw objects go to.
     pub bucket_name: String,
+    /// The adapter's parameters (IQAir: `lat` and `lon`, or `city`, `state` and `country`).
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub params: Map<String, Value>,
     /// The key's call budget; absent: IQAir Community's.
     #[serde(default)]
@@ -64,16 +93,20 @@ pub struct StreamInput {
 
 /// The body of `PATCH /streams/{id}`: any subset of the fields. Setting `interval` drops `cron`
 /// and the other way round.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamUpdate {
     pub adapter: Option<String>,
     pub endpoint: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     pub secret_key: Option<SecretKey>,
+    #[schema(minimum = 1000, maximum = 2678400000u64)]
     pub interval: Option<u64>,
     pub cron: Option<String>,
+    #[schema(minimum = 100, maximum = 3600000)]
     pub timeout: Option<u64>,
     pub bucket_name: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub params: Option<Map<String, Value>>,
     pub rate_limit: Option<RateLimitInput>,
 }
@@ -372,7 +405,7 @@ impl std::str::FromStr for StreamState {
 
 /// What the API shows as a stream's `status`: its desired state, and for a running stream
 /// whether a connected worker has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamStatus {
     /// Assigned to a connected worker.
@@ -472,25 +505,36 @@ impl From<&StreamRow> for StreamConfig {
 
 /// A stream as the API shows it: the key is `***` (see [`SecretKey`]'s `Serialize`), times are
 /// RFC 3339.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StreamView<'a> {
     pub id: Uuid,
     pub adapter: &'a str,
     pub endpoint: &'a str,
+    /// Always `***`.
+    #[schema(value_type = String, example = "***")]
     pub secret_key: &'a SecretKey,
     pub interval: Option<u64>,
     pub cron: Option<&'a str>,
+    /// Per-run timeout, ms.
     pub timeout: u64,
     pub bucket_name: &'a str,
+    #[schema(value_type = Object)]
     pub params: &'a Map<String, Value>,
+    #[schema(value_type = RateLimitShown)]
     pub rate_limit: RateLimit,
     pub status: StreamStatus,
+    /// The worker it is assigned to.
     pub worker_id: Option<&'a str>,
+    /// Bumped on every assignment.
     pub generation: i64,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_result_at: Option<Rfc3339>,
     pub last_error: Option<&'a str>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_error_at: Option<Rfc3339>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Rfc3339,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Rfc3339,
 }
 

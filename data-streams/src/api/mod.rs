@@ -3,32 +3,39 @@
 //! [`router`] builds the whole app from its state without a socket, so tests can drive it.
 //! Errors are JSON `{"error": "...", "detail": ...}` with a 4xx for anything the caller got wrong.
 
+mod auth;
+pub mod docs;
 mod error;
+mod live;
+mod reports;
 mod results;
 mod streams;
 mod system;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use common::SecretKey;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objects::ObjectStore;
-use subtle::ConstantTimeEq;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+pub use auth::Auth;
 pub use error::ApiError;
 
 use crate::db::Db;
+use crate::live::Live;
 use crate::reconcile::Reconciler;
 use crate::supervisor::Supervisor;
 
@@ -40,36 +47,70 @@ pub struct AppState {
     pub db: Db,
     pub store: Arc<dyn ObjectStore>,
     pub reconciler: Reconciler,
-    /// SHA-256 of the bearer token, when one is configured (compared in constant time).
-    pub api_token_digest: Option<[u8; 32]>,
+    pub live: Live,
+    /// Who may use the API (token and console sessions).
+    pub auth: Auth,
     pub metrics: Option<PrometheusHandle>,
+}
+
+/// The routes that need a token or a session, and the ones that do not, each with its part of
+/// the OpenAPI document.
+fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let protected = OpenApiRouter::new()
+        .routes(routes!(streams::create, streams::list))
+        .routes(routes!(streams::get, streams::update, streams::delete))
+        .routes(routes!(streams::start))
+        .routes(routes!(streams::stop))
+        .routes(routes!(results::list))
+        .routes(routes!(results::measurements))
+        .routes(routes!(results::failures))
+        .routes(routes!(results::raw))
+        .routes(routes!(reports::aqi))
+        .routes(routes!(live::live))
+        .routes(routes!(system::workers))
+        .routes(routes!(system::reconciler))
+        .routes(routes!(system::audit))
+        .routes(routes!(system::metrics));
+    let open = OpenApiRouter::new()
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(auth::login, auth::session, auth::logout));
+    (protected, open)
+}
+
+/// The OpenAPI 3.1 document of the whole API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (protected, open) = routes();
+    let mut doc = docs::ApiDoc::openapi();
+    doc.merge(protected.into_openapi());
+    doc.merge(open.into_openapi());
+    doc
+}
+
+/// `GET /openapi.json`, built once.
+async fn openapi_json() -> Response {
+    static JSON: OnceLock<String> = OnceLock::new();
+    let json = JSON.get_or_init(|| {
+        openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!(r#"{{"error": "cannot describe the API: {e}"}}"#))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], json.as_str()).into_response()
 }
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let protected = Router::new()
-        .route("/streams", post(streams::create).get(streams::list))
-        .route(
-            "/streams/{id}",
-            get(streams::get)
-                .patch(streams::update)
-                .delete(streams::delete),
-        )
-        .route("/streams/{id}/start", post(streams::start))
-        .route("/streams/{id}/stop", post(streams::stop))
-        .route("/streams/{id}/results", get(results::list))
-        .route("/streams/{id}/measurements", get(results::measurements))
-        .route("/streams/{id}/failures", get(results::failures))
-        .route("/results/{id}/raw", get(results::raw))
-        .route("/workers", get(system::workers))
-        .route("/reconciler", get(system::reconciler))
-        .route("/audit", get(system::audit))
-        .route("/metrics", get(system::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let (protected, open) = routes();
+    let protected: Router<AppState> = Router::from(protected).route_layer(
+        middleware::from_fn_with_state(state.clone(), auth::require_auth),
+    );
     Router::new()
         .merge(protected)
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
+        .merge(Router::from(open))
+        .route("/openapi.json", get(openapi_json))
+        .route("/", get(crate::console::index))
+        .route("/docs", get(crate::console::docs))
+        .route("/assets/{*path}", get(crate::console::asset))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -78,26 +119,6 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// Bearer-token check, when a token is configured. The comparison is over SHA-256 digests in
-/// constant time, so neither the token nor its length leaks through timing.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = state.api_token_digest else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| SecretKey::new(t.trim()).digest());
-    match presented {
-        Some(digest) if bool::from(digest.ct_eq(&expected)) => next.run(request).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is not valid".into()).into_response(),
-        None => ApiError::Unauthorized("an Authorization: Bearer token is required".into())
-            .into_response(),
-    }
 }
 
 /// `Json` whose rejections come back in our error format instead of axum's plain text.

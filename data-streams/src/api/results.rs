@@ -7,16 +7,16 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::docs::ReadErrors;
 use super::streams::parse_id;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
-use crate::db::{FailureRow, ResultRow};
-use crate::stream::Rfc3339;
+use crate::db::{FailureRow, MeasurementRow, ResultRow};
 
 /// The stream of a `/streams/{id}/…` read route: its id from the path, checked to exist.
-pub(super) struct KnownStream(Uuid);
+pub(super) struct KnownStream(pub(super) Uuid);
 
 impl FromRequestParts<AppState> for KnownStream {
     type Rejection = ApiError;
@@ -31,13 +31,32 @@ impl FromRequestParts<AppState> for KnownStream {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of a newest-first list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct Page {
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The `next` of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
     after: Option<String>,
 }
 
-fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+/// A time window of readings.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Window {
+    /// From this time on (RFC 3339 or epoch milliseconds), inclusive.
+    from: Option<String>,
+    /// Up to this time (RFC 3339 or epoch milliseconds), inclusive.
+    to: Option<String>,
+    /// Readings at most, 1 to 10 000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
+    limit: Option<String>,
+}
+
+pub(super) fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
     match raw {
         None => Ok(default),
         Some(s) => match s.parse::<i64>() {
@@ -49,56 +68,72 @@ fn limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
     }
 }
 
-/// A reference as the API shows it.
-#[derive(Debug, Serialize)]
-pub(crate) struct ResultView<'a> {
-    id: Uuid,
-    stream_id: Uuid,
-    bucket: &'a str,
-    key: &'a str,
-    fetched_at: Rfc3339,
-    /// The run's tick; `null` for references the reconciler found.
-    scheduled_at: Option<Rfc3339>,
-    started_at: Option<Rfc3339>,
-    size: i64,
-    sha256: &'a str,
-    status: &'a str,
-}
-
-impl<'a> From<&'a ResultRow> for ResultView<'a> {
-    fn from(r: &'a ResultRow) -> Self {
-        ResultView {
-            id: r.id,
-            stream_id: r.stream_id,
-            bucket: &r.bucket,
-            key: &r.key,
-            fetched_at: Rfc3339(r.fetched_at),
-            scheduled_at: r.scheduled_at.map(Rfc3339),
-            started_at: r.started_at.map(Rfc3339),
-            size: r.size,
-            sha256: &r.sha256,
-            status: &r.status,
-        }
+/// RFC 3339 or epoch milliseconds.
+pub(super) fn instant(raw: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = raw.parse::<i64>() {
+        return Ok(Some(ms));
     }
+    common::parse_rfc3339_ms(raw).map(Some).ok_or_else(|| {
+        ApiError::bad(format!(
+            "{name} must be RFC 3339 (2026-11-22T13:00:00Z) or epoch milliseconds"
+        ))
+    })
 }
 
-/// `GET /streams/{id}/results?limit=&after=`: newest first; `next` is the cursor for `after`.
+/// References, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ResultsPage {
+    items: Vec<ResultRow>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<Uuid>,
+}
+
+/// Readings, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct MeasurementsPage {
+    items: Vec<MeasurementRow>,
+}
+
+/// Failed runs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct FailuresPage {
+    items: Vec<FailureRow>,
+}
+
+/// A stream's references, newest first, keyset paginated: rows stored while a client pages
+/// are newer, so they never shift the pages still to come.
+#[utoipa::path(
+    get, path = "/streams/{id}/results", operation_id = "list_results", tag = "data",
+    params(("id" = Uuid, Path, description = "The stream"), Page),
+    responses((status = 200, description = "A page of references", body = ResultsPage), ReadErrors)
+)]
 pub(super) async fn list(
     State(state): State<AppState>,
     ApiQuery(page): ApiQuery<Page>,
     KnownStream(stream_id): KnownStream,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResultsPage>, ApiError> {
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
     let after = match page.after.as_deref() {
         None | Some("") => None,
         Some(raw) => Some(parse_id(raw, "result (cursor)")?),
     };
-    let (rows, next) = state.db.list_results(stream_id, limit, after).await?;
-    let items: Vec<ResultView<'_>> = rows.iter().map(ResultView::from).collect();
-    Ok(Json(json!({ "items": items, "next": next })))
+    let (items, next) = state.db.list_results(stream_id, limit, after).await?;
+    Ok(Json(ResultsPage { items, next }))
 }
 
-/// `GET /results/{id}/raw`: the object exactly as the API sent it.
+/// The raw object of a result, exactly as the API sent it.
+#[utoipa::path(
+    get, path = "/results/{id}/raw", operation_id = "get_raw_object", tag = "data",
+    params(("id" = Uuid, Path, description = "The result")),
+    responses(
+        (status = 200, description = "The bytes as fetched; `ETag` is their SHA-256",
+         content_type = "application/json", body = Object),
+        ReadErrors,
+    )
+)]
 pub(super) async fn raw(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -131,76 +166,39 @@ pub(super) async fn raw(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct Window {
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
-}
-
-/// RFC 3339 or epoch milliseconds.
-fn instant(raw: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
-    let Some(raw) = raw.filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    if let Ok(ms) = raw.parse::<i64>() {
-        return Ok(Some(ms));
-    }
-    chrono::DateTime::parse_from_rfc3339(raw)
-        .map(|t| Some(t.timestamp_millis()))
-        .map_err(|_| {
-            ApiError::bad(format!(
-                "{name} must be RFC 3339 (2026-11-22T13:00:00Z) or epoch milliseconds"
-            ))
-        })
-}
-
-/// A failed run as the API shows it.
-#[derive(Debug, Serialize)]
-struct FailureView<'a> {
-    run_id: Uuid,
-    at: Rfc3339,
-    class: &'a str,
-    message: &'a str,
-    stream_stopped: bool,
-}
-
-impl<'a> From<&'a FailureRow> for FailureView<'a> {
-    fn from(f: &'a FailureRow) -> Self {
-        FailureView {
-            run_id: f.run_id,
-            at: Rfc3339(f.at),
-            class: &f.class,
-            message: &f.message,
-            stream_stopped: f.stream_stopped,
-        }
-    }
-}
-
-/// `GET /streams/{id}/measurements?from=&to=&limit=`: one reading per pollution hour, oldest first.
+/// A stream's readings in a time window, one per pollution hour, oldest first.
+#[utoipa::path(
+    get, path = "/streams/{id}/measurements", operation_id = "list_measurements", tag = "data",
+    params(("id" = Uuid, Path, description = "The stream"), Window),
+    responses((status = 200, description = "Readings", body = MeasurementsPage), ReadErrors)
+)]
 pub(super) async fn measurements(
     State(state): State<AppState>,
     ApiQuery(window): ApiQuery<Window>,
     KnownStream(stream_id): KnownStream,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MeasurementsPage>, ApiError> {
     let from = instant(window.from.as_deref(), "from")?;
     let to = instant(window.to.as_deref(), "to")?;
     let limit = limit(window.limit.as_deref(), 1000, 10_000)?;
-    let rows = state
+    let items = state
         .db
         .list_measurements(stream_id, from, to, limit)
         .await?;
-    Ok(Json(json!({ "items": rows })))
+    Ok(Json(MeasurementsPage { items }))
 }
 
-/// `GET /streams/{id}/failures?limit=`: failed runs, newest first.
+/// A stream's failed runs, newest first, with their class.
+#[utoipa::path(
+    get, path = "/streams/{id}/failures", operation_id = "list_failures", tag = "data",
+    params(("id" = Uuid, Path, description = "The stream"), Page),
+    responses((status = 200, description = "Failed runs", body = FailuresPage), ReadErrors)
+)]
 pub(super) async fn failures(
     State(state): State<AppState>,
     ApiQuery(page): ApiQuery<Page>,
     KnownStream(stream_id): KnownStream,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FailuresPage>, ApiError> {
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
-    let rows = state.db.list_failures(stream_id, limit).await?;
-    let items: Vec<FailureView<'_>> = rows.iter().map(FailureView::from).collect();
-    Ok(Json(json!({ "items": items })))
+    let items = state.db.list_failures(stream_id, limit).await?;
+    Ok(Json(FailuresPage { items }))
 }

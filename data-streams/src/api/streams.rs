@@ -3,62 +3,118 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::docs::{ChangeErrors, ReadErrors, WriteErrors};
 use super::{ApiError, ApiJson, ApiPath, AppState};
-use crate::stream::{StreamInput, StreamSpec, StreamUpdate};
+use crate::stream::{StreamInput, StreamRow, StreamSpec, StreamUpdate, StreamView};
 
 /// Parse a path id; a malformed one is the caller's mistake.
 pub(super) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::bad(format!("{raw:?} is not a {what} id")))
 }
 
+/// The stream as the API shows it, given the workers connected now.
+fn shown(state: &AppState, row: &StreamRow) -> Response {
+    Json(row.view(&state.supervisor.connected_workers())).into_response()
+}
+
+/// The answer to start and stop, in the original shape.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Command<'a> {
+    success: bool,
+    /// e.g. `Started fetching from adapter IQAIR_DAILY.`
+    message: String,
+    stream: StreamView<'a>,
+}
+
+/// Create a stream; it starts at once (unless `"start": false`) on a worker that has its
+/// adapter and room.
+#[utoipa::path(
+    post, path = "/streams", operation_id = "create_stream", tag = "streams",
+    request_body(content = StreamInput, example = json!(crate::api::docs::example_stream())),
+    responses(
+        (status = 201, description = "Created; `secret_key` shows as `***`", body = StreamView),
+        WriteErrors,
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub(super) async fn create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<StreamInput>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let start = input.start.unwrap_or(true);
     let spec = StreamSpec::parse(input)?;
     let row = state.supervisor.create(spec, start).await?;
-    let connected = state.supervisor.connected_workers();
-    Ok((StatusCode::CREATED, Json(json!(row.view(&connected)))))
+    Ok((StatusCode::CREATED, shown(&state, &row)).into_response())
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every stream, oldest first, with its status.
+#[utoipa::path(
+    get, path = "/streams", operation_id = "list_streams", tag = "streams",
+    responses(
+        (status = 200, description = "Every stream", body = Vec<StreamView>),
+        (status = 401, description = "No valid token or session", body = super::docs::ErrorBody),
+        (status = 503, description = "The database is not reachable", body = super::docs::ErrorBody),
+    )
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rows = state.db.list_streams().await?;
     let connected = state.supervisor.connected_workers();
-    let views: Vec<_> = rows.iter().map(|r| r.view(&connected)).collect();
-    Ok(Json(json!(views)))
+    let views: Vec<StreamView<'_>> = rows.iter().map(|r| r.view(&connected)).collect();
+    Ok(Json(views).into_response())
 }
 
+/// One stream.
+#[utoipa::path(
+    get, path = "/streams/{id}", operation_id = "get_stream", tag = "streams",
+    params(("id" = Uuid, Path, description = "The stream")),
+    responses((status = 200, description = "The stream", body = StreamView), ReadErrors)
+)]
 pub(super) async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id, "stream")?;
     let row = state
         .db
         .get_stream(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("stream {id} not found")))?;
-    Ok(Json(json!(row.view(&state.supervisor.connected_workers()))))
+    Ok(shown(&state, &row))
 }
 
+/// Change any subset of a stream's fields; the stream is validated as a whole and its worker
+/// gets the new config at the end of the current interval. Setting `interval` drops `cron`
+/// and the other way round.
+#[utoipa::path(
+    patch, path = "/streams/{id}", operation_id = "update_stream", tag = "streams",
+    params(("id" = Uuid, Path, description = "The stream")),
+    request_body(content = StreamUpdate, example = json!({"interval": 600000})),
+    responses((status = 200, description = "The changed stream", body = StreamView), ChangeErrors)
+)]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn update(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<StreamUpdate>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id, "stream")?;
     let row = state.supervisor.update(id, update).await?;
-    Ok(Json(json!(row.view(&state.supervisor.connected_workers()))))
+    Ok(shown(&state, &row))
 }
 
+/// Stop a stream on its worker and delete it with its references, readings and failed runs.
+/// Its raw objects stay in the bucket.
+#[utoipa::path(
+    delete, path = "/streams/{id}", operation_id = "delete_stream", tag = "streams",
+    params(("id" = Uuid, Path, description = "The stream")),
+    responses((status = 204, description = "Deleted"), ReadErrors)
+)]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn delete(
     State(state): State<AppState>,
@@ -69,30 +125,44 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Run a stream (again); clears a past error. Idempotent.
+#[utoipa::path(
+    post, path = "/streams/{id}/start", operation_id = "start_stream", tag = "streams",
+    params(("id" = Uuid, Path, description = "The stream")),
+    responses((status = 200, description = "Running or pending", body = Command), ReadErrors)
+)]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn start(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id, "stream")?;
     let row = state.supervisor.start(id).await?;
-    Ok(Json(json!({
-        "success": true,
-        "message": format!("Started fetching from adapter {}.", row.spec.adapter()),
-        "stream": row.view(&state.supervisor.connected_workers()),
-    })))
+    let command = Command {
+        success: true,
+        message: format!("Started fetching from adapter {}.", row.spec.adapter()),
+        stream: row.view(&state.supervisor.connected_workers()),
+    };
+    Ok(Json(command).into_response())
 }
 
+/// Stop a stream on its worker. Idempotent.
+#[utoipa::path(
+    post, path = "/streams/{id}/stop", operation_id = "stop_stream", tag = "streams",
+    params(("id" = Uuid, Path, description = "The stream")),
+    responses((status = 200, description = "Stopped", body = Command), ReadErrors)
+)]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn stop(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&id, "stream")?;
     let row = state.supervisor.stop(id).await?;
-    Ok(Json(json!({
-        "success": true,
-        "message": format!("Stopped fetching from adapter {}.", row.spec.adapter()),
-        "stream": row.view(&state.supervisor.connected_workers()),
-    })))
+    let command = Command {
+        success: true,
+        message: format!("Stopped fetching from adapter {}.", row.spec.adapter()),
+        stream: row.view(&state.supervisor.connected_workers()),
+    };
+    Ok(Json(command).into_response())
 }

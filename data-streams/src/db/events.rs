@@ -13,7 +13,7 @@ use protocol::{Measurement, ResultRecord, RunFailure};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
-use super::{dispatch, Db, DbError, PersistStats, ReconciledRef, Tx, CHUNK_ROWS};
+use super::{dispatch, Db, DbError, PersistStats, Persisted, ReconciledRef, Tx, CHUNK_ROWS};
 
 /// Moves `last_result_at` forward to `$2`, `last_error_at` forward to `$3` (with `$4` as the
 /// error), and clears `last_error` when the newest result is newer than the newest error. All
@@ -207,17 +207,16 @@ impl Tx {
         Ok(known)
     }
 
-    /// Inserts `results` rows with `status`, skipping ids already stored; returns how many were
-    /// new.
+    /// Inserts `results` rows with `status`, skipping ids already stored; returns the new ids.
     async fn insert_refs(
         &mut self,
         rows: &[RefRow<'_>],
         status: &str,
         now: i64,
-    ) -> Result<u64, DbError> {
-        let mut inserted = 0;
+    ) -> Result<Vec<Uuid>, DbError> {
+        let mut inserted = Vec::new();
         for chunk in rows.chunks(CHUNK_ROWS) {
-            inserted += dispatch!(Tx, self, |tx, DB| {
+            let ids: Vec<Uuid> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(
                     "INSERT INTO results (id, stream_id, bucket, key, fetched_at, scheduled_at, \
                      started_at, size, sha256, status, created_at) ",
@@ -235,24 +234,28 @@ impl Tx {
                         .push_bind(status)
                         .push_bind(now);
                 });
-                query.push(" ON CONFLICT (id) DO NOTHING");
-                query.build().execute(&mut **tx).await?.rows_affected()
+                query.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                query.build_query_scalar().fetch_all(&mut **tx).await?
             });
+            inserted.extend(ids);
         }
         Ok(inserted)
     }
 
-    /// Inserts readings, the first per (stream, ts) winning; returns how many were new. The
-    /// columns after the identity are the catalogue's, bound from the reading's cells.
-    async fn insert_readings(&mut self, rows: &[ReadingRow<'_>]) -> Result<u64, DbError> {
+    /// Inserts readings, the first per (stream, ts) winning; returns the (stream, ts) of the new
+    /// ones. The columns after the identity are the catalogue's, bound from the reading's cells.
+    async fn insert_readings(
+        &mut self,
+        rows: &[ReadingRow<'_>],
+    ) -> Result<Vec<(Uuid, i64)>, DbError> {
         let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
         let head = format!(
             "INSERT INTO measurements (stream_id, ts, result_id, {}) ",
             columns.join(", ")
         );
-        let mut inserted = 0;
+        let mut inserted = Vec::new();
         for chunk in rows.chunks(CHUNK_ROWS) {
-            inserted += dispatch!(Tx, self, |tx, DB| {
+            let keys: Vec<(Uuid, i64)> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(&head);
                 query.push_values(chunk, |mut row, m| {
                     row.push_bind(m.stream_id)
@@ -266,18 +269,19 @@ impl Tx {
                         };
                     }
                 });
-                query.push(" ON CONFLICT (stream_id, ts) DO NOTHING");
-                query.build().execute(&mut **tx).await?.rows_affected()
+                query.push(" ON CONFLICT (stream_id, ts) DO NOTHING RETURNING stream_id, ts");
+                query.build_query_as().fetch_all(&mut **tx).await?
             });
+            inserted.extend(keys);
         }
         Ok(inserted)
     }
 
-    /// Records failed runs, idempotent on the run id; returns how many were new.
-    async fn insert_failures(&mut self, failures: &[&RunFailure]) -> Result<u64, DbError> {
-        let mut inserted = 0;
+    /// Records failed runs, idempotent on the run id; returns the new run ids.
+    async fn insert_failures(&mut self, failures: &[&RunFailure]) -> Result<Vec<Uuid>, DbError> {
+        let mut inserted = Vec::new();
         for chunk in failures.chunks(CHUNK_ROWS) {
-            inserted += dispatch!(Tx, self, |tx, DB| {
+            let ids: Vec<Uuid> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(
                     "INSERT INTO run_failures \
                      (run_id, stream_id, at, class, message, stream_stopped) ",
@@ -290,9 +294,10 @@ impl Tx {
                         .push_bind(f.message.as_str())
                         .push_bind(f.stream_stopped);
                 });
-                query.push(" ON CONFLICT (run_id) DO NOTHING");
-                query.build().execute(&mut **tx).await?.rows_affected()
+                query.push(" ON CONFLICT (run_id) DO NOTHING RETURNING run_id");
+                query.build_query_scalar().fetch_all(&mut **tx).await?
             });
+            inserted.extend(ids);
         }
         Ok(inserted)
     }
@@ -330,39 +335,58 @@ impl Db {
     /// batch. A reading without a parsable pollution ts is not stored. A failure with
     /// `stream_stopped` is recorded like any other; moving the stream to `failed` (and telling
     /// whoever needs telling) is the caller's [`Db::set_state`].
-    #[tracing::instrument(
-        level = "debug",
-        skip_all,
-        fields(results = results.len(), failures = failures.len())
-    )]
     pub async fn persist_events(
         &self,
         results: &[ResultRecord],
         failures: &[RunFailure],
     ) -> Result<PersistStats, DbError> {
+        Ok(self.persist_batch(results, failures).await?.stats)
+    }
+
+    /// [`Db::persist_events`], also saying which rows are new (for the live channel: what a
+    /// replay stored before is not news).
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(results = results.len(), failures = failures.len())
+    )]
+    pub async fn persist_batch(
+        &self,
+        results: &[ResultRecord],
+        failures: &[RunFailure],
+    ) -> Result<Persisted, DbError> {
         let mut batch = PreparedBatch::new(results, failures);
         if batch.stream_ids.is_empty() {
-            return Ok(batch.stats);
+            return Ok(Persisted {
+                stats: batch.stats,
+                ..Persisted::default()
+            });
         }
         let now = common::now_ms();
         let mut tx = self.begin_write().await?;
         let known = tx.known_streams(&batch.stream_ids).await?;
         batch.retain_known(&known);
-        let refs_inserted = tx.insert_refs(&batch.refs, "ok", now).await?;
-        let readings_inserted = tx.insert_readings(&batch.readings).await?;
-        let failures_inserted = tx.insert_failures(&batch.failures).await?;
+        let new_results = tx.insert_refs(&batch.refs, "ok", now).await?;
+        let new_readings = tx.insert_readings(&batch.readings).await?;
+        let new_failures = tx.insert_failures(&batch.failures).await?;
         tx.bookkeeping(batch.bookkeeping()).await?;
         tx.commit().await?;
 
         let mut stats = batch.stats;
-        stats.results_inserted = refs_inserted;
-        stats.results_duplicate += batch.refs.len() as u64 - refs_inserted;
-        stats.measurements_inserted = readings_inserted;
-        stats.measurements_duplicate += batch.readings.len() as u64 - readings_inserted;
-        stats.failures_inserted = failures_inserted;
-        stats.failures_duplicate += batch.failures.len() as u64 - failures_inserted;
+        let count = |new: usize| new as u64;
+        stats.results_inserted = count(new_results.len());
+        stats.results_duplicate += count(batch.refs.len() - new_results.len());
+        stats.measurements_inserted = count(new_readings.len());
+        stats.measurements_duplicate += count(batch.readings.len() - new_readings.len());
+        stats.failures_inserted = count(new_failures.len());
+        stats.failures_duplicate += count(batch.failures.len() - new_failures.len());
         tracing::debug!(?stats, "events persisted");
-        Ok(stats)
+        Ok(Persisted {
+            stats,
+            new_results: new_results.into_iter().collect(),
+            new_readings: new_readings.into_iter().collect(),
+            new_failures: new_failures.into_iter().collect(),
+        })
     }
 
     /// Inserts references the reconciler found in the object store (`status = reconciled`),
@@ -402,7 +426,7 @@ impl Db {
             .insert_refs(&rows, "reconciled", common::now_ms())
             .await?;
         tx.commit().await?;
-        Ok(inserted)
+        Ok(inserted.len() as u64)
     }
 
     /// Which of `ids` already have a reference.

@@ -18,13 +18,17 @@ mod events;
 mod model;
 mod postgres;
 mod reads;
+mod reports;
 mod row;
 mod sqlite;
 mod streams;
 mod workers;
 
 pub use error::{redact_url, DbError};
-pub use model::{FailureRow, MeasurementRow, PersistStats, ReconciledRef, ResultRow, WorkerRow};
+pub use model::{
+    FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
+};
+pub use reports::{BucketFigures, GroupBy, GroupFigures, GroupKey, ReportFilter};
 
 /// Runs `$body` on whichever backend `$value` (a [`Db`] or a [`Tx`], named by `$enum`) holds,
 /// with `$inner` bound to the pool or transaction of that backend and, in the second form,

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use sqlx::{FromRow, Row};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::CorruptRow;
@@ -62,6 +63,18 @@ pub struct PersistStats {
     pub skipped_unknown_stream: u64,
 }
 
+/// What one [`Db::persist_batch`](super::Db::persist_batch) did, and which rows it added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persisted {
+    pub stats: PersistStats,
+    /// Result ids stored by this batch (not before).
+    pub new_results: std::collections::HashSet<Uuid>,
+    /// (stream, ts) of the readings stored by this batch.
+    pub new_readings: std::collections::HashSet<(Uuid, i64)>,
+    /// Run ids of the failed runs stored by this batch.
+    pub new_failures: std::collections::HashSet<Uuid>,
+}
+
 /// A reference found in the object store by the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconciledRef {
@@ -74,33 +87,82 @@ pub struct ReconciledRef {
     pub sha256: String,
 }
 
-/// A reference to one raw object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// A reference to one raw object. Serializes as the API shows it: times in RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(example = json!({
+    "id": "019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55",
+    "stream_id": "019ad1f0-1b2c-7d4e-8f60-1a2b3c4d5e6f",
+    "bucket": "results",
+    "key": "IQAIR_DAILY/019ad1f0-1b2c-7d4e-8f60-1a2b3c4d5e6f/dt=2026-11-28/019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55.json",
+    "fetched_at": "2026-11-28T13:00:00.123Z",
+    "scheduled_at": "2026-11-28T13:00:00.000Z",
+    "started_at": "2026-11-28T13:00:00.004Z",
+    "size": 412,
+    "sha256": "5ed08757e53da3e026d6cbecc61fe5d43585c9560b302d534ad56692519a273d",
+    "status": "ok"
+}))]
 pub struct ResultRow {
+    /// The result id, a UUIDv7 (time ordered): also the object's file name.
     pub id: Uuid,
     pub stream_id: Uuid,
     pub bucket: String,
+    /// The object's key in the bucket.
     pub key: String,
+    /// When the response arrived.
+    #[serde(with = "crate::stream::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub fetched_at: i64,
-    /// When the schedule meant the run to start (its tick), epoch ms; `None` when the
-    /// reconciler found the object (no tick known).
+    /// When the schedule meant the run to start (its tick); `null` when the reconciler found
+    /// the object (no tick known).
+    #[serde(with = "crate::stream::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub scheduled_at: Option<i64>,
-    /// When the run started, epoch ms; `started_at - scheduled_at` is the schedule lag.
+    /// When the run started; `started_at - scheduled_at` is the schedule lag.
+    #[serde(with = "crate::stream::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
+    /// Bytes.
     pub size: i64,
+    /// SHA-256 of the raw bytes, lowercase hex.
     pub sha256: String,
     /// `ok` (reported by a worker) or `reconciled` (found in the bucket by the reconciler).
     pub status: String,
 }
 
+impl ResultRow {
+    /// The reference a worker reported, as stored.
+    pub fn reported(record: &protocol::ResultRecord) -> Self {
+        ResultRow {
+            id: record.result_id,
+            stream_id: record.stream_id,
+            bucket: record.bucket.clone(),
+            key: record.key.clone(),
+            fetched_at: record.fetched_at_ms,
+            scheduled_at: Some(record.scheduled_at_ms),
+            started_at: Some(record.started_at_ms),
+            size: i64::try_from(record.size).unwrap_or(i64::MAX),
+            sha256: record.sha256.clone(),
+            status: "ok".to_owned(),
+        }
+    }
+}
+
 /// One stored reading, unique per (stream, ts). Serializes as the API shows it: times in
 /// RFC 3339, without the stream id.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(example = json!({
+    "ts": "2026-03-01T10:00:00.000Z", "result_id": "019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55",
+    "city": "Los Angeles", "state": "California", "country": "USA",
+    "lat": 34.0669, "lon": -118.2417, "aqius": 66.0, "mainus": "p2", "aqicn": 44.0, "maincn": "p1",
+    "weather_ts": "2026-03-01T11:00:00.000Z", "tp": 6.0, "pr": 1012.0, "hu": 86.0, "ws": 4.54,
+    "wd": 252.0, "ic": "04n", "heat_index": 7.0
+}))]
 pub struct MeasurementRow {
     #[serde(skip)]
     pub stream_id: Uuid,
-    /// `current.pollution.ts`, epoch milliseconds.
+    /// `current.pollution.ts`: the reading's hour (IQAir updates hourly).
     #[serde(with = "crate::stream::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub ts: i64,
     /// The result that delivered this reading first.
     pub result_id: Uuid,
@@ -113,8 +175,9 @@ pub struct MeasurementRow {
     pub mainus: Option<String>,
     pub aqicn: Option<f64>,
     pub maincn: Option<String>,
-    /// `current.weather.ts`, epoch milliseconds; `None` when missing or unparsable.
+    /// `current.weather.ts`; `null` when missing or unparsable.
     #[serde(with = "crate::stream::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub weather_ts: Option<i64>,
     pub tp: Option<f64>,
     pub pr: Option<f64>,
@@ -125,14 +188,35 @@ pub struct MeasurementRow {
     pub heat_index: Option<f64>,
 }
 
-/// One failed run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+/// One failed run. Serializes as the API shows it: the time in RFC 3339, without the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(example = json!({
+    "run_id": "019ad1f3-0000-7000-8000-000000000001", "at": "2026-11-28T13:15:00.040Z",
+    "class": "rate_limited", "message": "call_per_minute_limit_reached", "stream_stopped": false
+}))]
 pub struct FailureRow {
     pub run_id: Uuid,
+    #[serde(skip)]
     pub stream_id: Uuid,
+    #[serde(with = "crate::stream::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     /// [`protocol::FailureClass::as_str`].
     pub class: String,
     pub message: String,
     pub stream_stopped: bool,
+}
+
+impl FailureRow {
+    /// The failed run a worker reported, as stored.
+    pub fn reported(failure: &protocol::RunFailure) -> Self {
+        FailureRow {
+            run_id: failure.run_id,
+            stream_id: failure.stream_id,
+            at: failure.at_ms,
+            class: failure.class.as_str().to_owned(),
+            message: failure.message.clone(),
+            stream_stopped: failure.stream_stopped,
+        }
+    }
 }

@@ -80,6 +80,7 @@ impl Supervisor {
                     .entry(worker_id)
                     .or_default()
                     .push(Call::Start(StreamConfig::from(&row)));
+                self.announce(&row);
                 placed += 1;
             }
             for (worker_id, calls) in per_worker {
@@ -272,8 +273,11 @@ impl Supervisor {
             .set_state(id, StreamState::Failed, Some(reason), false, now_ms())
             .await
         {
-            Ok(_) => {
-                tracing::warn!(stream_id = %id, worker_id, "stream failed and stopped: {reason}")
+            Ok(row) => {
+                tracing::warn!(stream_id = %id, worker_id, "stream failed and stopped: {reason}");
+                if let Some(row) = row {
+                    self.announce(&row);
+                }
             }
             Err(err) => tracing::error!(stream_id = %id, "could not mark the stream failed: {err}"),
         }

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
+use crate::live::{Live, LiveMessage};
 use crate::stream::{Invalid, StreamRow, StreamSpec, StreamState, StreamUpdate};
 use sessions::Sessions;
 
@@ -54,6 +55,8 @@ struct Inner {
     grace: Duration,
     /// Wakes the reconciler (a worker (re)connected: what it stored unreported gets indexed).
     reconcile_soon: Arc<Notify>,
+    /// Where commits and status changes are announced (`GET /live`).
+    live: Live,
 }
 
 /// The supervision core, shared by the worker port, the HTTP API and the sweep.
@@ -71,6 +74,7 @@ impl Supervisor {
         call_timeout: Duration,
         grace: Duration,
         reconcile_soon: Arc<Notify>,
+        live: Live,
     ) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
@@ -80,8 +84,22 @@ impl Supervisor {
                 call_timeout,
                 grace,
                 reconcile_soon,
+                live,
             }),
         }
+    }
+
+    /// Announce a stream's current shape and status on the live channel.
+    fn announce(&self, row: &StreamRow) {
+        let connected = self.connected_workers();
+        self.inner.live.publish(
+            Some(row.id),
+            &LiveMessage::Stream {
+                stream_id: row.id,
+                stream: Some(row.view(&connected)),
+                deleted: false,
+            },
+        );
     }
 
     /// Ids of the connected workers.
@@ -115,11 +133,12 @@ impl Supervisor {
             .insert_stream(Uuid::now_v7(), &spec, state, now_ms())
             .await?;
         tracing::info!(stream_id = %row.id, "stream created");
-        if !start {
-            return Ok(row);
+        if start {
+            self.assign_pending().await;
         }
-        self.assign_pending().await;
-        Ok(self.inner.db.get_stream(row.id).await?.unwrap_or(row))
+        let row = self.inner.db.get_stream(row.id).await?.unwrap_or(row);
+        self.announce(&row);
+        Ok(row)
     }
 
     /// `PATCH /streams/{id}`: apply the update, validate the stream as a whole, store it, and
@@ -137,6 +156,7 @@ impl Supervisor {
             .await?
             .ok_or(SupervisorError::NotFound(id))?;
         self.reconfigure(&row).await;
+        self.announce(&row);
         Ok(row)
     }
 
@@ -151,6 +171,14 @@ impl Supervisor {
         self.stop_on_worker(&row).await;
         self.inner.db.delete_stream(id).await?;
         tracing::info!(stream_id = %id, "stream deleted (its objects stay in the bucket)");
+        self.inner.live.publish(
+            Some(id),
+            &LiveMessage::Stream {
+                stream_id: id,
+                stream: None,
+                deleted: true,
+            },
+        );
         Ok(())
     }
 
@@ -170,7 +198,9 @@ impl Supervisor {
             }
             _ => self.assign_pending().await,
         }
-        Ok(self.inner.db.get_stream(id).await?.unwrap_or(row))
+        let row = self.inner.db.get_stream(id).await?.unwrap_or(row);
+        self.announce(&row);
+        Ok(row)
     }
 
     /// `POST /streams/{id}/stop`: desired state stopped, and tell its worker. Idempotent.
@@ -183,6 +213,8 @@ impl Supervisor {
             .await?
             .ok_or(SupervisorError::NotFound(id))?;
         self.stop_on_worker(&before).await;
+        let row = self.inner.db.get_stream(id).await?.unwrap_or(row);
+        self.announce(&row);
         Ok(row)
     }
 }

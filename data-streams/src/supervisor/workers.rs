@@ -4,7 +4,9 @@ use common::now_ms;
 use protocol::{LinkHandle, ResultRecord, RunFailure, RunningStream};
 
 use super::Supervisor;
-use crate::db::{DbError, PersistStats};
+use crate::db::{DbError, FailureRow, PersistStats, Persisted, ResultRow};
+use crate::live::LiveMessage;
+use crate::stream::Rfc3339;
 
 impl Supervisor {
     /// Register a worker that passed the handshake. An older session of the same worker is
@@ -32,6 +34,13 @@ impl Supervisor {
             old.link.close().await;
         }
         metrics::gauge!("ds_workers_connected").set(self.inner.sessions.len() as f64);
+        self.inner.live.publish(
+            None,
+            &LiveMessage::Worker {
+                worker_id,
+                connected: true,
+            },
+        );
         Ok(conn_id)
     }
 
@@ -42,6 +51,13 @@ impl Supervisor {
             return;
         }
         metrics::gauge!("ds_workers_connected").set(self.inner.sessions.len() as f64);
+        self.inner.live.publish(
+            None,
+            &LiveMessage::Worker {
+                worker_id,
+                connected: false,
+            },
+        );
         if let Err(err) = self
             .inner
             .db
@@ -78,7 +94,8 @@ impl Supervisor {
         results: &[ResultRecord],
         failures: &[RunFailure],
     ) -> Result<PersistStats, DbError> {
-        let stats = self.inner.db.persist_events(results, failures).await?;
+        let persisted = self.inner.db.persist_batch(results, failures).await?;
+        self.announce_new(results, failures, &persisted);
         for failure in failures.iter().filter(|f| f.stream_stopped) {
             self.stream_failed(
                 failure.stream_id,
@@ -87,6 +104,57 @@ impl Supervisor {
             )
             .await;
         }
-        Ok(stats)
+        Ok(persisted.stats)
+    }
+
+    /// Publish what a commit added: each new result (with its reading, when that is new too)
+    /// and each new failed run. A replayed event stored before is not news.
+    fn announce_new(&self, results: &[ResultRecord], failures: &[RunFailure], new: &Persisted) {
+        let live = &self.inner.live;
+        if live.clients() == 0 {
+            return;
+        }
+        let committed_at = Rfc3339(now_ms());
+        for record in results
+            .iter()
+            .filter(|r| new.new_results.contains(&r.result_id))
+        {
+            let measurement = record.measurement.as_deref().and_then(|m| {
+                let ts = m.ts_ms()?;
+                if !new.new_readings.contains(&(record.stream_id, ts)) {
+                    return None;
+                }
+                let mut json = serde_json::Map::new();
+                json.insert("ts".into(), serde_json::json!(Rfc3339(ts)));
+                json.insert("result_id".into(), serde_json::json!(record.result_id));
+                json.extend(catalogue::reading::to_json(
+                    catalogue::iqair::COLUMNS,
+                    &m.cells(),
+                ));
+                Some(json)
+            });
+            live.publish(
+                Some(record.stream_id),
+                &LiveMessage::Result {
+                    stream_id: record.stream_id,
+                    result: &ResultRow::reported(record),
+                    measurement,
+                    committed_at,
+                },
+            );
+        }
+        for failure in failures
+            .iter()
+            .filter(|f| new.new_failures.contains(&f.run_id))
+        {
+            live.publish(
+                Some(failure.stream_id),
+                &LiveMessage::Failure {
+                    stream_id: failure.stream_id,
+                    failure: &FailureRow::reported(failure),
+                    committed_at,
+                },
+            );
+        }
     }
 }

@@ -1,0 +1,2 @@
+"use strict";
+document.getElementById("main").textContent = "The console is being built.";

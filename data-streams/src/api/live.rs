@@ -1,0 +1,105 @@
+//! `GET /live`: the live channel as a WebSocket (see [`crate::live`] for what is sent, when, and
+//! what a client that falls behind gets).
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::docs::ErrorBody;
+use super::{ApiError, AppState};
+use crate::live::{Filter, LiveMessage};
+
+/// The filter of a `?stream=<id>&stream=<id>` query.
+fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
+    let mut streams = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "stream" => streams.push(
+                Uuid::parse_str(&value)
+                    .map_err(|_| ApiError::bad(format!("stream={value:?} is not a stream id")))?,
+            ),
+            other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    Ok(Filter::streams(streams))
+}
+
+/// The live channel: one JSON text message per committed result (`type: result`, with its
+/// reading when it brought a new one), failed run (`failure`), stream change (`stream`) and
+/// worker connect or disconnect (`worker`), in commit order. `?stream=<id>` (repeatable) keeps
+/// only those streams. A client that falls more than 8192 messages behind gets
+/// `{"type": "lagged", "dropped": n}` and continues with the newest; page the list API to catch
+/// up. Messages never arrive before their commit.
+#[utoipa::path(
+    get, path = "/live", operation_id = "live", tag = "live",
+    params(("stream" = Option<Vec<Uuid>>, Query, description = "Only these streams (repeatable)")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "A malformed filter, or not a WebSocket request", body = ErrorBody),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+    )
+)]
+pub(super) async fn live(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let filter = filter(query.as_deref())?;
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::bad(format!(
+            "GET /live is a WebSocket: {}",
+            axum::response::IntoResponse::into_response(rejection).status()
+        ))
+    })?;
+    let receiver = state.live.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| client(socket, receiver, filter)))
+}
+
+/// One client: forward what it wants until it leaves or the server stops.
+async fn client(
+    mut socket: WebSocket,
+    mut receiver: tokio::sync::broadcast::Receiver<crate::live::Published>,
+    filter: Filter,
+) {
+    metrics::gauge!("ds_live_clients").increment(1);
+    loop {
+        let text = tokio::select! {
+            published = receiver.recv() => match published {
+                Ok(published) if filter.wants(published.stream_id) => published.text,
+                Ok(_) => continue,
+                Err(RecvError::Lagged(dropped)) => {
+                    metrics::counter!("ds_live_dropped_total").increment(dropped);
+                    LiveMessage::Lagged { dropped }.text()
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                // Clients only listen; pings are answered by the socket itself.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            },
+        };
+        if socket.send(Message::Text(text)).await.is_err() {
+            break;
+        }
+    }
+    metrics::gauge!("ds_live_clients").decrement(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_repeatable_stream_ids() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let both = filter(Some(&format!("stream={a}&stream={b}"))).unwrap();
+        assert!(both.wants(Some(a)) && both.wants(Some(b)));
+        assert!(!both.wants(Some(Uuid::now_v7())));
+        assert_eq!(filter(None).unwrap(), Filter::default());
+        assert!(filter(Some("stream=nope")).is_err());
+        assert!(filter(Some("other=1")).is_err());
+    }
+}
