@@ -28,6 +28,31 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Largest call budget accepted on any rate-limit window.
 pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 
+/// A whole number as JSON sends it: `18000`, or `18000.0` from a client whose numbers are all
+/// floats (JavaScript); a fraction, a negative or a number over `u64` is refused.
+fn whole_number<'de, D: serde::Deserializer<'de>, T: TryFrom<u64> + TryFrom<i64>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    use serde::de::Error;
+    let number = Option::<serde_json::Number>::deserialize(deserializer)?;
+    let Some(number) = number else {
+        return Ok(None);
+    };
+    let whole = if let Some(n) = number.as_u64() {
+        T::try_from(n).ok()
+    } else if let Some(n) = number.as_i64() {
+        T::try_from(n).ok()
+    } else {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .and_then(|f| T::try_from(f as i64).ok())
+    };
+    whole
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+}
+
 /// `rate_limit` in a request: calls per minute, day and month for the stream's key (0: no
 /// limit on that window). A window left out keeps its value (on create: IQAir Community's 5,
 /// 500 and 10 000).
@@ -35,12 +60,15 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 #[serde(deny_unknown_fields)]
 pub struct RateLimitInput {
     /// Calls in any 61 s (0: no limit).
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub per_minute: Option<i64>,
     /// Calls per UTC day (0: no limit).
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub per_day: Option<i64>,
     /// Calls per UTC month (0: no limit).
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub per_month: Option<i64>,
 }
@@ -62,22 +90,24 @@ pub struct StreamInput {
     #[schema(example = "IQAIR_DAILY")]
     pub adapter: String,
     /// The API URL, without the key, e.g. `http://api.airvisual.com/v2/nearest_city`.
+    #[schema(pattern = "^https?://[^/?#@]+")]
     pub endpoint: String,
     /// The API key; never shown again (`***`).
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 1, max_length = 256)]
     pub secret_key: SecretKey,
     /// Milliseconds between runs (1000 to 31 days); give this or `cron`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1000, maximum = 2678400000u64)]
     pub interval: Option<u64>,
     /// A cron expression with seconds, UTC (`0 */15 * * * *`); give this or `interval`.
     #[serde(default)]
     pub cron: Option<String>,
     /// Per-run timeout in ms (100 to 1 h); default the interval, or 60 s for cron.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 100, maximum = 3600000)]
     pub timeout: Option<u64>,
     /// The bucket (S3 naming rules) raw objects go to.
+    #[schema(pattern = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
     pub bucket_name: String,
     /// The adapter's parameters (IQAir: `lat` and `lon`, or `city`, `state` and `country`).
     #[serde(default)]
@@ -98,11 +128,13 @@ pub struct StreamInput {
 pub struct StreamUpdate {
     pub adapter: Option<String>,
     pub endpoint: Option<String>,
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 1, max_length = 256)]
     pub secret_key: Option<SecretKey>,
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1000, maximum = 2678400000u64)]
     pub interval: Option<u64>,
     pub cron: Option<String>,
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 100, maximum = 3600000)]
     pub timeout: Option<u64>,
     pub bucket_name: Option<String>,
@@ -723,6 +755,21 @@ mod tests {
         let Invalid(problems) = StreamSpec::parse(input(v)).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("rate_limit.per_minute"));
+    }
+
+    #[test]
+    fn whole_numbers_may_come_as_floats_but_fractions_may_not() {
+        let mut v = base();
+        v["interval"] = json!(18000.0);
+        v["rate_limit"] = json!({"per_day": 250.0});
+        let spec = StreamSpec::parse(input(v.clone())).unwrap();
+        assert_eq!(spec.interval_ms(), Some(18_000));
+        assert_eq!(spec.rate_limit().per_day, 250);
+        for bad in [json!(18000.5), json!(-5), json!("18000")] {
+            v["interval"] = bad.clone();
+            let parsed: Result<StreamInput, _> = serde_json::from_value(v.clone());
+            assert!(parsed.is_err(), "{bad}");
+        }
     }
 
     #[test]

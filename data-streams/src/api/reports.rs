@@ -22,9 +22,11 @@ pub(super) struct ReportQuery {
     /// `hour` (default) or `day`: the length of each point of a group's series.
     #[param(value_type = Option<String>, pattern = "^(hour|day)$")]
     bucket: Option<String>,
-    /// From this time on (RFC 3339 or epoch ms), inclusive; default 24 h before `to`.
+    /// From this time on (RFC 3339, or epoch ms), inclusive; default 24 h before `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
-    /// Up to this time (RFC 3339 or epoch ms), exclusive; default now.
+    /// Up to this time (RFC 3339, or epoch ms), exclusive; default now.
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
     /// Only readings of this country (the drill-down from `group_by=country`).
     country: Option<String>,

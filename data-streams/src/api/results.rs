@@ -47,9 +47,11 @@ pub(super) struct Page {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct Window {
-    /// From this time on (RFC 3339 or epoch milliseconds), inclusive.
+    /// From this time on (RFC 3339, or epoch milliseconds), inclusive.
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
-    /// Up to this time (RFC 3339 or epoch milliseconds), inclusive.
+    /// Up to this time (RFC 3339, or epoch milliseconds), inclusive.
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
     /// Readings at most, 1 to 10 000 (default 1000).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
