@@ -18,7 +18,10 @@ mkdir -p data/logs
 
 echo "==> building ($PROFILE)"
 cargo build --profile "$PROFILE" --bins
-bindir=target/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+# Ask cargo where it builds: CARGO_TARGET_DIR, a config file or the default `target/`.
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+bindir=${target_dir:-target}/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+[[ -x "$bindir/data-streams" ]] || { echo "!! no data-streams binary in $bindir after the build"; exit 1; }
 
 pids=()
 stop_all() {
@@ -96,6 +99,8 @@ cat <<EOF2
 
 ==> running. Demo stream $id fetches Berlin (new streams: every $((INTERVAL / 1000)) s).
 
+    console        http://$HTTP_ADDR/   (the stream: http://$HTTP_ADDR/#/streams/$id)
+    API docs       http://$HTTP_ADDR/docs   (OpenAPI: /openapi.json)
     API            http://$HTTP_ADDR   (health: /healthz, readiness: /readyz, metrics: /metrics)
     raw objects    ./data/objects/results/IQAIR_DAILY/$id/dt=YYYY-MM-DD/<result_id>.json
     database       ./data/data-streams.db (SQLite)
