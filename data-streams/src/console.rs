@@ -1,7 +1,8 @@
 //! The web console and the API viewer, served from the binary: `GET /` (the console, a page
 //! that talks to the API like any client), `GET /docs` (Swagger UI on `/openapi.json`), and
 //! `GET /assets/…` (their scripts and styles, and the vendored libraries listed in
-//! `assets/vendor/README.md`). Nothing is fetched from elsewhere, at build or at run time.
+//! `assets/vendor/README.md`). The console's scripts are ES modules (`app.js` imports the
+//! others), each listed in [`ASSETS`]. Nothing is fetched from elsewhere, at build or at run time.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -25,6 +26,60 @@ static ASSETS: &[Asset] = &[
         path: "app.js",
         content_type: JS,
         bytes: include_bytes!("../console/app.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "api.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/api.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "ui.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/ui.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "live.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/live.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "aqi.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/aqi.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "stream-form.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/stream-form.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "page-streams.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/page-streams.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "page-stream.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/page-stream.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "page-workers.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/page-workers.js"),
+        immutable: false,
+    },
+    Asset {
+        path: "page-reports.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/page-reports.js"),
         immutable: false,
     },
     Asset {
@@ -146,5 +201,46 @@ mod tests {
         }
         let missing = asset(Path("../Cargo.toml".to_owned())).await;
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    }
+
+    /// Every script and style in `console/` is served, and every module a script imports
+    /// (`from "./x.js"`) is one of them: a file left out of [`ASSETS`] would break the console
+    /// only in a browser.
+    #[test]
+    fn every_console_file_and_import_is_an_asset() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+        let served = |name: &str| ASSETS.iter().any(|a| a.path == name);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".js") || name.ends_with(".css") {
+                assert!(served(&name), "console/{name} is not in ASSETS");
+            }
+        }
+        for a in ASSETS
+            .iter()
+            .filter(|a| a.content_type == JS && !a.immutable)
+        {
+            let text = std::str::from_utf8(a.bytes).unwrap();
+            for import in text.split("from \"./").skip(1) {
+                let name = import.split('"').next().unwrap();
+                assert!(
+                    served(name),
+                    "{} imports ./{name}, which is not in ASSETS",
+                    a.path
+                );
+            }
+        }
+        let index = std::str::from_utf8(include_bytes!("../console/index.html")).unwrap();
+        for script in index.split("<script").skip(1) {
+            let src = script
+                .split("src=\"/assets/")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("no inline script: the CSP forbids it");
+            assert!(
+                served(src),
+                "index.html loads /assets/{src}, which is not in ASSETS"
+            );
+        }
     }
 }
