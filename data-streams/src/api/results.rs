@@ -38,8 +38,8 @@ pub(super) struct Page {
     /// Items per page, 1 to 1000 (default 100).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
-    /// The `next` of the previous page.
-    #[param(value_type = Option<String>, format = Uuid)]
+    /// The `next` of the previous page (empty: the first page).
+    #[param(value_type = Option<String>, pattern = "^([0-9a-fA-F-]{32,36})?$")]
     after: Option<String>,
 }
 
@@ -103,6 +103,8 @@ pub(super) struct MeasurementsPage {
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct FailuresPage {
     items: Vec<FailureRow>,
+    /// Pass as `after` for the next page; `null` on the last.
+    next: Option<Uuid>,
 }
 
 /// A stream's references, newest first, keyset paginated: rows stored while a client pages
@@ -201,6 +203,10 @@ pub(super) async fn failures(
     KnownStream(stream_id): KnownStream,
 ) -> Result<Json<FailuresPage>, ApiError> {
     let limit = limit(page.limit.as_deref(), 100, 1000)?;
-    let items = state.db.list_failures(stream_id, limit).await?;
-    Ok(Json(FailuresPage { items }))
+    let after = match page.after.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(parse_id(raw, "run (cursor)")?),
+    };
+    let (items, next) = state.db.list_failures_page(stream_id, limit, after).await?;
+    Ok(Json(FailuresPage { items, next }))
 }

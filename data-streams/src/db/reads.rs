@@ -23,11 +23,27 @@ fn select_measurements() -> String {
     )
 }
 
+/// A page of `limit` rows from `limit + 1` fetched, and the cursor for the next page (the last
+/// row's id) when the extra row says there is one.
+fn page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> (Vec<T>, Option<Uuid>) {
+    let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= page_len {
+        return (rows, None);
+    }
+    rows.truncate(page_len);
+    let next = rows.last().map(id);
+    (rows, next)
+}
+
 const COUNT_ALL_RESULTS: &str = "SELECT COUNT(*) FROM results";
 const COUNT_STREAM_RESULTS: &str = "SELECT COUNT(*) FROM results WHERE stream_id = $1";
 
-const LIST_FAILURES: &str = "SELECT run_id, stream_id, at, class, message, stream_stopped \
-     FROM run_failures WHERE stream_id = $1 ORDER BY at DESC, run_id DESC LIMIT $2";
+const FAILURE_COLUMNS: &str = "SELECT run_id, stream_id, at, class, message, stream_stopped \
+     FROM run_failures WHERE stream_id = $1";
+// Newest first by (at, run_id); the cursor is the last run id of the previous page.
+const FAILURES_FIRST_PAGE: &str = " ORDER BY at DESC, run_id DESC LIMIT $2";
+const FAILURES_AFTER: &str = " AND (at, run_id) < (SELECT at, run_id FROM run_failures \
+     WHERE run_id = $3) ORDER BY at DESC, run_id DESC LIMIT $2";
 
 impl Db {
     /// A stream's references, newest first, `limit` (at least 1) per page. `after` is the last
@@ -50,7 +66,7 @@ impl Db {
         } else {
             "WHERE stream_id = $1 ORDER BY id DESC LIMIT $2"
         });
-        let mut rows: Vec<ResultRow> = dispatch!(Db, self, |pool| {
+        let rows: Vec<ResultRow> = dispatch!(Db, self, |pool| {
             let mut query = sqlx::query_as(&sql)
                 .bind(stream_id)
                 .bind(limit.saturating_add(1));
@@ -59,14 +75,7 @@ impl Db {
             }
             query.fetch_all(pool).await?
         });
-        let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
-        let next = if rows.len() > page_len {
-            rows.truncate(page_len);
-            rows.last().map(|row| row.id)
-        } else {
-            None
-        };
-        Ok((rows, next))
+        Ok(page(rows, limit, |row| row.id))
     }
 
     /// One reference.
@@ -131,13 +140,34 @@ impl Db {
         stream_id: Uuid,
         limit: i64,
     ) -> Result<Vec<FailureRow>, DbError> {
-        let rows = dispatch!(Db, self, |pool| {
-            sqlx::query_as(LIST_FAILURES)
+        Ok(self.list_failures_page(stream_id, limit, None).await?.0)
+    }
+
+    /// A stream's failed runs, newest first, `limit` (at least 1) per page after the run
+    /// `after`; the second value is the cursor for the next page, `None` at the end.
+    #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, limit = limit, after = ?after))]
+    pub async fn list_failures_page(
+        &self,
+        stream_id: Uuid,
+        limit: i64,
+        after: Option<Uuid>,
+    ) -> Result<(Vec<FailureRow>, Option<Uuid>), DbError> {
+        let limit = limit.max(1);
+        let tail = if after.is_some() {
+            FAILURES_AFTER
+        } else {
+            FAILURES_FIRST_PAGE
+        };
+        let sql = format!("{FAILURE_COLUMNS}{tail}");
+        let rows: Vec<FailureRow> = dispatch!(Db, self, |pool| {
+            let mut query = sqlx::query_as(&sql)
                 .bind(stream_id)
-                .bind(limit.max(0))
-                .fetch_all(pool)
-                .await?
+                .bind(limit.saturating_add(1));
+            if let Some(after) = after {
+                query = query.bind(after);
+            }
+            query.fetch_all(pool).await?
         });
-        Ok(rows)
+        Ok(page(rows, limit, |row| row.run_id))
     }
 }
