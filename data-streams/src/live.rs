@@ -2,30 +2,25 @@
 //! reading, a failed run, a stream whose status changed, a worker that came or went — and every
 //! client of `GET /live` that wants it gets one JSON text message per item.
 //!
-//! Built on a `tokio::sync::broadcast` ring: publishing never waits for a client, and each
-//! message is serialized once for all of them. A client that reads slower than messages come
-//! falls behind in the ring; once it is more than [`Live::CAPACITY`] messages behind it is told
-//! `{"type": "lagged", "dropped": n}` and continues with the newest (it can page the list API to
-//! catch up). Persistence never slows down for a client.
+//! Each client has its own bounded queue ([`Live::QUEUE`] messages), and a message is serialized
+//! once and handed only to the clients that want it (those of its stream, and those that filter
+//! nothing), so a thousand clients each watching one stream cost what one does. Publishing never
+//! waits: a message for a full queue is dropped and counted, and the client's next message is
+//! `{"type": "lagged", "dropped": n}` (it can page the list API to catch up). Persistence never
+//! slows down for a client.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::db::{FailureRow, ResultRow};
 use crate::stream::{Rfc3339, StreamView};
-
-/// One message as sent, with the stream it is about (for `?stream=` filters).
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// `None` for messages about no one stream (a worker connecting).
-    pub stream_id: Option<Uuid>,
-    pub text: Utf8Bytes,
-}
 
 /// The messages of the live channel (`"type"` names the kind).
 #[derive(Debug, Serialize)]
@@ -67,66 +62,19 @@ impl LiveMessage<'_> {
     }
 }
 
-/// The publishing side, shared by the supervisor and the `/live` handler. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Live {
-    tx: broadcast::Sender<Published>,
-}
-
-impl Default for Live {
-    fn default() -> Self {
-        Live::new()
-    }
-}
-
-impl Live {
-    /// How many messages a client may fall behind before it is told it lagged.
-    pub const CAPACITY: usize = 8192;
-
-    pub fn new() -> Self {
-        Live {
-            tx: broadcast::channel(Self::CAPACITY).0,
-        }
-    }
-
-    /// Send `message` to every client that wants it. Costs one serialization when anyone
-    /// listens, nothing when no one does.
-    pub fn publish(&self, stream_id: Option<Uuid>, message: &LiveMessage<'_>) {
-        if self.tx.receiver_count() == 0 {
-            return;
-        }
-        let published = Published {
-            stream_id,
-            text: message.text(),
-        };
-        // An error only means every client left in the meantime.
-        let _ = self.tx.send(published);
-        metrics::counter!("ds_live_messages_total").increment(1);
-    }
-
-    /// A new client's view of the channel, from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
-        self.tx.subscribe()
-    }
-
-    /// How many clients listen.
-    pub fn clients(&self) -> usize {
-        self.tx.receiver_count()
-    }
-}
-
-/// Which messages a client wants: every one, or those of some streams.
+/// Which messages a client wants: every one (no streams named), or those of some streams.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    streams: HashSet<Uuid>,
+    streams: Vec<Uuid>,
 }
 
 impl Filter {
     /// Only messages about these streams (none given: everything).
     pub fn streams(streams: impl IntoIterator<Item = Uuid>) -> Self {
-        Filter {
-            streams: streams.into_iter().collect(),
-        }
+        let mut streams: Vec<Uuid> = streams.into_iter().collect();
+        streams.sort_unstable();
+        streams.dedup();
+        Filter { streams }
     }
 
     /// Whether a message about `stream_id` goes to this client. Messages about no one stream
@@ -136,23 +84,202 @@ impl Filter {
     }
 }
 
+/// One client's end of the channel, as the hub holds it.
+#[derive(Debug, Clone)]
+struct Outlet {
+    queue: mpsc::Sender<Utf8Bytes>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Outlet {
+    /// Hand over a message without waiting; a full queue drops it and counts it. False when the
+    /// client has gone.
+    fn offer(&self, text: &Utf8Bytes) -> bool {
+        match self.queue.try_send(text.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Who listens: the clients that want everything, and per stream the ones that want it.
+#[derive(Debug, Default)]
+struct Hub {
+    next_id: u64,
+    everything: HashMap<u64, Outlet>,
+    by_stream: HashMap<Uuid, HashMap<u64, Outlet>>,
+}
+
+/// The publishing side, shared by the supervisor and the `/live` handler. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    hub: Arc<Mutex<Hub>>,
+}
+
+/// A client's subscription: its queue, and how many messages it missed. Dropping it leaves the
+/// channel.
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    filter: Filter,
+    queue: mpsc::Receiver<Utf8Bytes>,
+    dropped: Arc<AtomicU64>,
+    /// A message taken off the queue while a `lagged` notice went first.
+    held: Option<Utf8Bytes>,
+    live: Live,
+}
+
+impl Subscription {
+    /// The next message for this client, in commit order. When messages were dropped for it,
+    /// a `lagged` notice with their count comes first (the dropped ones are newer than what was
+    /// still queued). `None` when the channel is gone.
+    pub async fn next(&mut self) -> Option<Utf8Bytes> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
+        let message = self.queue.recv().await?;
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            metrics::counter!("ds_live_dropped_total").increment(dropped);
+            self.held = Some(message);
+            return Some(LiveMessage::Lagged { dropped }.text());
+        }
+        Some(message)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut hub = self.live.hub();
+        if self.filter.streams.is_empty() {
+            hub.everything.remove(&self.id);
+        }
+        for stream in &self.filter.streams {
+            if let Some(outlets) = hub.by_stream.get_mut(stream) {
+                outlets.remove(&self.id);
+                if outlets.is_empty() {
+                    hub.by_stream.remove(stream);
+                }
+            }
+        }
+    }
+}
+
+impl Live {
+    /// Messages a client's queue holds before newer ones are dropped for it.
+    pub const QUEUE: usize = 1024;
+
+    pub fn new() -> Self {
+        Live::default()
+    }
+
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        // Every critical section leaves the maps consistent; a poisoned lock is still usable.
+        self.hub.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Send `message` to every client that wants it. Costs one serialization when anyone
+    /// listens, a map lookup when no one does.
+    pub fn publish(&self, stream_id: Option<Uuid>, message: &LiveMessage<'_>) {
+        let mut hub = self.hub();
+        let watchers = stream_id
+            .and_then(|id| hub.by_stream.get(&id))
+            .map_or(0, HashMap::len);
+        if hub.everything.is_empty() && watchers == 0 {
+            return;
+        }
+        let text = message.text();
+        hub.everything.retain(|_, outlet| outlet.offer(&text));
+        if let Some(id) = stream_id {
+            if let Some(outlets) = hub.by_stream.get_mut(&id) {
+                outlets.retain(|_, outlet| outlet.offer(&text));
+            }
+        }
+        metrics::counter!("ds_live_messages_total").increment(1);
+    }
+
+    /// A new client's subscription, from now on.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        let (queue, receiver) = mpsc::channel(Self::QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let outlet = Outlet {
+            queue,
+            dropped: dropped.clone(),
+        };
+        let mut hub = self.hub();
+        hub.next_id += 1;
+        let id = hub.next_id;
+        if filter.streams.is_empty() {
+            hub.everything.insert(id, outlet);
+        } else {
+            for stream in &filter.streams {
+                hub.by_stream
+                    .entry(*stream)
+                    .or_default()
+                    .insert(id, outlet.clone());
+            }
+        }
+        Subscription {
+            id,
+            filter,
+            queue: receiver,
+            dropped,
+            held: None,
+            live: self.clone(),
+        }
+    }
+
+    /// True when no client listens (nothing to build messages for).
+    pub fn is_idle(&self) -> bool {
+        let hub = self.hub();
+        hub.everything.is_empty() && hub.by_stream.is_empty()
+    }
+
+    /// How many clients listen.
+    pub fn clients(&self) -> usize {
+        let hub = self.hub();
+        let mut filtered: Vec<u64> = hub
+            .by_stream
+            .values()
+            .flat_map(|o| o.keys().copied())
+            .collect();
+        filtered.sort_unstable();
+        filtered.dedup();
+        hub.everything.len() + filtered.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn deleted(stream_id: Uuid) -> LiveMessage<'static> {
+        LiveMessage::Stream {
+            stream_id,
+            stream: None,
+            deleted: true,
+        }
+    }
+
+    async fn json(sub: &mut Subscription) -> Value {
+        let text = sub.next().await.expect("a message");
+        serde_json::from_str(text.as_str()).expect("JSON")
+    }
+
     #[tokio::test]
-    async fn a_message_is_serialized_once_and_filtered_per_client() {
+    async fn each_client_gets_what_it_asked_for_in_order() {
         let live = Live::new();
-        let mut all = live.subscribe();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        live.publish(
-            Some(a),
-            &LiveMessage::Stream {
-                stream_id: a,
-                stream: None,
-                deleted: true,
-            },
-        );
+        let mut everything = live.subscribe(Filter::default());
+        let mut only_a = live.subscribe(Filter::streams([a]));
+        let mut a_and_b = live.subscribe(Filter::streams([a, b, a]));
+        assert_eq!(live.clients(), 3);
+        live.publish(Some(a), &deleted(a));
+        live.publish(Some(b), &deleted(b));
         live.publish(
             None,
             &LiveMessage::Worker {
@@ -160,38 +287,52 @@ mod tests {
                 connected: true,
             },
         );
-        let first = all.recv().await.unwrap();
-        let json: Value = serde_json::from_str(first.text.as_str()).unwrap();
-        assert_eq!(json["type"], "stream");
-        assert_eq!(json["deleted"], true);
-        assert_eq!(json["stream_id"], a.to_string());
-        assert_eq!(first.stream_id, Some(a));
-        let second = all.recv().await.unwrap();
-        assert!(second.text.as_str().contains(r#""type":"worker""#));
-
-        let only_a = Filter::streams([a]);
-        assert!(only_a.wants(Some(a)));
-        assert!(!only_a.wants(Some(b)));
-        assert!(!only_a.wants(None), "worker news is for unfiltered clients");
-        assert!(Filter::default().wants(None) && Filter::default().wants(Some(b)));
+        assert_eq!(json(&mut everything).await["stream_id"], a.to_string());
+        assert_eq!(json(&mut everything).await["stream_id"], b.to_string());
+        assert_eq!(json(&mut everything).await["type"], "worker");
+        assert_eq!(json(&mut only_a).await["stream_id"], a.to_string());
+        assert_eq!(json(&mut a_and_b).await["stream_id"], a.to_string());
+        assert_eq!(json(&mut a_and_b).await["stream_id"], b.to_string());
+        live.publish(Some(a), &deleted(a));
+        let next = json(&mut only_a).await;
+        assert_eq!(
+            next["type"], "stream",
+            "no worker news for a filtered client: {next}"
+        );
+        drop(only_a);
+        drop(a_and_b);
+        assert_eq!(
+            live.clients(),
+            1,
+            "clients leave when their subscription ends"
+        );
+        assert!(live.hub().by_stream.is_empty());
     }
 
     #[tokio::test]
     async fn a_client_that_falls_behind_learns_how_much_it_missed() {
         let live = Live::new();
-        let mut slow = live.subscribe();
+        let stream = Uuid::now_v7();
+        let mut slow = live.subscribe(Filter::streams([stream]));
+        let mut fast = live.subscribe(Filter::default());
         let extra = 10;
-        for _ in 0..Live::CAPACITY + extra {
-            live.publish(None, &LiveMessage::Lagged { dropped: 0 });
+        for i in 0..Live::QUEUE + extra {
+            live.publish(Some(stream), &LiveMessage::Lagged { dropped: i as u64 });
+            if i < 5 {
+                assert!(fast.next().await.is_some());
+            }
         }
-        match slow.recv().await {
-            Err(broadcast::error::RecvError::Lagged(n)) => assert_eq!(n, extra as u64),
-            other => panic!("expected a lag, got {other:?}"),
-        }
-        assert!(
-            slow.recv().await.is_ok(),
-            "then it reads on from the oldest kept"
+        let first = json(&mut slow).await;
+        assert_eq!(
+            first,
+            serde_json::json!({"type": "lagged", "dropped": extra})
         );
-        assert_eq!(live.clients(), 1);
+        assert_eq!(
+            json(&mut slow).await["dropped"],
+            0,
+            "then the oldest still queued"
+        );
+        // Publishing never waited for the slow client, and it stays subscribed.
+        assert_eq!(live.clients(), 2);
     }
 }

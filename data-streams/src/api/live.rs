@@ -4,12 +4,11 @@
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::docs::ErrorBody;
 use super::{ApiError, AppState};
-use crate::live::{Filter, LiveMessage};
+use crate::live::{Filter, Subscription};
 
 /// The filter of a `?stream=<id>&stream=<id>` query.
 fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
@@ -29,9 +28,9 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
 /// The live channel: one JSON text message per committed result (`type: result`, with its
 /// reading when it brought a new one), failed run (`failure`), stream change (`stream`) and
 /// worker connect or disconnect (`worker`), in commit order. `?stream=<id>` (repeatable) keeps
-/// only those streams. A client that falls more than 8192 messages behind gets
-/// `{"type": "lagged", "dropped": n}` and continues with the newest; page the list API to catch
-/// up. Messages never arrive before their commit.
+/// only those streams. Each client has a queue of 1024 messages; what does not fit is dropped
+/// for that client, which then gets `{"type": "lagged", "dropped": n}` (page the list API to
+/// catch up). Messages never arrive before their commit.
 #[utoipa::path(
     get, path = "/live", operation_id = "live", tag = "live",
     params(("stream" = Option<Vec<Uuid>>, Query, description = "Only these streams (repeatable)")),
@@ -53,27 +52,18 @@ pub(super) async fn live(
             axum::response::IntoResponse::into_response(rejection).status()
         ))
     })?;
-    let receiver = state.live.subscribe();
-    Ok(upgrade.on_upgrade(move |socket| client(socket, receiver, filter)))
+    let subscription = state.live.subscribe(filter);
+    Ok(upgrade.on_upgrade(move |socket| client(socket, subscription)))
 }
 
-/// One client: forward what it wants until it leaves or the server stops.
-async fn client(
-    mut socket: WebSocket,
-    mut receiver: tokio::sync::broadcast::Receiver<crate::live::Published>,
-    filter: Filter,
-) {
+/// One client: forward its messages until it leaves or the server stops.
+async fn client(mut socket: WebSocket, mut subscription: Subscription) {
     metrics::gauge!("ds_live_clients").increment(1);
     loop {
         let text = tokio::select! {
-            published = receiver.recv() => match published {
-                Ok(published) if filter.wants(published.stream_id) => published.text,
-                Ok(_) => continue,
-                Err(RecvError::Lagged(dropped)) => {
-                    metrics::counter!("ds_live_dropped_total").increment(dropped);
-                    LiveMessage::Lagged { dropped }.text()
-                }
-                Err(RecvError::Closed) => break,
+            message = subscription.next() => match message {
+                Some(text) => text,
+                None => break,
             },
             incoming = socket.recv() => match incoming {
                 // Clients only listen; pings are answered by the socket itself.

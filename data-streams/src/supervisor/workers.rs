@@ -111,7 +111,7 @@ impl Supervisor {
     /// and each new failed run. A replayed event stored before is not news.
     fn announce_new(&self, results: &[ResultRecord], failures: &[RunFailure], new: &Persisted) {
         let live = &self.inner.live;
-        if live.clients() == 0 {
+        if live.is_idle() {
             return;
         }
         let committed_at = Rfc3339(now_ms());
