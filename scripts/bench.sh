@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks side by side (BENCHMARKS.md): builds in release mode, then runs
 #
-#   scripts/bench.sh [protocol|pipeline|scale|all] [--quick]
+#   scripts/bench.sh [protocol|pipeline|scale|live|all] [--quick]
 #
 #   protocol  our control link vs the NestJS TCP peer (../shared/peers/nestjs-tcp, or
 #             NESTJS_PEER_DIR) vs a bare length-delimited echo, same workload, same run
 #   pipeline  1,000 and 10,000 streams against iqair-sim, SQLite + folder and PostgreSQL +
 #             loopback S3, vs the simulator's bare GET rate
 #   scale     10,000 / 100,000 / 1,000,000 streams in one worker: RSS, start time, lag, restart
+#   live      the 1,000-stream pipeline with and without 1,000 WebSocket clients on GET /live:
+#             results/s, commit-to-client latency
 #
 # Prints `<system> <metric> <value>` lines and one `ratio` line per goal on stdout; progress on
 # stderr. Exits non-zero only when a run fails, never because of a figure.
@@ -18,9 +20,9 @@ cd "$(dirname "$0")/.."
 part=${1:-all}
 shift || true
 case $part in
-  protocol|pipeline|scale|all) ;;
-  -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|all)" >&2; exit 2 ;;
+  protocol|pipeline|scale|live|all) ;;
+  -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|live|all)" >&2; exit 2 ;;
 esac
 
 echo "bench: cargo build --release" >&2
@@ -32,6 +34,9 @@ if [[ $part == pipeline || $part == all ]]; then
   BENCH_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)
   export BENCH_POSTGRES_URL
 fi
+
+# The live benchmark holds 1,000 WebSocket connections on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 export BENCH_BIN_DIR=${BENCH_BIN_DIR:-$PWD/target/release}
 target/release/ds-bench "$part" "$@"

@@ -2,6 +2,7 @@
 //! same run and prints one line per figure, `<system> <metric> <value>`, then one `ratio` line
 //! per goal. No figure is asserted: the exit status is non-zero only when a run fails.
 
+mod live;
 mod pipeline;
 mod procs;
 mod protocol_bench;
@@ -15,6 +16,7 @@ enum Part {
     Protocol,
     Pipeline,
     Scale,
+    Live,
     All,
 }
 
@@ -36,13 +38,14 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ctx = procs::Context::new(args.bin_dir.clone(), args.quick)?;
     let parts = match args.part {
-        Part::All => vec![Part::Protocol, Part::Pipeline, Part::Scale],
+        Part::All => vec![Part::Protocol, Part::Pipeline, Part::Scale, Part::Live],
         one => vec![one],
     };
     let outcome = parts.into_iter().try_for_each(|part| match part {
         Part::Protocol => protocol_bench::run(&ctx),
         Part::Pipeline => pipeline::run(&ctx),
         Part::Scale => scale::run(&ctx),
+        Part::Live => live::run(&ctx),
         Part::All => unreachable!("expanded above"),
     });
     if outcome.is_err() || std::env::var_os("BENCH_KEEP_LOGS").is_some() {

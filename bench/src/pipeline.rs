@@ -45,17 +45,17 @@ use crate::procs::{cpu_seconds, Context, Proc};
 use crate::report::{figure, note, pct, ratio};
 
 /// The API key every stream uses; the simulator accepts it.
-const SIM_KEY: &str = "bench-key";
+pub(crate) const SIM_KEY: &str = "bench-key";
 /// The shortest interval the API accepts (`domain::MIN_INTERVAL_MS`).
-const INTERVAL_MS: u64 = 1_000;
+pub(crate) const INTERVAL_MS: u64 = 1_000;
 /// Each run's deadline: longer than the interval, so a run that waits behind a backlog still
 /// completes (its next tick is skipped) instead of being dropped and redone.
-const TIMEOUT_MS: u64 = 10_000;
+pub(crate) const TIMEOUT_MS: u64 = 10_000;
 /// Shared secret of the worker link in these runs.
-const WORKER_TOKEN: &str = "bench-worker-token";
+pub(crate) const WORKER_TOKEN: &str = "bench-worker-token";
 /// Most concurrent loops of the bare GET ceiling (and of API calls while creating streams).
 const BARE_MAX_CONCURRENCY: usize = 256;
-const CREATE_CONCURRENCY: usize = 16;
+pub(crate) const CREATE_CONCURRENCY: usize = 16;
 
 /// Which database and object store a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +163,7 @@ async fn run_all(ctx: &Context) -> anyhow::Result<()> {
 }
 
 /// Starts `iqair-sim` with every limit off; returns it and its `host:port`.
-fn start_sim(ctx: &Context, name: &str, logs: &Path) -> anyhow::Result<(Proc, String)> {
+pub(crate) fn start_sim(ctx: &Context, name: &str, logs: &Path) -> anyhow::Result<(Proc, String)> {
     let (proc, line) = Proc::start(
         name,
         &ctx.bin("iqair-sim")?,
@@ -182,7 +182,7 @@ fn start_sim(ctx: &Context, name: &str, logs: &Path) -> anyhow::Result<(Proc, St
 }
 
 /// The word following `marker` in `line`.
-fn after(line: &str, marker: &str) -> Option<String> {
+pub(crate) fn after(line: &str, marker: &str) -> Option<String> {
     let rest = &line[line.find(marker)? + marker.len()..];
     rest.split_whitespace().next().map(str::to_owned)
 }
@@ -247,7 +247,7 @@ fn point(i: usize) -> (f64, f64) {
 }
 
 /// The supervisor's database as the benchmark reads it.
-enum BenchDb {
+pub(crate) enum BenchDb {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -263,7 +263,7 @@ macro_rules! on_pool {
 }
 
 impl BenchDb {
-    async fn count_results(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn count_results(&self) -> anyhow::Result<i64> {
         let sql = "SELECT COUNT(*) FROM results";
         Ok(on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?))
     }
@@ -286,7 +286,7 @@ impl BenchDb {
         }))
     }
 
-    async fn close(&self) {
+    pub(crate) async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
 }
@@ -427,7 +427,7 @@ async fn pipeline(
         stream::iter(0..n)
             .map(|i| create_stream(&client, &api, &endpoint, i))
             .buffer_unordered(CREATE_CONCURRENCY)
-            .try_collect::<Vec<()>>()
+            .try_collect::<Vec<String>>()
             .await?;
         note(format!(
             "{system}: {n} streams created in {:.1} s",
@@ -581,12 +581,12 @@ async fn pipeline(
     outcome
 }
 
-async fn create_stream(
+pub(crate) async fn create_stream(
     client: &reqwest::Client,
     api: &str,
     endpoint: &str,
     i: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let (lat, lon) = point(i);
     let body = json!({
         "adapter": "IQAIR_DAILY",
@@ -607,11 +607,19 @@ async fn create_stream(
     if status.as_u16() != 201 {
         bail!("POST /streams answered {status}: {}", resp.text().await?);
     }
-    Ok(())
+    let stream: Value = resp.json().await?;
+    stream["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("POST /streams answered without an id: {stream}"))
 }
 
 /// Waits (at most 120 s) until the worker holds all `n` streams.
-async fn wait_assigned(client: &reqwest::Client, api: &str, n: usize) -> anyhow::Result<()> {
+pub(crate) async fn wait_assigned(
+    client: &reqwest::Client,
+    api: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = Value::Null;
     while Instant::now() < deadline {

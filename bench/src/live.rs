@@ -1,0 +1,270 @@
+//! The live benchmark: does the live channel slow the pipeline down, and how soon after its
+//! commit does a result reach a browser?
+//!
+//! One stack of real processes (`iqair-sim`, `data-streams` on SQLite + folder, one `worker`)
+//! runs N streams (1,000; `--quick`: 200) at the shortest interval the API accepts. Over three
+//! equal windows it counts the results committed per second: without clients, with N WebSocket
+//! clients connected to `GET /live` (each subscribed to one stream, as N people each watching a
+//! stream page would be), and without clients again (the baseline is the mean of the two, so a
+//! drift of the machine does not count against the clients). During the middle window every
+//! client records, for each `result` message, now minus the message's `committed_at`: the
+//! commit-to-client latency (the clock is the same machine's).
+//!
+//! Figures: `live_baseline results_per_s`, `live_clients results_per_s`, `live_clients
+//! latency_p50_ms`/`latency_p99_ms`, `live_clients messages_per_s`, `live_clients lagged`
+//! (dropped messages reported to the clients), CPU per process; ratios: results with clients over
+//! the baseline (goal ≥ 0.9), latency p99 (goal < 100 ms).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::SqlitePool;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::pipeline::{
+    after, create_stream, start_sim, wait_assigned, BenchDb, CREATE_CONCURRENCY, WORKER_TOKEN,
+};
+use crate::procs::{cpu_seconds, Context, Proc};
+use crate::report::{figure, note, pct, ratio};
+
+/// What the clients saw during the measured window.
+#[derive(Default)]
+struct Seen {
+    latencies_ms: Mutex<Vec<u64>>,
+    results: AtomicU64,
+    lagged: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub fn run(ctx: &Context) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(live(ctx))
+}
+
+async fn live(ctx: &Context) -> anyhow::Result<()> {
+    let (n, warmup, window) = if ctx.quick {
+        (200, Duration::from_secs(3), Duration::from_secs(5))
+    } else {
+        (1_000, Duration::from_secs(10), Duration::from_secs(20))
+    };
+    let system = "live";
+    let dir = ctx.dir(system)?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let (sim, sim_addr) = start_sim(ctx, "iqair-sim", &dir)?;
+    procs.push(sim);
+    let objects = format!("file://{}", dir.join("objects").display());
+    let database = format!("sqlite://{}", dir.join("ds.db").display());
+    let (supervisor, line) = Proc::start(
+        "data-streams",
+        &ctx.bin("data-streams")?,
+        &[],
+        &[
+            ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+            ("DATABASE_URL", database),
+            ("OBJECT_STORE_URL", objects.clone()),
+        ],
+        "data-streams listening",
+        &dir,
+    )?;
+    procs.push(supervisor);
+    let http = after(&line, "listening: http://")
+        .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
+    let worker_addr = after(&line, "(API), ")
+        .ok_or_else(|| anyhow!("cannot read the worker address from {line:?}"))?;
+    let api = format!("http://{http}");
+    let client = reqwest::Client::new();
+    let endpoint = format!("http://{sim_addr}/v2/nearest_city");
+    let ids: Vec<String> = stream::iter(0..n)
+        .map(|i| create_stream(&client, &api, &endpoint, i))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let (worker, _) = Proc::start(
+        "worker",
+        &ctx.bin("worker")?,
+        &[],
+        &[
+            ("DATA_STREAMS_WORKER_ADDR", worker_addr),
+            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+            ("WORKER_ID", "bench-worker".to_owned()),
+            ("WORKER_CAPACITY", (n + 1_000).to_string()),
+            ("OBJECT_STORE_URL", objects),
+            ("RUST_LOG", "warn".to_owned()),
+        ],
+        "worker starting",
+        &dir,
+    )?;
+    procs.push(worker);
+    wait_assigned(&client, &api, n).await?;
+    note(format!("{system}: {n} streams running; warming up"));
+    let db = BenchDb::Sqlite(
+        SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(dir.join("ds.db"))
+                .read_only(true),
+        )
+        .await?,
+    );
+    tokio::time::sleep(warmup).await;
+    let pids: Vec<(String, u32)> = procs.iter().map(|p| (p.name.clone(), p.pid())).collect();
+
+    let before = committed_per_s(&db, window).await?;
+    note(format!("{system}: connecting {n} WebSocket clients"));
+    let seen = Arc::new(Seen::default());
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::with_capacity(n);
+    for id in &ids {
+        let url = format!("ws://{http}/live?stream={id}");
+        let (socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        clients.push(tokio::spawn(listen(
+            socket,
+            seen.clone(),
+            measuring.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu_before: Vec<f64> = pids
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let with_clients = committed_per_s(&db, window).await?;
+    measuring.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after: Vec<f64> = pids
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    for client in &clients {
+        client.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_clients = committed_per_s(&db, window).await?;
+    db.close().await;
+
+    let errors = seen.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        bail!("{errors} WebSocket clients failed; see {}", dir.display());
+    }
+    let baseline = (before + after_clients) / 2.0;
+    let mut latency = Histogram::<u64>::new(3)?;
+    for ms in seen
+        .latencies_ms
+        .lock()
+        .map_err(|_| anyhow!("a client panicked"))?
+        .iter()
+    {
+        latency.record(*ms)?;
+    }
+    figure("live_baseline", "streams", n as f64);
+    figure("live_baseline", "results_per_s_before", before);
+    figure("live_baseline", "results_per_s_after", after_clients);
+    figure("live_baseline", "results_per_s", baseline);
+    figure("live_clients", "clients", n as f64);
+    figure("live_clients", "results_per_s", with_clients);
+    figure(
+        "live_clients",
+        "messages_per_s",
+        seen.results.load(Ordering::Relaxed) as f64 / elapsed,
+    );
+    figure("live_clients", "latency_p50_ms", pct(&latency, 50.0));
+    figure("live_clients", "latency_p99_ms", pct(&latency, 99.0));
+    figure("live_clients", "latency_max_ms", latency.max() as f64);
+    figure(
+        "live_clients",
+        "lagged",
+        seen.lagged.load(Ordering::Relaxed) as f64,
+    );
+    for (i, (name, _)) in pids.iter().enumerate() {
+        figure(
+            "live_clients",
+            &format!("cpu_pct_{name}"),
+            (cpu_after[i] - cpu_before[i]) / elapsed * 100.0,
+        );
+    }
+    ratio(
+        "results_per_s live_clients/live_baseline",
+        with_clients / baseline,
+        0.9,
+        true,
+    );
+    ratio(
+        "latency_p99_ms live_clients",
+        pct(&latency, 99.0),
+        100.0,
+        false,
+    );
+    while let Some(mut proc) = procs.pop() {
+        proc.kill();
+    }
+    Ok(())
+}
+
+/// Results committed per second over `window`, counted in the database.
+async fn committed_per_s(db: &BenchDb, window: Duration) -> anyhow::Result<f64> {
+    let (count, start) = (db.count_results().await?, Instant::now());
+    tokio::time::sleep(window).await;
+    let done = db.count_results().await? - count;
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One client: read every message; while `measuring`, record each result's commit-to-here
+/// latency.
+async fn listen(
+    mut socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    seen: Arc<Seen>,
+    measuring: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while let Some(message) = socket.next().await {
+        let text = match message {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) => return,
+            Ok(_) => continue,
+            Err(_) => {
+                seen.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        if !measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Ok(json) = serde_json::from_str::<Value>(&text) else {
+            seen.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match json["type"].as_str() {
+            Some("result") => {
+                let committed = json["committed_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp_millis());
+                if let (Some(at), Ok(mut latencies)) = (committed, seen.latencies_ms.lock()) {
+                    latencies.push((now - at).max(0) as u64);
+                }
+                seen.results.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("lagged") => {
+                let dropped = json["dropped"].as_u64().unwrap_or(0);
+                seen.lagged.fetch_add(dropped, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
