@@ -7,12 +7,15 @@
 //! test instead of a deployment. The only names kept here are the ones no `--help` can print:
 //! the object store's AWS settings and `RUST_LOG`.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_norway::{Mapping, Value};
+use support::{bin, workspace_root};
 
 /// Read outside clap when `OBJECT_STORE_URL=s3://`: `S3_FORCE_PATH_STYLE` by
 /// `objects::S3Settings::from_env`, the `AWS_*` names by the AWS SDK's chain it defers to. Keep
@@ -42,12 +45,6 @@ const EXPECTED_SERVICES: &[&str] = &[
 ];
 
 // ---- the files ---------------------------------------------------------------------------------
-
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate lives in the workspace")
-}
 
 /// docker-compose.yml, with YAML merge keys (`<<: *anchor`) applied as Compose applies them.
 fn compose() -> &'static Value {
@@ -294,47 +291,6 @@ fn workspace_bins() -> &'static BTreeMap<String, String> {
         );
         bins
     })
-}
-
-/// Path of a workspace binary of this build. Cargo builds only this package's binaries for its
-/// tests, so the others are built here, once per run and always (a no-op after scripts/test.sh):
-/// an older binary left in the target directory would answer with yesterday's settings. The
-/// build is `--workspace --all-targets`, the feature set of `cargo test --workspace
-/// --all-targets`: `--bins` alone would compile tokio and everything above it a second time.
-fn bin(name: &str) -> PathBuf {
-    static OTHERS_BUILT: OnceLock<()> = OnceLock::new();
-    let own = PathBuf::from(env!("CARGO_BIN_EXE_data-streams"));
-    if name == "data-streams" {
-        return own;
-    }
-    let dir = own.parent().expect("binaries live in a directory");
-    OTHERS_BUILT.get_or_init(|| {
-        // target/debug is the `dev` profile (built as `test` for tests, the same artifacts).
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--workspace",
-                "--all-targets",
-                "--profile",
-                profile,
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the workspace binaries failed");
-    });
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing after building the workspace binaries",
-        path.display()
-    );
-    path
 }
 
 /// The environment names clap prints in `--help`: `[env: NAME=value]`, or `[env: NAME]` for

@@ -7,7 +7,6 @@
 //! backends (a fresh PostgreSQL database + an S3 server on loopback, `objects::test_server`).
 
 mod support;
-mod test_db;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,16 +15,11 @@ use std::time::{Duration, Instant};
 
 use objects::test_server::S3TestServer;
 use objects::{ObjectStore, S3Store, StoreOptions};
-use serde_json::{json, Value};
-use support::{addr_after, bin, eventually, object_files, Api, Proc};
-use test_db::TestDatabase;
-
-const WORKER_TOKEN: &str = "e2e-worker-token";
-const API_TOKEN: &str = "e2e-api-token";
-const IQAIR_KEY: &str = "e2e-iqair-key";
-
-/// The bucket every stream of these tests writes to.
-const BUCKET: &str = "results";
+use support::{
+    folder_store_url, iqair_stream, nearest_city, object_files, sim_env, sqlite_url, start_sim,
+    start_worker, start_worker_until, supervisor_env, worker_env, Env, Proc, Supervisor,
+    TestDatabase, BUCKET, IQAIR_KEY,
+};
 
 /// Where the supervisor and the worker keep things.
 struct Backends {
@@ -62,11 +56,10 @@ impl Backends {
 }
 
 fn embedded(dir: &Path) -> Backends {
-    let objects = dir.join("objects");
     Backends {
-        database_url: format!("sqlite://{}", dir.join("ds.db").display()),
-        object_store_url: format!("file://{}", objects.display()),
-        folder_root: Some(objects),
+        database_url: sqlite_url(dir),
+        object_store_url: folder_store_url(dir),
+        folder_root: Some(dir.join("objects")),
         extra_env: vec![],
         s3: None,
         database: None,
@@ -89,125 +82,56 @@ fn production(_dir: &Path) -> Backends {
 }
 
 struct Stack {
-    dir: tempfile::TempDir,
     sim: Proc,
     sim_addr: String,
-    supervisor: Proc,
-    api: Api,
-    worker_addr: String,
+    supervisor: Supervisor,
     backends: Backends,
+    /// The processes' logs and files; removed last, after the processes are gone.
+    dir: tempfile::TempDir,
 }
 
-fn start_sim(logs: &Path) -> (Proc, String) {
-    let (sim, line) = Proc::start(
-        "iqair-sim",
-        &bin("iqair-sim"),
-        &[
-            ("IQAIR_SIM_ADDR", "127.0.0.1:0".into()),
-            ("IQAIR_SIM_KEYS", IQAIR_KEY.into()),
-            ("IQAIR_SIM_LIMITS", "off".into()),
-        ],
-        "listening on",
-        logs,
-    );
-    let addr = addr_after(&line, "listening on");
-    (sim, addr)
-}
+impl Stack {
+    /// What a worker of this stack gets: the supervisor's worker port and the backends.
+    fn worker_env(&self) -> Env {
+        worker_env(&self.supervisor.workers, &self.backends.object_store_url)
+            .extend(self.backends.extra_env.iter().cloned())
+    }
 
-fn start_supervisor(logs: &Path, backends: &Backends) -> (Proc, String, String) {
-    let mut env = vec![
-        ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("DATA_STREAMS_API_TOKEN", API_TOKEN.to_owned()),
-        ("DATABASE_URL", backends.database_url.clone()),
-        ("OBJECT_STORE_URL", backends.object_store_url.clone()),
-        ("HEARTBEAT_INTERVAL_MS", "500".to_owned()),
-        ("HEARTBEAT_TIMEOUT_MS", "3000".to_owned()),
-        ("ASSIGN_INTERVAL_MS", "1000".to_owned()),
-        ("RECONCILE_INTERVAL_MS", "1000".to_owned()),
-    ];
-    env.extend(backends.extra_env.iter().cloned());
-    let (proc, line) = Proc::start(
-        "data-streams",
-        &bin("data-streams"),
-        &env,
-        "data-streams listening",
-        logs,
-    );
-    let http = addr_after(&line, "listening:");
-    let workers = addr_after(&line, "(API),");
-    (proc, http, workers)
-}
+    fn start_worker(&self, id: &str) -> Proc {
+        start_worker(self.dir.path(), id, &self.worker_env())
+    }
 
-fn start_worker(stack: &Stack, id: &str) -> Proc {
-    let mut env = vec![
-        ("DATA_STREAMS_WORKER_ADDR", stack.worker_addr.clone()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("OBJECT_STORE_URL", stack.backends.object_store_url.clone()),
-        ("WORKER_ID", id.to_owned()),
-        ("WORKER_RECONNECT_MAX_MS", "500".to_owned()),
-    ];
-    env.extend(stack.backends.extra_env.iter().cloned());
-    Proc::start(
-        id,
-        &bin("worker"),
-        &env,
-        "connected to the supervisor",
-        stack.dir.path(),
-    )
-    .0
+    async fn create_stream(&self, interval_ms: u64) -> String {
+        let body = iqair_stream(&nearest_city(&self.sim_addr), IQAIR_KEY, interval_ms);
+        let created = self.supervisor.api.create_stream(&body).await;
+        assert_eq!(created["secret_key"], "***");
+        created["id"].as_str().expect("an id").to_owned()
+    }
 }
 
 fn stack(backends: impl FnOnce(&Path) -> Backends) -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
     let backends = backends(dir.path());
-    let (sim, sim_addr) = start_sim(dir.path());
-    let (supervisor, http, worker_addr) = start_supervisor(dir.path(), &backends);
+    let (sim, sim_addr) = start_sim(dir.path(), &sim_env());
+    let env = supervisor_env(&backends.database_url, &backends.object_store_url)
+        .set("ASSIGN_INTERVAL_MS", "1000")
+        .extend(backends.extra_env.iter().cloned());
+    let supervisor = Supervisor::start(dir.path(), &env);
     Stack {
-        api: Api::new(&http, Some(API_TOKEN)),
-        dir,
         sim,
         sim_addr,
         supervisor,
-        worker_addr,
         backends,
+        dir,
     }
-}
-
-async fn create_stream(stack: &Stack, interval_ms: u64) -> String {
-    let (status, body) = stack
-        .api
-        .post(
-            "/streams",
-            &json!({
-                "adapter": "IQAIR_DAILY",
-                "endpoint": format!("http://{}/v2/nearest_city", stack.sim_addr),
-                "secret_key": IQAIR_KEY,
-                "interval": interval_ms,
-                "bucket_name": BUCKET,
-                "params": {"lat": 52.52, "lon": 13.40},
-            }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["secret_key"], "***");
-    body["id"].as_str().expect("an id").to_owned()
-}
-
-async fn count_at_least(api: &Api, stream_id: &str, n: usize, within: Duration) -> usize {
-    eventually(within, &format!("{n} results"), || async {
-        let count = api.result_count(stream_id).await;
-        (count >= n).then_some(count)
-    })
-    .await
 }
 
 /// The invariants after the run: references unique, every object in the bucket referenced (same
 /// key, same size) and every reference's object there, byte-identical through the API. The bucket
 /// is listed through the object store, whichever kind it is.
 async fn check_invariants(stack: &Stack, stream_id: &str) {
-    let refs = stack.api.all_results(stream_id).await;
+    let api = &stack.supervisor.api;
+    let refs = api.all_results(stream_id).await;
     let ids: HashSet<&str> = refs.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let sizes: HashMap<&str, u64> = refs
         .iter()
@@ -260,8 +184,7 @@ async fn check_invariants(stack: &Stack, stream_id: &str) {
             .expect("metadata written with the object");
         assert_eq!(meta.stream_id, stream_id);
         assert_eq!(meta.sha256, r["sha256"].as_str().unwrap(), "{key}");
-        let (status, body) = stack
-            .api
+        let (status, body) = api
             .get_bytes(&format!("/results/{}/raw", r["id"].as_str().unwrap()))
             .await;
         assert_eq!(status, 200);
@@ -272,28 +195,17 @@ async fn check_invariants(stack: &Stack, stream_id: &str) {
         );
     }
     for r in &refs {
-        let (status, _) = stack
-            .api
+        let (status, _) = api
             .get_bytes(&format!("/results/{}/raw", r["id"].as_str().unwrap()))
             .await;
         assert_eq!(status, 200, "reference {} has no object", r["id"]);
     }
 }
 
-async fn wait_for_reconciler_pass_after(api: &Api, since: chrono::DateTime<chrono::Utc>) -> Value {
-    eventually(Duration::from_secs(15), "a reconciler pass", || async {
-        let (_, body) = api.get("/reconciler").await;
-        let at = body["last_run_at"].as_str()?;
-        let at = chrono::DateTime::parse_from_rfc3339(at).ok()?;
-        (at > since).then_some(body)
-    })
-    .await
-}
-
 /// Both processes say at start which database and object store they use; check those are the
 /// ones the test set up.
 fn assert_backends_named_in_logs(stack: &Stack, worker: &Proc) {
-    let supervisor = stack.supervisor.log_text();
+    let supervisor = stack.supervisor.proc.log_text();
     let worker = worker.log_text();
     let database = data_streams::db::redact_url(&stack.backends.database_url);
     assert!(
@@ -316,39 +228,33 @@ fn assert_backends_named_in_logs(stack: &Stack, worker: &Proc) {
 }
 
 async fn kill_restart_and_check(stack: Stack) {
-    let mut worker = start_worker(&stack, "e2e-worker");
+    let api = &stack.supervisor.api;
+    let mut worker = stack.start_worker("e2e-worker");
     assert_backends_named_in_logs(&stack, &worker);
     let created = Instant::now();
-    let stream_id = create_stream(&stack, 1000).await;
-    count_at_least(&stack.api, &stream_id, 3, Duration::from_secs(10)).await;
+    let stream_id = stack.create_stream(1000).await;
+    api.results_at_least(&stream_id, 3, Duration::from_secs(10))
+        .await;
     assert!(created.elapsed() < Duration::from_secs(10));
 
     // SIGKILL, then the same worker identity comes back.
     worker.kill();
-    let before = stack.api.result_count(&stream_id).await;
-    let _worker = start_worker(&stack, "e2e-worker");
-    count_at_least(&stack.api, &stream_id, before + 3, Duration::from_secs(20)).await;
-    let (_, stream) = stack.api.get(&format!("/streams/{stream_id}")).await;
+    let before = api.result_count(&stream_id).await;
+    let _worker = stack.start_worker("e2e-worker");
+    api.results_at_least(&stream_id, before + 3, Duration::from_secs(20))
+        .await;
+    let (_, stream) = api.get(&format!("/streams/{stream_id}")).await;
     assert_eq!(stream["status"], "running", "{stream}");
     assert_eq!(stream["worker_id"], "e2e-worker");
 
     // Stop, let in-flight runs land, let the reconciler index anything the kill orphaned.
-    let (status, body) = stack
-        .api
-        .post(&format!("/streams/{stream_id}/stop"), &json!({}))
+    let pass = api
+        .stop_and_settle(&stream_id, Duration::from_secs(15))
         .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["success"], true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after_stop = chrono::Utc::now();
-    let pass = wait_for_reconciler_pass_after(&stack.api, after_stop).await;
     tracing_free_print(&format!("reconciler after stop: {pass}"));
     check_invariants(&stack, &stream_id).await;
 
-    let (_, measurements) = stack
-        .api
-        .get(&format!("/streams/{stream_id}/measurements"))
-        .await;
+    let (_, measurements) = api.get(&format!("/streams/{stream_id}/measurements")).await;
     let items = measurements["items"].as_array().expect("items");
     assert!(!items.is_empty(), "a reading is stored");
     assert!(
@@ -379,32 +285,25 @@ async fn postgres_and_s3_survive_a_worker_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_callers_without_the_token_and_workers_with_a_wrong_one() {
     let stack = stack(embedded);
-    let open = Api::new(stack.api.base.trim_start_matches("http://"), None);
+    let api = &stack.supervisor.api;
+    let open = api.with_token(None);
     let (status, body) = open.get("/streams").await;
     assert_eq!(status, 401, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Bearer"));
-    let wrong = Api::new(stack.api.base.trim_start_matches("http://"), Some("nope"));
+    let wrong = api.with_token(Some("nope"));
     assert_eq!(wrong.get("/streams").await.0, 401);
     assert_eq!(open.get("/healthz").await.0, 200);
 
     // A worker with the wrong token is rejected with a reason, and the supervisor carries on.
-    let mut env = vec![
-        ("DATA_STREAMS_WORKER_ADDR", stack.worker_addr.clone()),
-        ("DATA_STREAMS_WORKER_TOKEN", "not-the-token".to_owned()),
-        ("OBJECT_STORE_URL", stack.backends.object_store_url.clone()),
-        ("WORKER_ID", "intruder".to_owned()),
-    ];
-    env.extend(stack.backends.extra_env.iter().cloned());
-    let (intruder, line) = Proc::start(
-        "intruder",
-        &bin("worker"),
-        &env,
-        "rejected this worker",
-        stack.dir.path(),
-    );
+    let env = stack
+        .worker_env()
+        .set("DATA_STREAMS_WORKER_TOKEN", "not-the-token")
+        .unset("WORKER_RECONNECT_MAX_MS");
+    let (intruder, line) =
+        start_worker_until(stack.dir.path(), "intruder", &env, "rejected this worker");
     assert!(line.contains("authentication failed"), "{line}");
     drop(intruder);
-    let (status, workers) = stack.api.get("/workers").await;
+    let (status, workers) = api.get("/workers").await;
     assert_eq!(status, 200);
     assert!(
         workers
@@ -416,8 +315,9 @@ async fn the_api_refuses_callers_without_the_token_and_workers_with_a_wrong_one(
     );
     assert!(stack
         .supervisor
+        .proc
         .log_text()
         .contains("authentication failed"));
     // And a good worker still gets in.
-    let _good = start_worker(&stack, "good-worker");
+    let _good = stack.start_worker("good-worker");
 }

@@ -1,15 +1,14 @@
 //! Streams that share an API key land on one worker, so that worker's per-key budget covers the
 //! whole key; and the stream API round-trips a stream's `rate_limit` and refuses bad ones.
 
-#[path = "api/helpers.rs"]
-mod helpers;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use helpers::{eventually, spawn_app, TestApp};
+use support::{eventually, spawn_app, Sim, TestApp, IQAIR_KEY};
 
 /// A stream on `key` at a port nothing listens on: its runs fail as `network` (the simulator
 /// would refuse an unknown key and fail the stream), but it stays running where it was placed.
@@ -165,21 +164,7 @@ async fn the_stream_api_round_trips_rate_limits_and_refuses_bad_ones() {
 /// every call it makes under the limit, so the simulator never answers `rate_limited`.
 #[tokio::test]
 async fn the_budget_keeps_a_shared_key_under_the_simulators_community_limits() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sim");
-    let sim_addr = listener.local_addr().expect("sim address");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let stop = shutdown.clone();
-    let _guard = shutdown.clone().drop_guard();
-    tokio::spawn(async move {
-        let config = iqair_sim::SimConfig {
-            keys: vec![helpers::IQAIR_KEY.to_owned()],
-            limits: iqair_sim::Limits::community(),
-            ..iqair_sim::SimConfig::default()
-        };
-        let _ = iqair_sim::serve(listener, config, async move { stop.cancelled().await }).await;
-    });
+    let sim = Sim::start_with(iqair_sim::Limits::community()).await;
 
     let app = spawn_app().await;
     let _worker = app.spawn_worker("budget-1", 10).await;
@@ -190,21 +175,21 @@ async fn the_budget_keeps_a_shared_key_under_the_simulators_community_limits() {
         body.as_object_mut()
             .expect("an object")
             .remove("rate_limit");
-        body["endpoint"] = json!(format!("http://{sim_addr}/v2/nearest_city"));
+        body["endpoint"] = json!(sim.endpoint());
         let created = app.create_stream(&body).await;
         assert_eq!(rate_limit_of(&created), (5, 500, 10_000));
         ids.push(created["id"].as_str().expect("an id").to_owned());
     }
     tokio::time::sleep(Duration::from_secs(70)).await;
 
-    let stats: Value = reqwest::get(format!("http://{sim_addr}/admin/stats"))
+    let stats: Value = reqwest::get(format!("http://{}/admin/stats", sim.addr))
         .await
         .expect("stats")
         .json()
         .await
         .expect("stats JSON");
     assert_eq!(stats["rate_limited"], 0, "{stats}");
-    let calls = stats["by_key"][helpers::IQAIR_KEY]
+    let calls = stats["by_key"][IQAIR_KEY]
         .as_u64()
         .expect("calls with the key");
     // Five at the start, five more once the first have slid out of the last 61 s.

@@ -12,156 +12,67 @@
 //!   gets every object referenced exactly once.
 
 mod support;
-mod test_db;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use objects::test_server::S3TestServer;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection};
-use support::{addr_after, bin, eventually, object_files, Api, Proc, TcpProxy};
-use test_db::TestDatabase;
+use support::{
+    eventually, folder_store_url, iqair_stream, nearest_city, object_files, sim_env, sqlite_url,
+    start_sim, start_worker, supervisor_env, unlimited, worker_env, Api, Env, Proc, Supervisor,
+    TcpProxy, TestDatabase, IQAIR_KEY,
+};
 
-const WORKER_TOKEN: &str = "outage-worker-token";
-const API_TOKEN: &str = "outage-api-token";
-const IQAIR_KEY: &str = "outage-iqair-key";
-const BUCKET: &str = "results";
-
-fn start_sim(logs: &Path) -> (Proc, String) {
-    let (sim, line) = Proc::start(
-        "iqair-sim",
-        &bin("iqair-sim"),
-        &[
-            ("IQAIR_SIM_ADDR", "127.0.0.1:0".into()),
-            ("IQAIR_SIM_KEYS", IQAIR_KEY.into()),
-            ("IQAIR_SIM_LIMITS", "off".into()),
-        ],
-        "listening on",
-        logs,
-    );
-    let addr = addr_after(&line, "listening on");
-    (sim, addr)
+/// A simulator, a supervisor on `database_url` and a worker, both on the object store
+/// `store_url` (with `store_env` for S3), and a stream running every second; logs in `logs`.
+struct Stack {
+    worker: Proc,
+    supervisor: Supervisor,
+    /// How the supervisor was started (a restart on the same ports starts from here).
+    supervisor_env: Env,
+    _sim: Proc,
+    stream_id: String,
 }
 
-/// Where a supervisor listens (port 0 the first time; the same ports on a restart).
-struct Addrs {
-    http: String,
-    workers: String,
-}
-
-fn start_supervisor(
+async fn start(
     logs: &Path,
-    addrs: &Addrs,
     database_url: &str,
-    store: &[(&'static str, String)],
-) -> (Proc, Api, Addrs) {
-    let mut env = vec![
-        ("DATA_STREAMS_HTTP_ADDR", addrs.http.clone()),
-        ("DATA_STREAMS_WORKER_ADDR", addrs.workers.clone()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("DATA_STREAMS_API_TOKEN", API_TOKEN.to_owned()),
-        ("DATABASE_URL", database_url.to_owned()),
-        ("HEARTBEAT_INTERVAL_MS", "500".to_owned()),
-        ("HEARTBEAT_TIMEOUT_MS", "3000".to_owned()),
-        ("ASSIGN_INTERVAL_MS", "1000".to_owned()),
-        ("RECONCILE_INTERVAL_MS", "1000".to_owned()),
-    ];
-    env.extend(store.iter().cloned());
-    let (proc, line) = Proc::start(
-        "data-streams",
-        &bin("data-streams"),
-        &env,
-        "data-streams listening",
-        logs,
-    );
-    let http = addr_after(&line, "listening:");
-    let workers = addr_after(&line, "(API),");
-    (
-        proc,
-        Api::new(&http, Some(API_TOKEN)),
-        Addrs { http, workers },
-    )
-}
-
-fn free_addrs() -> Addrs {
-    Addrs {
-        http: "127.0.0.1:0".into(),
-        workers: "127.0.0.1:0".into(),
+    store_url: &str,
+    store_env: &[(&'static str, String)],
+) -> Stack {
+    let (sim, sim_addr) = start_sim(logs, &sim_env());
+    let supervisor_env = supervisor_env(database_url, store_url)
+        .set("ASSIGN_INTERVAL_MS", "1000")
+        .extend(store_env.iter().cloned());
+    let supervisor = Supervisor::start(logs, &supervisor_env);
+    let worker_env = worker_env(&supervisor.workers, store_url).extend(store_env.iter().cloned());
+    let worker = start_worker(logs, "outage-worker", &worker_env);
+    // The simulator's limits are off; no local budget either.
+    let body = unlimited(iqair_stream(&nearest_city(&sim_addr), IQAIR_KEY, 1000));
+    let created = supervisor.api.create_stream(&body).await;
+    let stream_id = created["id"].as_str().expect("an id").to_owned();
+    Stack {
+        worker,
+        supervisor,
+        supervisor_env,
+        _sim: sim,
+        stream_id,
     }
 }
 
-fn start_worker(
-    logs: &Path,
-    worker_addr: &str,
-    id: &str,
-    store: &[(&'static str, String)],
-) -> Proc {
-    let mut env = vec![
-        ("DATA_STREAMS_WORKER_ADDR", worker_addr.to_owned()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("WORKER_ID", id.to_owned()),
-        ("WORKER_RECONNECT_MAX_MS", "500".to_owned()),
-    ];
-    env.extend(store.iter().cloned());
-    Proc::start(
-        id,
-        &bin("worker"),
-        &env,
-        "connected to the supervisor",
-        logs,
+/// References and objects catch up: at least `objects` references (and `extra` holds).
+async fn references_catch_up(api: &Api, objects: usize, extra: impl Fn(&Value) -> bool) {
+    eventually(
+        Duration::from_secs(30),
+        "references catching up",
+        || async {
+            let (_, audit) = api.get("/audit").await;
+            let refs = audit["references"].as_u64()?;
+            (refs >= objects as u64 && extra(&audit)).then_some(())
+        },
     )
-    .0
-}
-
-fn folder_store(dir: &Path) -> Vec<(&'static str, String)> {
-    vec![(
-        "OBJECT_STORE_URL",
-        format!("file://{}", dir.join("objects").display()),
-    )]
-}
-
-async fn create_stream(api: &Api, sim_addr: &str, interval_ms: u64) -> String {
-    let (status, body) = api
-        .post(
-            "/streams",
-            &json!({
-                "adapter": "IQAIR_DAILY",
-                "endpoint": format!("http://{sim_addr}/v2/nearest_city"),
-                "secret_key": IQAIR_KEY,
-                "interval": interval_ms,
-                "bucket_name": BUCKET,
-                "params": {"lat": 52.52, "lon": 13.40},
-                // The simulator's limits are off; no local budget either.
-                "rate_limit": {"per_minute": 0, "per_day": 0, "per_month": 0},
-            }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().expect("an id").to_owned()
-}
-
-async fn count_at_least(api: &Api, stream_id: &str, n: usize, within: Duration) -> usize {
-    eventually(within, &format!("{n} results"), || async {
-        let count = api.result_count(stream_id).await;
-        (count >= n).then_some(count)
-    })
-    .await
-}
-
-/// Stop the stream, let runs in flight land, and wait for a reconciler pass after that.
-async fn stop_and_settle(api: &Api, stream_id: &str) {
-    let (status, body) = api
-        .post(&format!("/streams/{stream_id}/stop"), &json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let since = chrono::Utc::now();
-    eventually(Duration::from_secs(20), "a reconciler pass", || async {
-        let (_, body) = api.get("/reconciler").await;
-        let at = chrono::DateTime::parse_from_rfc3339(body["last_run_at"].as_str()?).ok()?;
-        (at > since).then_some(())
-    })
     .await;
 }
 
@@ -205,15 +116,13 @@ async fn database_down_keeps_events_in_the_outbox_and_the_replay_indexes_everyth
     let database = TestDatabase::create("ds_outage");
     let proxy = TcpProxy::start(database.server_host_port());
     let via_proxy = database.url_via(&proxy.address.to_string());
-    let store = folder_store(dir.path());
-    let (_sim, sim_addr) = start_sim(logs);
-    let (supervisor, api, addrs) = start_supervisor(logs, &free_addrs(), &via_proxy, &store);
-    let worker = start_worker(logs, &addrs.workers, "outage-worker", &store);
-    let stream_id = create_stream(&api, &sim_addr, 1000).await;
-    count_at_least(&api, &stream_id, 3, Duration::from_secs(15)).await;
+    let stack = start(logs, &via_proxy, &folder_store_url(dir.path()), &[]).await;
+    let (api, stream_id) = (&stack.supervisor.api, &stack.stream_id);
+    api.results_at_least(stream_id, 3, Duration::from_secs(15))
+        .await;
 
     proxy.cut();
-    let open = Api::new(&addrs.http, None);
+    let open = api.with_token(None);
     let (status, body) = open.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_ne!(body["database"], "ok", "{body}");
@@ -246,34 +155,25 @@ async fn database_down_keeps_events_in_the_outbox_and_the_replay_indexes_everyth
     })
     .await;
     // The events kept in the outbox land: references catch up with the objects.
-    eventually(
-        Duration::from_secs(30),
-        "references catching up",
-        || async {
-            let (_, audit) = api.get("/audit").await;
-            let refs = audit["references"].as_u64()?;
-            (refs >= objects_during as u64).then_some(())
-        },
-    )
-    .await;
-    let before_a_pass = clean_audit(&api, Duration::from_secs(20)).await;
+    references_catch_up(api, objects_during, |_| true).await;
+    let before_a_pass = clean_audit(api, Duration::from_secs(20)).await;
     eprintln!("audit after the database came back: {before_a_pass}");
 
-    stop_and_settle(&api, &stream_id).await;
-    let audit = clean_audit(&api, Duration::from_secs(5)).await;
+    api.stop_and_settle(stream_id, Duration::from_secs(20))
+        .await;
+    let audit = clean_audit(api, Duration::from_secs(5)).await;
     eprintln!("audit after a reconciler pass: {audit}");
     assert!(audit["objects"].as_u64().unwrap() >= objects_during as u64);
     // Every reference came from the worker's own report (replayed), none from the reconciler.
-    let refs = api.all_results(&stream_id).await;
+    let refs = api.all_results(stream_id).await;
     let reconciled: Vec<&Value> = refs.iter().filter(|r| r["status"] != "ok").collect();
     assert!(
         reconciled.is_empty(),
         "references the reconciler had to add: {reconciled:?}"
     );
-    assert!(worker.child.id() > 0);
-    assert!(!supervisor.log_text().contains("panicked"));
-    drop(worker);
-    drop(supervisor);
+    assert!(stack.worker.child.id() > 0);
+    assert!(!stack.supervisor.proc.log_text().contains("panicked"));
+    drop(stack);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,14 +185,10 @@ async fn object_store_down_fails_runs_as_storage_and_results_resume_when_it_is_b
     let server = S3TestServer::start_on("127.0.0.1:0", Some(&s3_root), "outage-access", secret)
         .expect("an S3 test server");
     let s3_addr = server.endpoint.trim_start_matches("http://").to_owned();
-    let mut store = vec![("OBJECT_STORE_URL", "s3://".to_owned())];
-    store.extend(server.env());
-    let db = format!("sqlite://{}", dir.path().join("ds.db").display());
-    let (_sim, sim_addr) = start_sim(logs);
-    let (supervisor, api, addrs) = start_supervisor(logs, &free_addrs(), &db, &store);
-    let worker = start_worker(logs, &addrs.workers, "outage-worker", &store);
-    let stream_id = create_stream(&api, &sim_addr, 1000).await;
-    count_at_least(&api, &stream_id, 2, Duration::from_secs(15)).await;
+    let stack = start(logs, &sqlite_url(dir.path()), "s3://", &server.env()).await;
+    let (api, stream_id) = (&stack.supervisor.api, &stack.stream_id);
+    api.results_at_least(stream_id, 2, Duration::from_secs(15))
+        .await;
 
     // Away: every run fails as `storage`.
     drop(server);
@@ -307,10 +203,10 @@ async fn object_store_down_fails_runs_as_storage_and_results_resume_when_it_is_b
     })
     .await;
     assert_eq!(failure["stream_stopped"], false, "{failure}");
-    let during = api.result_count(&stream_id).await;
+    let during = api.result_count(stream_id).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        api.result_count(&stream_id).await <= during + 1,
+        api.result_count(stream_id).await <= during + 1,
         "results while the store is away"
     );
     let (_, failures) = api.get(&format!("/streams/{stream_id}/failures")).await;
@@ -334,14 +230,16 @@ async fn object_store_down_fails_runs_as_storage_and_results_resume_when_it_is_b
     // Back on the same port and folder: results resume.
     let server = S3TestServer::start_on(&s3_addr, Some(&s3_root), "outage-access", secret)
         .expect("the S3 test server again, on the same port");
-    let back = api.result_count(&stream_id).await;
-    count_at_least(&api, &stream_id, back + 3, Duration::from_secs(30)).await;
+    let back = api.result_count(stream_id).await;
+    api.results_at_least(stream_id, back + 3, Duration::from_secs(30))
+        .await;
 
-    stop_and_settle(&api, &stream_id).await;
-    let audit = clean_audit(&api, Duration::from_secs(5)).await;
+    api.stop_and_settle(stream_id, Duration::from_secs(20))
+        .await;
+    let audit = clean_audit(api, Duration::from_secs(5)).await;
     eprintln!("audit after the object store came back: {audit}");
     // No partial objects: every object's bytes are whole (the SHA-256 its reference records).
-    for r in api.all_results(&stream_id).await {
+    for r in api.all_results(stream_id).await {
         let (status, bytes) = api
             .get_bytes(&format!("/results/{}/raw", r["id"].as_str().unwrap()))
             .await;
@@ -353,9 +251,8 @@ async fn object_store_down_fails_runs_as_storage_and_results_resume_when_it_is_b
         );
         assert_eq!(bytes.len() as u64, r["size"].as_u64().unwrap(), "{r}");
     }
-    assert!(!worker.log_text().contains("panicked"));
-    drop(worker);
-    drop(supervisor);
+    assert!(!stack.worker.log_text().contains("panicked"));
+    drop(stack);
     drop(server);
 }
 
@@ -363,15 +260,21 @@ async fn object_store_down_fails_runs_as_storage_and_results_resume_when_it_is_b
 async fn supervisor_sigkill_loses_nothing_and_indexes_every_object_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let logs = dir.path();
-    let store = folder_store(dir.path());
-    let db = format!("sqlite://{}", dir.path().join("ds.db").display());
-    let (_sim, sim_addr) = start_sim(logs);
-    let (mut supervisor, api, addrs) = start_supervisor(logs, &free_addrs(), &db, &store);
-    let worker = start_worker(logs, &addrs.workers, "outage-worker", &store);
-    let stream_id = create_stream(&api, &sim_addr, 1000).await;
-    count_at_least(&api, &stream_id, 3, Duration::from_secs(15)).await;
+    let mut stack = start(
+        logs,
+        &sqlite_url(dir.path()),
+        &folder_store_url(dir.path()),
+        &[],
+    )
+    .await;
+    let stream_id = &stack.stream_id;
+    stack
+        .supervisor
+        .api
+        .results_at_least(stream_id, 3, Duration::from_secs(15))
+        .await;
 
-    supervisor.kill();
+    stack.supervisor.proc.kill();
     let root = dir.path().join("objects");
     let objects_at_kill = object_files(&root).len();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -381,28 +284,24 @@ async fn supervisor_sigkill_loses_nothing_and_indexes_every_object_once() {
         "the worker stopped storing objects without the supervisor: {objects_at_kill} -> {objects_later}"
     );
 
-    let (supervisor, api, _) = start_supervisor(logs, &addrs, &db, &store);
-    eventually(
-        Duration::from_secs(30),
-        "references catching up",
-        || async {
-            let (_, audit) = api.get("/audit").await;
-            let refs = audit["references"].as_u64()?;
-            (refs >= objects_later as u64 && audit["streams_running"] == 1).then_some(())
-        },
-    )
-    .await;
-    let running =
-        count_at_least(&api, &stream_id, objects_later + 2, Duration::from_secs(20)).await;
+    let restart = stack.supervisor.same_ports(&stack.supervisor_env);
+    let supervisor = Supervisor::start(logs, &restart);
+    let api = &supervisor.api;
+    let one_running = |audit: &Value| audit["streams_running"] == 1;
+    references_catch_up(api, objects_later, one_running).await;
+    let running = api
+        .results_at_least(stream_id, objects_later + 2, Duration::from_secs(20))
+        .await;
     assert!(running > objects_later);
 
-    stop_and_settle(&api, &stream_id).await;
-    let audit = clean_audit(&api, Duration::from_secs(5)).await;
+    api.stop_and_settle(stream_id, Duration::from_secs(20))
+        .await;
+    let audit = clean_audit(api, Duration::from_secs(5)).await;
     eprintln!("audit after the supervisor restart: {audit}");
     assert_eq!(
         audit["objects"].as_u64(),
         Some(object_files(&root).len() as u64)
     );
-    assert!(!supervisor.log_text().contains("panicked"));
-    drop(worker);
+    assert!(!supervisor.proc.log_text().contains("panicked"));
+    drop(stack);
 }

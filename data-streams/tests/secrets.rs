@@ -6,79 +6,20 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{addr_after, bin, eventually, Api, Proc};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::{
+    eventually, folder_store_url, iqair_stream, nearest_city, sim_env, sqlite_url, start_sim,
+    start_worker, supervisor_env, worker_env, Supervisor, TcpProxy,
+};
 
 /// Our crates at trace; chatty dependencies at info (their own lines do not see our secrets, and
 /// at trace they would drown the logs).
 const RUST_LOG: &str = "trace,hyper=info,h2=info,tower=info,rustls=info,aws=info,sqlx=info";
 
-/// The bytes of every proxied connection, each direction apart.
-#[derive(Default)]
-struct Recorded {
-    to_supervisor: Mutex<Vec<u8>>,
-    to_worker: Mutex<Vec<u8>>,
-}
-
-/// A loopback TCP proxy to `upstream` that records what crosses it; returns its address.
-async fn recording_proxy(upstream: String, recorded: Arc<Recorded>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy address").to_string();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                continue;
-            };
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            let up = recorded.clone();
-            tokio::spawn(pump(client_read, server_write, move |b| {
-                up.to_supervisor.lock().unwrap().extend_from_slice(b)
-            }));
-            let down = recorded.clone();
-            tokio::spawn(pump(server_read, client_write, move |b| {
-                down.to_worker.lock().unwrap().extend_from_slice(b)
-            }));
-        }
-    });
-    addr
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    record: impl Fn(&[u8]),
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                record(&buf[..n]);
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn start(name: &str, binary: &str, env: Vec<(&str, String)>, ready: &str, dir: &Path) -> Proc {
-    let mut env = env;
-    env.push(("RUST_LOG", RUST_LOG.to_owned()));
-    env.push(("NO_COLOR", "1".to_owned()));
-    Proc::start(name, &bin(binary), &env, ready, dir).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,77 +34,36 @@ async fn no_secret_reaches_a_log_line_an_api_answer_or_the_wire() {
     let api_token = format!("at-LEAK-CANARY-{run}");
     let secrets = [&good_key, &new_key, &bad_key, &worker_token, &api_token];
 
-    let (sim, sim_line) = Proc::start(
-        "iqair-sim",
-        &bin("iqair-sim"),
-        &[
-            ("IQAIR_SIM_ADDR", "127.0.0.1:0".into()),
-            ("IQAIR_SIM_KEYS", format!("{good_key},{new_key}")),
-            ("IQAIR_SIM_LIMITS", "off".into()),
-            ("RUST_LOG", RUST_LOG.into()),
-        ],
-        "listening on",
+    let (sim, sim_addr) = start_sim(
         dir,
+        &sim_env()
+            .set("IQAIR_SIM_KEYS", format!("{good_key},{new_key}"))
+            .set("RUST_LOG", RUST_LOG),
     );
-    let sim_addr = addr_after(&sim_line, "listening on");
-    let (supervisor, line) = Proc::start(
-        "data-streams",
-        &bin("data-streams"),
-        &[
-            ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".into()),
-            ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".into()),
-            ("DATA_STREAMS_WORKER_TOKEN", worker_token.clone()),
-            ("DATA_STREAMS_API_TOKEN", api_token.clone()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.join("ds.db").display()),
-            ),
-            (
-                "OBJECT_STORE_URL",
-                format!("file://{}", dir.join("objects").display()),
-            ),
-            ("HEARTBEAT_INTERVAL_MS", "500".into()),
-            ("HEARTBEAT_TIMEOUT_MS", "3000".into()),
-            ("ASSIGN_INTERVAL_MS", "500".into()),
-            ("RECONCILE_INTERVAL_MS", "1000".into()),
-            ("RUST_LOG", RUST_LOG.into()),
-        ],
-        "data-streams listening",
+    let supervisor = Supervisor::start(
         dir,
+        &supervisor_env(&sqlite_url(dir), &folder_store_url(dir))
+            .set("DATA_STREAMS_WORKER_TOKEN", &worker_token)
+            .set("DATA_STREAMS_API_TOKEN", &api_token)
+            .set("RUST_LOG", RUST_LOG),
     );
-    let http = addr_after(&line, "listening:");
-    let worker_port = addr_after(&line, "(API),");
-    let recorded = Arc::new(Recorded::default());
-    let proxy = recording_proxy(worker_port, recorded.clone()).await;
-    let worker = start(
-        "worker",
-        "worker",
-        vec![
-            ("DATA_STREAMS_WORKER_ADDR", proxy),
-            ("DATA_STREAMS_WORKER_TOKEN", worker_token.clone()),
-            (
-                "OBJECT_STORE_URL",
-                format!("file://{}", dir.join("objects").display()),
-            ),
-            ("WORKER_ID", "secrets-worker".into()),
-        ],
-        "connected to the supervisor",
+    // The worker link runs through a proxy that keeps every byte.
+    let proxy = TcpProxy::recording(supervisor.workers.clone());
+    let worker = start_worker(
         dir,
+        "secrets-worker",
+        &worker_env(&proxy.address.to_string(), &folder_store_url(dir))
+            .set("DATA_STREAMS_WORKER_TOKEN", &worker_token)
+            .unset("WORKER_RECONNECT_MAX_MS")
+            .set("RUST_LOG", RUST_LOG)
+            .set("NO_COLOR", "1"),
     );
 
-    let api = Api::new(&http, Some(&api_token));
+    let api = &supervisor.api;
+    let open = api.with_token(None);
     // Every answer body, to search at the end.
     let mut answers: Vec<String> = Vec::new();
-    let stream = |key: &str| {
-        json!({
-            "adapter": "IQAIR_DAILY",
-            "endpoint": format!("http://{sim_addr}/v2/nearest_city"),
-            "secret_key": key,
-            "interval": 1000,
-            "bucket_name": "results",
-            "params": {"lat": 52.52, "lon": 13.40},
-        })
-    };
+    let stream = |key: &str| iqair_stream(&nearest_city(&sim_addr), key, 1000);
 
     let (status, good) = api.post("/streams", &stream(&good_key)).await;
     assert_eq!(status, 201, "{good}");
@@ -193,9 +93,7 @@ async fn no_secret_reaches_a_log_line_an_api_answer_or_the_wire() {
 
     // A new key through PATCH, and a run with it.
     let patched = api
-        .client
-        .patch(format!("{}/streams/{good_id}", api.base))
-        .bearer_auth(&api_token)
+        .request(reqwest::Method::PATCH, &format!("/streams/{good_id}"))
         .json(&json!({"secret_key": new_key}))
         .send()
         .await
@@ -214,16 +112,10 @@ async fn no_secret_reaches_a_log_line_an_api_answer_or_the_wire() {
 
     // Requests that are wrong, each carrying a key: the error answers must not repeat it.
     let raw = |method: reqwest::Method, path: String, body: String, auth: bool| {
-        let req = api
-            .client
-            .request(method, format!("{}{path}", api.base))
+        let req = if auth { api } else { &open }
+            .request(method, &path)
             .header("content-type", "application/json")
             .body(body);
-        let req = if auth {
-            req.bearer_auth(&api_token)
-        } else {
-            req
-        };
         async move {
             let resp = req.send().await.expect("request");
             (resp.status().as_u16(), resp.text().await.expect("body"))
@@ -341,7 +233,7 @@ async fn no_secret_reaches_a_log_line_an_api_answer_or_the_wire() {
 
     // Let the processes write their last lines, then stop them.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut procs = [worker, supervisor, sim];
+    let mut procs = [worker, supervisor.proc, sim];
     for p in procs.iter_mut() {
         p.terminate(Duration::from_secs(15));
     }
@@ -372,8 +264,7 @@ async fn no_secret_reaches_a_log_line_an_api_answer_or_the_wire() {
     }
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 
-    let up = recorded.to_supervisor.lock().unwrap().clone();
-    let down = recorded.to_worker.lock().unwrap().clone();
+    let (up, down) = proxy.recorded();
     assert!(
         !up.is_empty() && !down.is_empty(),
         "nothing crossed the proxy"

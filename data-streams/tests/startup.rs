@@ -4,29 +4,22 @@
 //! exits non-zero as documented; it never panics, and never hangs without saying so.
 
 mod support;
-mod test_db;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use support::{addr_after, bin, eventually, Api, Proc, TcpProxy};
-use test_db::TestDatabase;
+use serde_json::Value;
+use support::{
+    bin, command, eventually, folder_store_url, host_port, iqair_stream, nearest_city,
+    postgres_server_url, sim_env, sqlite_url, start_sim, start_worker, supervisor_env, worker_env,
+    Env, Supervisor, TcpProxy, TestDatabase, IQAIR_KEY,
+};
 
-const WORKER_TOKEN: &str = "startup-worker-token";
-const API_TOKEN: &str = "startup-api-token";
-const IQAIR_KEY: &str = "startup-iqair-key";
-
-/// A loopback `host:port` nothing listens on: bound, read, and released again.
+/// A loopback `host:port` nothing listens on.
 fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let address = listener
-        .local_addr()
-        .expect("a bound socket has an address");
-    drop(listener);
-    address.to_string()
+    support::closed_port().to_string()
 }
 
 /// What a process that ended printed, and how it ended.
@@ -53,26 +46,10 @@ impl Exited {
     }
 }
 
-/// Run `bin` until it exits or `within` passes (then kill it), with `env` on top of the test's
-/// environment minus the database, object store and AWS variables.
-fn run_to_exit(bin: &Path, env: &[(&str, String)], within: Duration) -> Exited {
-    let mut command = Command::new(bin);
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .env("RUST_LOG", "info");
-    for name in ["DATABASE_URL", "OBJECT_STORE_URL"]
-        .into_iter()
-        .chain(AWS_VARIABLES)
-    {
-        command.env_remove(name);
-    }
-    for (name, value) in env {
-        command.env(name, value);
-    }
+/// Run `bin` with `env` ([`command`]) until it exits or `within` passes (then kill it).
+fn run_to_exit(bin: &Path, env: &Env, within: Duration) -> Exited {
     let started = Instant::now();
-    let mut child = command.spawn().expect("the binary starts");
+    let mut child = command(bin, env).spawn().expect("the binary starts");
     let readers: Vec<_> = [
         Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
         Box::new(child.stderr.take().expect("piped")),
@@ -110,17 +87,6 @@ fn run_to_exit(bin: &Path, env: &[(&str, String)], within: Duration) -> Exited {
     }
 }
 
-/// The AWS SDK's variables, removed from every child unless a test sets them, so the developer's
-/// own AWS set-up cannot change what a test sees.
-const AWS_VARIABLES: [&str; 6] = [
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_PROFILE",
-    "S3_FORCE_PATH_STYLE",
-];
-
 /// What makes `OBJECT_STORE_URL=s3://` point at `endpoint`, with credentials.
 fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -136,36 +102,6 @@ fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Settings every supervisor here gets: free ports, tokens, short periods.
-fn supervisor_env(database_url: String, object_store_url: String) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("DATA_STREAMS_API_TOKEN", API_TOKEN.to_owned()),
-        ("DATABASE_URL", database_url),
-        ("OBJECT_STORE_URL", object_store_url),
-        ("HEARTBEAT_INTERVAL_MS", "500".to_owned()),
-        ("HEARTBEAT_TIMEOUT_MS", "3000".to_owned()),
-        ("ASSIGN_INTERVAL_MS", "500".to_owned()),
-        ("RECONCILE_INTERVAL_MS", "1000".to_owned()),
-    ]
-}
-
-/// Start a supervisor; returns it, an API client and the address workers dial.
-fn start_supervisor(logs: &Path, env: Vec<(&'static str, String)>) -> (Proc, Api, String) {
-    let (proc, line) = Proc::start(
-        "data-streams",
-        &bin("data-streams"),
-        &env,
-        "data-streams listening",
-        logs,
-    );
-    let http = addr_after(&line, "listening:");
-    let workers = addr_after(&line, "(API),");
-    (proc, Api::new(&http, Some(API_TOKEN)), workers)
-}
-
 /// The one log line containing every one of `needles`; fails showing the whole log otherwise.
 fn line_with<'a>(lines: impl IntoIterator<Item = &'a str>, needles: &[&str], log: &str) -> String {
     lines
@@ -175,22 +111,14 @@ fn line_with<'a>(lines: impl IntoIterator<Item = &'a str>, needles: &[&str], log
         .to_owned()
 }
 
-fn file_store(dir: &Path) -> String {
-    format!("file://{}", dir.join("objects").display())
-}
-
-fn sqlite(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("ds.db").display())
-}
-
 #[test]
 fn supervisor_with_postgres_down_retries_then_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let address = closed_port();
     let password = "hunter2-never-printed";
     let url = format!("postgres://ds_user:{password}@{address}/data_streams");
-    let mut env = supervisor_env(url, file_store(dir.path()));
-    env.push(("DATABASE_CONNECT_RETRY_SECS", "2".to_owned()));
+    let env =
+        supervisor_env(&url, &folder_store_url(dir.path())).set("DATABASE_CONNECT_RETRY_SECS", "2");
 
     let exited = run_to_exit(&bin("data-streams"), &env, Duration::from_secs(20));
     let log = exited.text();
@@ -227,14 +155,14 @@ fn supervisor_with_an_unusable_database_url_exits_at_once_in_one_line() {
     // A login the server refuses needs a person, not a retry.
     let no_such_role = format!(
         "postgres://ds_no_such_role:pw@{}/postgres",
-        test_db::host_port(&test_db::postgres_server_url())
+        host_port(&postgres_server_url())
     );
     for url in [
         "mysql://x",
         "postgres://u:pw@127.0.0.1:notaport/x",
         no_such_role.as_str(),
     ] {
-        let env = supervisor_env(url.to_owned(), file_store(dir.path()));
+        let env = supervisor_env(url, &folder_store_url(dir.path()));
         let exited = run_to_exit(&bin("data-streams"), &env, Duration::from_secs(20));
         let log = exited.text();
         let status = exited
@@ -262,7 +190,7 @@ fn supervisor_with_an_unusable_database_url_exits_at_once_in_one_line() {
         assert!(!errors[0].contains("retrying"), "{}", errors[0]);
     }
     // The scheme is named, so the person knows what to change.
-    let env = supervisor_env("mysql://x".to_owned(), file_store(dir.path()));
+    let env = supervisor_env("mysql://x", &folder_store_url(dir.path()));
     let exited = run_to_exit(&bin("data-streams"), &env, Duration::from_secs(20));
     let log = exited.text();
     line_with(
@@ -277,11 +205,14 @@ async fn supervisor_with_s3_down_serves_and_is_not_ready_naming_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let address = closed_port();
     let endpoint = format!("http://{address}");
-    let mut env = supervisor_env(sqlite(dir.path()), "s3://".to_owned());
-    env.extend(s3_env(&endpoint));
+    let env = supervisor_env(&sqlite_url(dir.path()), "s3://").extend(s3_env(&endpoint));
 
     let started = Instant::now();
-    let (supervisor, api, _) = start_supervisor(dir.path(), env);
+    let Supervisor {
+        proc: supervisor,
+        api,
+        ..
+    } = Supervisor::start(dir.path(), &env);
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "start took {:?}",
@@ -299,7 +230,7 @@ async fn supervisor_with_s3_down_serves_and_is_not_ready_naming_the_store() {
     );
     assert!(!log.contains("panicked"), "{log}");
 
-    let open = Api::new(api.base.trim_start_matches("http://"), None);
+    let open = api.with_token(None);
     assert_eq!(open.get("/healthz").await.0, 200);
     let (status, body) = open.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -314,39 +245,19 @@ async fn supervisor_with_s3_down_serves_and_is_not_ready_naming_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_with_s3_down_keeps_running_and_reports_storage_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sim, line) = Proc::start(
-        "iqair-sim",
-        &bin("iqair-sim"),
-        &[
-            ("IQAIR_SIM_ADDR", "127.0.0.1:0".into()),
-            ("IQAIR_SIM_KEYS", IQAIR_KEY.into()),
-            ("IQAIR_SIM_LIMITS", "off".into()),
-        ],
-        "listening on",
+    let (sim, sim_addr) = start_sim(dir.path(), &sim_env());
+    let supervisor = Supervisor::start(
         dir.path(),
+        &supervisor_env(&sqlite_url(dir.path()), &folder_store_url(dir.path())),
     );
-    let sim_addr = addr_after(&line, "listening on");
-    let (_supervisor, api, worker_addr) = start_supervisor(
-        dir.path(),
-        supervisor_env(sqlite(dir.path()), file_store(dir.path())),
-    );
+    let api = &supervisor.api;
 
     let address = closed_port();
     let endpoint = format!("http://{address}");
-    let mut env = vec![
-        ("DATA_STREAMS_WORKER_ADDR", worker_addr),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("WORKER_ID", "no-store-worker".to_owned()),
-        ("OBJECT_STORE_URL", "s3://".to_owned()),
-    ];
-    env.extend(s3_env(&endpoint));
-    let (mut worker, _) = Proc::start(
-        "worker",
-        &bin("worker"),
-        &env,
-        "connected to the supervisor",
-        dir.path(),
-    );
+    let env = worker_env(&supervisor.workers, "s3://")
+        .unset("WORKER_RECONNECT_MAX_MS")
+        .extend(s3_env(&endpoint));
+    let mut worker = start_worker(dir.path(), "no-store-worker", &env);
     let log = worker.log_text();
     let line = line_with(log.lines(), &["object store", &endpoint], &log);
     assert!(
@@ -354,20 +265,9 @@ async fn worker_with_s3_down_keeps_running_and_reports_storage_failures() {
         "{line}"
     );
 
-    let (status, stream) = api
-        .post(
-            "/streams",
-            &json!({
-                "adapter": "IQAIR_DAILY",
-                "endpoint": format!("http://{sim_addr}/v2/nearest_city"),
-                "secret_key": IQAIR_KEY,
-                "interval": 1000,
-                "bucket_name": "results",
-                "params": {"lat": 52.52, "lon": 13.40},
-            }),
-        )
+    let stream = api
+        .create_stream(&iqair_stream(&nearest_city(&sim_addr), IQAIR_KEY, 1000))
         .await;
-    assert_eq!(status, 201, "{stream}");
     let stream_id = stream["id"].as_str().expect("an id").to_owned();
 
     let failure: Value = eventually(Duration::from_secs(20), "a storage failure", || async {
@@ -407,8 +307,14 @@ async fn supervisor_is_not_ready_naming_the_database_while_postgres_is_away() {
     let database = TestDatabase::create("ds_startup");
     let proxy = TcpProxy::start(database.server_host_port());
     let url = database.url_via(&proxy.address.to_string());
-    let (supervisor, api, _) =
-        start_supervisor(dir.path(), supervisor_env(url, file_store(dir.path())));
+    let Supervisor {
+        proc: supervisor,
+        api,
+        ..
+    } = Supervisor::start(
+        dir.path(),
+        &supervisor_env(&url, &folder_store_url(dir.path())),
+    );
     let (status, body) = api.get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 
@@ -441,12 +347,11 @@ async fn supervisor_is_not_ready_naming_the_database_while_postgres_is_away() {
 #[test]
 fn binaries_with_an_unusable_object_store_url_exit_at_once_in_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let supervisor = supervisor_env(sqlite(dir.path()), "ftp://bucket-host/x".to_owned());
-    let worker = vec![
-        ("DATA_STREAMS_WORKER_ADDR", closed_port()),
-        ("OBJECT_STORE_URL", "ftp://bucket-host/x".to_owned()),
-        ("WORKER_ID", "bad-store-worker".to_owned()),
-    ];
+    let supervisor = supervisor_env(&sqlite_url(dir.path()), "ftp://bucket-host/x");
+    let worker = Env::new()
+        .set("DATA_STREAMS_WORKER_ADDR", closed_port())
+        .set("OBJECT_STORE_URL", "ftp://bucket-host/x")
+        .set("WORKER_ID", "bad-store-worker");
     for (name, env) in [("data-streams", supervisor), ("worker", worker)] {
         let exited = run_to_exit(&bin(name), &env, Duration::from_secs(20));
         let log = exited.text();

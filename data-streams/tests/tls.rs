@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use serde_json::json;
-use support::{addr_after, bin, eventually, Api, Proc};
+use support::{
+    bin, command, eventually, folder_store_url, iqair_stream, nearest_city, sim_env, sqlite_url,
+    start_sim, start_worker_until, supervisor_env, worker_env, Api, Proc, Supervisor, IQAIR_KEY,
+};
 use tokio::io::AsyncReadExt;
-
-const WORKER_TOKEN: &str = "tls-worker-token";
-const API_TOKEN: &str = "tls-api-token";
-const IQAIR_KEY: &str = "tls-iqair-key";
 
 /// PEM files of one CA and a server certificate it signed for `127.0.0.1` and `localhost`.
 struct Pki {
@@ -57,114 +55,45 @@ fn pki(dir: &Path, name: &str) -> Pki {
     }
 }
 
-fn start_sim(logs: &Path) -> (Proc, String) {
-    let (sim, line) = Proc::start(
-        "iqair-sim",
-        &bin("iqair-sim"),
-        &[
-            ("IQAIR_SIM_ADDR", "127.0.0.1:0".into()),
-            ("IQAIR_SIM_KEYS", IQAIR_KEY.into()),
-            ("IQAIR_SIM_LIMITS", "off".into()),
-        ],
-        "listening on",
-        logs,
-    );
-    let addr = addr_after(&line, "listening on");
-    (sim, addr)
-}
-
 /// A supervisor whose worker port speaks TLS with `pki`'s certificate; a hello (TLS included)
-/// must finish within 1 s. Returns the process, the API address and the worker address.
-fn start_supervisor(dir: &Path, pki: &Pki) -> (Proc, String, String) {
-    let env = vec![
-        ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        ("DATA_STREAMS_API_TOKEN", API_TOKEN.to_owned()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("ds.db").display()),
-        ),
-        (
-            "OBJECT_STORE_URL",
-            format!("file://{}", dir.join("objects").display()),
-        ),
-        ("WORKER_TLS_CERT", pki.cert.display().to_string()),
-        ("WORKER_TLS_KEY", pki.key.display().to_string()),
-        ("HANDSHAKE_TIMEOUT_MS", "1000".to_owned()),
-        ("HEARTBEAT_INTERVAL_MS", "500".to_owned()),
-        ("HEARTBEAT_TIMEOUT_MS", "3000".to_owned()),
-        ("ASSIGN_INTERVAL_MS", "500".to_owned()),
-    ];
-    let (proc, line) = Proc::start(
-        "data-streams",
-        &bin("data-streams"),
-        &env,
-        "data-streams listening",
-        dir,
-    );
-    let http = addr_after(&line, "listening:");
-    let workers = addr_after(&line, "(API),");
-    (proc, http, workers)
+/// must finish within 1 s.
+fn start_supervisor(dir: &Path, pki: &Pki) -> Supervisor {
+    let env = supervisor_env(&sqlite_url(dir), &folder_store_url(dir))
+        .set("WORKER_TLS_CERT", pki.cert.display().to_string())
+        .set("WORKER_TLS_KEY", pki.key.display().to_string())
+        .set("HANDSHAKE_TIMEOUT_MS", "1000")
+        .unset("RECONCILE_INTERVAL_MS");
+    Supervisor::start(dir, &env)
 }
 
 /// A worker dialling `addr`, over TLS trusting `ca` when given; returns once a line containing
 /// `ready` is logged.
 fn start_worker(dir: &Path, addr: &str, id: &str, ca: Option<&Path>, ready: &str) -> Proc {
-    let mut env = vec![
-        ("DATA_STREAMS_WORKER_ADDR", addr.to_owned()),
-        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-        (
-            "OBJECT_STORE_URL",
-            format!("file://{}", dir.join("objects").display()),
-        ),
-        ("WORKER_ID", id.to_owned()),
-        ("WORKER_RECONNECT_MAX_MS", "500".to_owned()),
-    ];
+    let mut env = worker_env(addr, &folder_store_url(dir));
     if let Some(ca) = ca {
-        env.push(("WORKER_TLS_CA", ca.display().to_string()));
+        env = env.set("WORKER_TLS_CA", ca.display().to_string());
     }
-    Proc::start(id, &bin("worker"), &env, ready, dir).0
+    start_worker_until(dir, id, &env, ready).0
 }
 
 async fn create_stream(api: &Api, sim_addr: &str) -> String {
-    let (status, body) = api
-        .post(
-            "/streams",
-            &json!({
-                "adapter": "IQAIR_DAILY",
-                "endpoint": format!("http://{sim_addr}/v2/nearest_city"),
-                "secret_key": IQAIR_KEY,
-                "interval": 1000,
-                "bucket_name": "results",
-                "params": {"lat": 52.52, "lon": 13.40},
-            }),
-        )
+    let created = api
+        .create_stream(&iqair_stream(&nearest_city(sim_addr), IQAIR_KEY, 1000))
         .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().expect("an id").to_owned()
+    created["id"].as_str().expect("an id").to_owned()
 }
 
 async fn results_at_least(api: &Api, stream_id: &str, n: usize) -> usize {
-    eventually(Duration::from_secs(30), &format!("{n} results"), || async {
-        let count = api.result_count(stream_id).await;
-        (count >= n).then_some(count)
-    })
-    .await
+    api.results_at_least(stream_id, n, Duration::from_secs(30))
+        .await
 }
 
+/// `GET /workers` as (id, connected).
 async fn worker_ids(api: &Api) -> Vec<(String, bool)> {
-    let (status, body) = api.get("/workers").await;
-    assert_eq!(status, 200, "{body}");
-    body.as_array()
-        .expect("a list")
-        .iter()
-        .map(|w| {
-            (
-                w["id"].as_str().unwrap_or_default().to_owned(),
-                w["connected"].as_bool().unwrap_or(false),
-            )
-        })
+    api.workers()
+        .await
+        .into_iter()
+        .map(|(id, (connected, _))| (id, connected))
         .collect()
 }
 
@@ -172,9 +101,13 @@ async fn worker_ids(api: &Api) -> Vec<(String, bool)> {
 async fn a_tls_worker_runs_streams_and_a_plaintext_worker_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path(), "good");
-    let (_sim, sim_addr) = start_sim(dir.path());
-    let (supervisor, http, worker_addr) = start_supervisor(dir.path(), &pki);
-    let api = Api::new(&http, Some(API_TOKEN));
+    let (_sim, sim_addr) = start_sim(dir.path(), &sim_env());
+    let Supervisor {
+        proc: supervisor,
+        api,
+        workers: worker_addr,
+        ..
+    } = start_supervisor(dir.path(), &pki);
 
     let _tls_worker = start_worker(
         dir.path(),
@@ -230,8 +163,12 @@ async fn an_untrusted_certificate_and_a_silent_client_are_refused_and_the_port_c
     let dir = tempfile::tempdir().expect("tempdir");
     let good = pki(dir.path(), "good");
     let other = pki(dir.path(), "other");
-    let (supervisor, http, worker_addr) = start_supervisor(dir.path(), &good);
-    let api = Api::new(&http, Some(API_TOKEN));
+    let Supervisor {
+        proc: supervisor,
+        api,
+        workers: worker_addr,
+        ..
+    } = start_supervisor(dir.path(), &good);
 
     // A worker trusting another CA refuses the supervisor's certificate and says so.
     let untrusting = start_worker(
@@ -308,19 +245,9 @@ async fn an_untrusted_certificate_and_a_silent_client_are_refused_and_the_port_c
 fn a_certificate_without_its_key_is_a_start_up_error_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = pki(dir.path(), "good");
-    let output = std::process::Command::new(bin("data-streams"))
-        .env("RUST_LOG", "info")
-        .env("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0")
-        .env("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("ds.db").display()),
-        )
-        .env(
-            "OBJECT_STORE_URL",
-            format!("file://{}", dir.path().join("objects").display()),
-        )
-        .env("WORKER_TLS_CERT", &pki.cert)
+    let env = supervisor_env(&sqlite_url(dir.path()), &folder_store_url(dir.path()))
+        .set("WORKER_TLS_CERT", pki.cert.display().to_string());
+    let output = command(&bin("data-streams"), &env)
         .env_remove("WORKER_TLS_KEY")
         .output()
         .expect("data-streams runs");

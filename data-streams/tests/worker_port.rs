@@ -3,8 +3,7 @@
 //! working and a new one still gets in; and a supervisor restart on the same port loses and
 //! duplicates nothing a worker produced meanwhile.
 
-#[path = "api/helpers.rs"]
-mod helpers;
+mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,7 +14,7 @@ use protocol::{Connection, Frame, Hello, ProtocolError, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use helpers::{eventually, ids_of, logged, settled, spawn_app, unique, TestApp, WORKER_TOKEN};
+use support::{eventually, ids_of, logged, settled, spawn_app, unique, TestApp, WORKER_TOKEN};
 
 /// How a bad connection ended, seen from the client.
 #[derive(Debug)]

@@ -84,11 +84,8 @@ impl Sim {
     }
 
     async fn stats(&self) -> Stats {
-        self.client
-            .get(self.url("/admin/stats"))
-            .send()
+        self.raw("/admin/stats")
             .await
-            .expect("stats")
             .json()
             .await
             .expect("stats JSON")

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, AppOptions, TestApp, API_TOKEN};
+use crate::support::{spawn_app, spawn_app_with, AppOptions, TestApp, API_TOKEN};
 
 /// Asserts the error shape and returns the problems (for 422s) or the message.
 fn assert_error(status: u16, body: &Value, want: u16) -> String {
@@ -276,7 +276,7 @@ async fn a_missing_or_wrong_token_is_401_while_health_stays_open() {
         ] {
             let mut req = app
                 .anonymous
-                .request(method.clone(), app.url(path))
+                .request(method.clone(), path)
                 .header("content-type", "application/json")
                 .body(app.stream_json(300_000).to_string());
             if let Some(auth) = &auth {
@@ -298,7 +298,12 @@ async fn a_missing_or_wrong_token_is_401_while_health_stays_open() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     for path in ["/healthz", "/readyz"] {
-        let resp = app.anonymous.get(app.url(path)).send().await.expect("GET");
+        let resp = app
+            .anonymous
+            .request(Method::GET, path)
+            .send()
+            .await
+            .expect("GET");
         assert_eq!(resp.status().as_u16(), 200, "{path}");
     }
 }

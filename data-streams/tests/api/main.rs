@@ -1,8 +1,9 @@
 //! The supervisor's HTTP API and supervision, end to end in one process: a real
 //! `Application` on free ports, the in-process `iqair-sim`, and in-process workers.
 
+mod support;
+
 mod errors;
-mod helpers;
 mod persistence;
 mod streams;
 mod supervision;

@@ -10,41 +10,22 @@ use protocol::{Event, ResultRecord};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::{
-    ids_of, reading, result_record, spawn_app_on, unique, v7, Backend, RawWorker,
+use crate::support::{
+    ids_of, reading, result, result_with_id, spawn_app_on, unique, v7, Backend, RawWorker, T0,
 };
 
-/// Stamps each case out as `sqlite::<case>` and `postgres::<case>`.
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
+crate::on_both_backends! {
+    crate::support::with_backend: [
+        super::pagination_is_stable_while_rows_are_inserted
+            => pagination_is_stable_while_rows_are_inserted,
+        super::a_result_reported_twice_is_stored_once => a_result_reported_twice_is_stored_once,
+        super::a_result_replayed_over_the_worker_port_is_stored_once
+            => a_result_replayed_over_the_worker_port_is_stored_once,
+        super::readings_are_stored_once_per_pollution_hour
+            => readings_are_stored_once_per_pollution_hour,
+        super::schedule_lag_fields_round_trip => schedule_lag_fields_round_trip,
+    ],
 }
-
-on_both_backends!(
-    pagination_is_stable_while_rows_are_inserted,
-    a_result_reported_twice_is_stored_once,
-    a_result_replayed_over_the_worker_port_is_stored_once,
-    readings_are_stored_once_per_pollution_hour,
-    schedule_lag_fields_round_trip,
-);
-
-const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
 async fn pagination_is_stable_while_rows_are_inserted(backend: Backend) {
     let app = spawn_app_on(backend).await;
@@ -53,7 +34,7 @@ async fn pagination_is_stable_while_rows_are_inserted(backend: Backend) {
 
     // 120 rows that exist before paging starts.
     let existing: Vec<ResultRecord> = (0..120)
-        .map(|i| result_record(v7(T0 + i * 1_000), stream_id, T0 + i * 1_000, None))
+        .map(|i| result(stream_id, T0 + i * 1_000, None))
         .collect();
     app.db()
         .persist_events(&existing, &[])
@@ -72,7 +53,7 @@ async fn pagination_is_stable_while_rows_are_inserted(backend: Backend) {
             while !stop.load(Ordering::Relaxed) {
                 let now = chrono::Utc::now().timestamp_millis();
                 let batch: Vec<ResultRecord> = (0..3)
-                    .map(|_| result_record(Uuid::now_v7(), stream_id, now, None))
+                    .map(|_| result_with_id(Uuid::now_v7(), stream_id, now, None))
                     .collect();
                 db.persist_events(&batch, &[])
                     .await
@@ -131,7 +112,7 @@ async fn schedule_lag_fields_round_trip(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let id = app.create_stopped().await;
     let stream_id = Uuid::parse_str(&id).unwrap();
-    let mut record = result_record(v7(T0 + 2_000), stream_id, T0 + 2_000, None);
+    let mut record = result(stream_id, T0 + 2_000, None);
     record.scheduled_at_ms = T0 + 1_000;
     record.started_at_ms = T0 + 1_042;
     app.db()
@@ -176,7 +157,7 @@ async fn a_result_reported_twice_is_stored_once(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let id = app.create_stopped().await;
     let stream_id = Uuid::parse_str(&id).unwrap();
-    let record = result_record(v7(T0), stream_id, T0, Some(reading(T0, 42.0)));
+    let record = result(stream_id, T0, Some(reading(T0, 42.0)));
 
     let first = app
         .db()
@@ -202,7 +183,7 @@ async fn a_result_replayed_over_the_worker_port_is_stored_once(backend: Backend)
     let app = spawn_app_on(backend).await;
     let id = app.create_stopped().await;
     let stream_id = Uuid::parse_str(&id).unwrap();
-    let record = result_record(v7(T0), stream_id, T0, Some(reading(T0, 42.0)));
+    let record = result(stream_id, T0, Some(reading(T0, 42.0)));
 
     let mut raw = RawWorker::connect(app.worker_addr, "w-replay").await;
     raw.link
@@ -235,29 +216,13 @@ async fn readings_are_stored_once_per_pollution_hour(backend: Backend) {
     let id = app.create_stopped().await;
     let stream_id = Uuid::parse_str(&id).unwrap();
     // Two fetches in the same hour: two objects, one reading (the first wins).
-    let a = result_record(
-        v7(T0 + 60_000),
-        stream_id,
-        T0 + 60_000,
-        Some(reading(T0, 40.0)),
-    );
-    let b = result_record(
-        v7(T0 + 120_000),
-        stream_id,
-        T0 + 120_000,
-        Some(reading(T0, 99.0)),
-    );
+    let a = result(stream_id, T0 + 60_000, Some(reading(T0, 40.0)));
+    let b = result(stream_id, T0 + 120_000, Some(reading(T0, 99.0)));
     app.db().persist_events(&[a], &[]).await.expect("persist");
     app.db().persist_events(&[b], &[]).await.expect("persist");
     // And in one batch, a third fetch of the same hour and one of the next.
-    let c = result_record(
-        v7(T0 + 180_000),
-        stream_id,
-        T0 + 180_000,
-        Some(reading(T0, 7.0)),
-    );
-    let d = result_record(
-        v7(T0 + 3_700_000),
+    let c = result(stream_id, T0 + 180_000, Some(reading(T0, 7.0)));
+    let d = result(
         stream_id,
         T0 + 3_700_000,
         Some(reading(T0 + 3_600_000, 50.0)),

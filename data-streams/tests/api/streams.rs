@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{
-    eventually, ids_of, parse_uuid, reading, result_record, settled, spawn_app, v7, BUCKET,
-    IQAIR_KEY,
+use crate::support::{
+    eventually, ids_of, parse_uuid, reading, result, settled, spawn_app, BUCKET, IQAIR_KEY, T0,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,8 +166,7 @@ async fn delete_answers_204_and_then_the_stream_is_gone() {
     app.wait_running_on(&id, &worker.id).await;
 
     let resp = app
-        .api
-        .delete(app.url(&format!("/streams/{id}")))
+        .request(Method::DELETE, &format!("/streams/{id}"))
         .send()
         .await
         .expect("DELETE");
@@ -352,8 +351,10 @@ async fn results_come_newest_first_and_raw_objects_byte_for_byte() {
         );
         let on_disk = std::fs::read(app.store_root.join(BUCKET).join(key)).expect("object file");
         let resp = app
-            .api
-            .get(app.url(&format!("/results/{}/raw", r["id"].as_str().unwrap())))
+            .request(
+                Method::GET,
+                &format!("/results/{}/raw", r["id"].as_str().unwrap()),
+            )
             .send()
             .await
             .expect("GET raw");
@@ -386,7 +387,7 @@ async fn raw_of_an_unknown_or_missing_object_is_404() {
         .await;
     assert_eq!(status, 404, "{body}");
     // Indexed, but its object is not in the store.
-    let record = result_record(v7(1_767_225_600_000), stream_id, 1_767_225_600_000, None);
+    let record = result(stream_id, T0, None);
     app.db()
         .persist_events(std::slice::from_ref(&record), &[])
         .await
@@ -426,17 +427,11 @@ async fn measurements_honour_from_and_to() {
     let app = spawn_app().await;
     let id = app.create_stopped().await;
     let stream_id = uuid::Uuid::parse_str(&id).unwrap();
-    let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
     let hour = 3_600_000;
     let records: Vec<_> = (0..4)
         .map(|h| {
-            let at = t0 + h * hour;
-            result_record(
-                v7(at + 60_000),
-                stream_id,
-                at + 60_000,
-                Some(reading(at, 10.0 + h as f64)),
-            )
+            let at = T0 + h * hour;
+            result(stream_id, at + 60_000, Some(reading(at, 10.0 + h as f64)))
         })
         .collect();
     app.db()
@@ -479,7 +474,7 @@ async fn measurements_honour_from_and_to() {
     let (_, from_only) = app
         .get(&format!(
             "/streams/{id}/measurements?from={}",
-            t0 + 2 * hour
+            T0 + 2 * hour
         ))
         .await;
     assert_eq!(
@@ -487,7 +482,7 @@ async fn measurements_honour_from_and_to() {
         vec!["2026-01-01T02:00:00.000Z", "2026-01-01T03:00:00.000Z"]
     );
     let (_, to_only) = app
-        .get(&format!("/streams/{id}/measurements?to={}", t0 + hour - 1))
+        .get(&format!("/streams/{id}/measurements?to={}", T0 + hour - 1))
         .await;
     assert_eq!(ts_of(&to_only), vec!["2026-01-01T00:00:00.000Z"]);
     let (_, none) = app
@@ -499,12 +494,11 @@ async fn measurements_honour_from_and_to() {
 }
 
 /// The newest raw object of a stream, as text.
-async fn newest_raw(app: &crate::helpers::TestApp, id: &str) -> Option<String> {
+async fn newest_raw(app: &crate::support::TestApp, id: &str) -> Option<String> {
     let (_, page) = app.get(&format!("/streams/{id}/results?limit=1")).await;
     let result_id = page["items"][0]["id"].as_str()?.to_owned();
     let resp = app
-        .api
-        .get(app.url(&format!("/results/{result_id}/raw")))
+        .request(Method::GET, &format!("/results/{result_id}/raw"))
         .send()
         .await
         .ok()?;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use protocol::{Event, FailureClass, RunFailure};
 use serde_json::Value;
 
-use crate::helpers::{
-    eventually, settled, spawn_app, spawn_worker, stream_objects, Proxy, RawWorker, TestApp,
+use crate::support::{
+    eventually, settled, spawn_app, spawn_worker, stream_objects, RawWorker, TcpProxy, TestApp,
 };
 
 /// Stream id → (status, worker id).
@@ -153,10 +153,10 @@ async fn a_silent_worker_loses_its_streams_and_is_told_to_stop_them_when_it_retu
     let app = spawn_app().await;
     // The silent worker dials through a proxy that can go quiet, and writes to its own folder
     // so what it stores can be told apart from what the other worker stores.
-    let proxy = Proxy::start(app.worker_addr).await;
+    let proxy = TcpProxy::start(app.worker_addr.to_string());
     let silent_root = app.dir.path().join("objects-silent");
     let silent = spawn_worker(
-        &proxy.addr.to_string(),
+        &proxy.address.to_string(),
         &format!("file://{}", silent_root.display()),
         "w-silent",
         5,

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use objects::{ObjectMeta, StoreOptions};
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, AppOptions, TestApp, BUCKET};
+use crate::support::{eventually, spawn_app, spawn_app_with, AppOptions, TestApp, BUCKET};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_lists_connected_workers_with_their_streams() {
@@ -75,8 +76,7 @@ async fn metrics_are_prometheus_text() {
         "the supervisor's metrics",
         || async {
             let resp = app
-                .api
-                .get(app.url("/metrics"))
+                .request(Method::GET, "/metrics")
                 .send()
                 .await
                 .expect("GET /metrics");
@@ -156,8 +156,7 @@ async fn the_reconciler_indexes_objects_that_were_never_reported() {
     assert_eq!(results[0]["key"], key.as_str());
     assert_eq!(results[0]["sha256"], objects::sha256_hex(&body).as_str());
     let raw = app
-        .api
-        .get(app.url(&format!("/results/{result_id}/raw")))
+        .request(Method::GET, &format!("/results/{result_id}/raw"))
         .send()
         .await
         .expect("raw");

@@ -4,17 +4,11 @@ use std::time::{Duration, Instant};
 
 use data_streams::db::{redact_url, ConnectOptions, Db, DbError};
 
-/// A loopback port with nothing listening on it.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local addr").port();
-    drop(listener);
-    port
-}
+use crate::support::closed_port;
 
 #[tokio::test]
 async fn postgres_unreachable_server_fails_fast() {
-    let port = closed_port();
+    let port = closed_port().port();
     let url = format!("postgres://ds_user:hunter2@127.0.0.1:{port}/ds?sslmode=disable");
     let started = Instant::now();
     let error = Db::connect(&url).await.expect_err("nothing listens there");

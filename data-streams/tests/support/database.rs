@@ -1,24 +1,28 @@
-//! A fresh PostgreSQL database per test, for tests that run the real binaries: created on the
-//! server from `TEST_POSTGRES_URL` (else `postgres://postgres@127.0.0.1:5432/postgres`), dropped
-//! `WITH (FORCE)` when the guard goes, also when the test panics. An unreachable server fails the
-//! test; it never skips it.
+//! A fresh database per test, on either backend: a SQLite file in a temporary folder, or a new
+//! PostgreSQL database on the server from `TEST_POSTGRES_URL` (else a postgres `DATABASE_URL`,
+//! else `postgres://postgres@127.0.0.1:5432/postgres`), dropped `WITH (FORCE)` when its guard
+//! goes, also when the test panics. An unreachable server fails the test; it never skips it.
 //!
-//! Everything here is blocking (each call runs on a thread of its own with its own runtime), so
-//! it can be used from synchronous set-up code and from `Drop`.
-
-#![allow(dead_code)]
+//! Everything here is blocking (each PostgreSQL call runs on a thread of its own with its own
+//! runtime), so it can be used from synchronous set-up code, from async tests and from `Drop`.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use data_streams::db::redact_url;
 use sqlx::{Connection, Executor, PgConnection};
 
-/// The server the tests create their databases on.
+/// The PostgreSQL server the tests create their databases on: `TEST_POSTGRES_URL`, else a
+/// postgres `DATABASE_URL`, else the local default.
 pub fn postgres_server_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
+    let set = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|url: &String| !url.is_empty())
+    };
+    set("TEST_POSTGRES_URL")
+        .or_else(|| set("DATABASE_URL").filter(|url| url.starts_with("postgres")))
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
@@ -165,6 +169,74 @@ impl Drop for TestDatabase {
                 panic!("DROP DATABASE {}: {e}", self.name);
             }
         }
+    }
+}
+
+/// The URL of a SQLite database file in `dir` (created by the first connection).
+pub fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("ds.db").display())
+}
+
+/// The two database backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a case that sets up its own backend (for [`crate::on_both_backends!`]).
+pub async fn with_backend<F, Fut>(backend: Backend, case: F)
+where
+    F: FnOnce(Backend) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    case(backend).await;
+}
+
+/// A fresh, empty database on either backend, gone with this guard: a SQLite file in a temporary
+/// folder of its own, or a PostgreSQL database `<prefix>_<uuid>` ([`TestDatabase`]).
+pub struct FreshDatabase {
+    pub url: String,
+    pub backend: Backend,
+    /// The PostgreSQL database, dropped with this.
+    postgres: Option<TestDatabase>,
+    /// The folder of the SQLite file, removed with this.
+    folder: Option<tempfile::TempDir>,
+}
+
+impl FreshDatabase {
+    pub fn create(backend: Backend, prefix: &str) -> FreshDatabase {
+        match backend {
+            Backend::Sqlite => {
+                let folder = tempfile::tempdir().expect("a temporary folder for the SQLite file");
+                FreshDatabase {
+                    url: sqlite_url(folder.path()),
+                    backend,
+                    postgres: None,
+                    folder: Some(folder),
+                }
+            }
+            Backend::Postgres => {
+                let database = TestDatabase::create(prefix);
+                FreshDatabase {
+                    url: database.url.clone(),
+                    backend,
+                    postgres: Some(database),
+                    folder: None,
+                }
+            }
+        }
+    }
+
+    /// Run `case` with the URL of a fresh database; it is removed afterwards, also when the case
+    /// panics.
+    pub async fn with_url<F, Fut>(backend: Backend, prefix: &str, case: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let database = FreshDatabase::create(backend, prefix);
+        case(database.url.clone()).await;
     }
 }
 

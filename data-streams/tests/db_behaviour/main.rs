@@ -1,60 +1,20 @@
 //! The persistence layer's behaviour, written once and run on both backends: every case is an
-//! `async fn(Db)` (or `async fn(url)`), stamped out as `sqlite::<case>` and `postgres::<case>`,
-//! each on its own fresh database. PostgreSQL comes from `TEST_POSTGRES_URL`, a postgres
-//! `DATABASE_URL`, or `postgres://postgres@127.0.0.1:5432/postgres`; an unreachable server
-//! fails the tests, it never skips them.
+//! `async fn(Db)` (run by `harness::run`, on a connected, migrated database) or an
+//! `async fn(url)` (run by `harness::with_url`, with the URL of an empty one), stamped out as
+//! `sqlite::<case>` and `postgres::<case>`, each on its own fresh database
+//! (`support::FreshDatabase`). An unreachable PostgreSQL server fails the tests, it never skips
+//! them.
 
-#[path = "db_behaviour/connect.rs"]
+mod support;
+
 mod connect;
-#[path = "db_behaviour/events.rs"]
 mod events;
-#[path = "db_behaviour/fixtures.rs"]
 mod fixtures;
-#[path = "db_behaviour/harness.rs"]
 mod harness;
-#[path = "db_behaviour/streams.rs"]
 mod streams;
 
-/// One test per backend for each case: `db: Db` cases get a connected, migrated database;
-/// `url: String` cases get the URL of an empty one.
-macro_rules! on_both_backends {
-    (
-        db: [$($db_case:path => $db_name:ident),* $(,)?],
-        url: [$($url_case:path => $url_name:ident),* $(,)?] $(,)?
-    ) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $db_name() {
-                    crate::harness::run_sqlite($db_case).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $url_name() {
-                    crate::harness::with_sqlite_url($url_case).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $db_name() {
-                    crate::harness::run_postgres($db_case).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $url_name() {
-                    crate::harness::with_postgres_url($url_case).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends! {
-    db: [
+crate::on_both_backends! {
+    crate::harness::run: [
         crate::streams::stream_crud_round_trip => stream_crud_round_trip,
         crate::streams::stream_update => stream_update,
         crate::streams::delete_cascades => delete_cascades,
@@ -84,7 +44,7 @@ on_both_backends! {
         crate::events::schedule_lag_round_trips => schedule_lag_round_trips,
         crate::events::concurrent_writers_lose_nothing => concurrent_writers_lose_nothing,
     ],
-    url: [
+    crate::harness::with_url: [
         crate::streams::reconnect_keeps_data => reconnect_keeps_data,
     ],
 }

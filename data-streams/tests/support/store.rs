@@ -1,0 +1,46 @@
+//! Folder object stores, and the object files in them.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+/// The URL of a folder object store at `<dir>/objects`.
+pub fn folder_store_url(dir: &Path) -> String {
+    format!("file://{}", dir.join("objects").display())
+}
+
+/// Every `*.json` object file under a folder store root (sidecars and temporary files excluded).
+pub fn object_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                && !path.to_string_lossy().ends_with(".meta.json")
+            {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Ids of every object file of `stream_id` under a folder store root, sorted.
+pub fn stream_objects(root: &Path, stream_id: &str) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = object_files(root)
+        .iter()
+        .filter(|path| path.to_string_lossy().contains(stream_id))
+        .filter_map(|path| Uuid::parse_str(path.file_stem()?.to_str()?).ok())
+        .collect();
+    out.sort();
+    out
+}
