@@ -5,6 +5,7 @@ mod support;
 
 mod errors;
 mod persistence;
+mod reports;
 mod streams;
 mod supervision;
 mod system;

@@ -11,6 +11,7 @@ mod connect;
 mod events;
 mod fixtures;
 mod harness;
+mod reports;
 mod streams;
 
 crate::on_both_backends! {
@@ -43,6 +44,9 @@ crate::on_both_backends! {
         crate::events::reconciled_refs_are_idempotent => reconciled_refs_are_idempotent,
         crate::events::schedule_lag_round_trips => schedule_lag_round_trips,
         crate::events::concurrent_writers_lose_nothing => concurrent_writers_lose_nothing,
+        crate::reports::report_by_country_matches_the_hand_computed_figures
+            => report_by_country_matches_the_hand_computed_figures,
+        crate::reports::report_drills_down_and_windows => report_drills_down_and_windows,
     ],
     crate::harness::with_url: [
         crate::streams::reconnect_keeps_data => reconnect_keeps_data,
