@@ -1,9 +1,36 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, behaviour (SQLite and PostgreSQL, folder and loopback S3),
-# protocol, adapter/simulator and end-to-end tests with the real binaries.
-# PostgreSQL is found or started by scripts/pg.sh; its tests never skip.
+# protocol, adapter/simulator, end-to-end tests with the real binaries, the console in a real
+# browser (headless Chromium) and schemathesis against the API's OpenAPI document.
+# PostgreSQL is found or started by scripts/pg.sh; Chromium, chromedriver and schemathesis are
+# installed when missing. No test skips: a missing dependency fails loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Chromium and its WebDriver, from Debian's packages (the console's browser tests).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "test.sh: installing chromium and chromium-driver (apt-get)" >&2
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: chromium and chromedriver are missing and this is not root: install them with 'apt-get install -y chromium chromium-driver'" >&2
+    exit 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } \
+    || { echo "test.sh: cannot install chromium and chromium-driver" >&2; exit 1; }
+fi
+export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
+export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
+
+# Schemathesis from PyPI, in a virtual environment of its own under target/ (not committed).
+venv=target/test-venv
+if [[ ! -x $venv/bin/schemathesis ]]; then
+  echo "test.sh: installing schemathesis into $venv (pip)" >&2
+  mkdir -p target
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4,<5' \
+    || { echo "test.sh: cannot install schemathesis from PyPI" >&2; exit 1; }
+fi
+export SCHEMATHESIS=${SCHEMATHESIS:-$PWD/$venv/bin/schemathesis}
 
 state=$(mktemp -t ds-pg-state.XXXXXX)
 trap 'bash scripts/pg-stop.sh "$state"' EXIT

@@ -1,0 +1,382 @@
+//! The console in a real browser: headless Chromium driven through chromedriver (WebDriver)
+//! against the real `data-streams`, `worker` and `iqair-sim` processes, with an API token set.
+//!
+//! One walk through what a new user does: be refused without the token and log in with it, see
+//! a bad interval refused next to its field, create a stream, watch its first reading arrive on
+//! the stream page without a reload, open its raw object, stop it and see the status change,
+//! drill down the report one level, look at the workers, log out. A screenshot of each page is
+//! saved under `target/tmp/console-screenshots/`.
+//!
+//! Needs Chromium and chromedriver (`apt-get install -y chromium chromium-driver`, which
+//! scripts/test.sh does): `CHROMIUM` and `CHROMEDRIVER` name them, else `/usr/bin/chromium` and
+//! `/usr/bin/chromedriver`. Missing, the test fails saying so; it never skips.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use support::{
+    folder_store_url, nearest_city, sim_env, start_sim, start_worker, supervisor_env, worker_env,
+    Env, Proc, Supervisor, API_TOKEN, IQAIR_KEY,
+};
+
+/// A program the test needs: `$var`, else `default`; it must exist.
+fn program(var: &str, default: &str) -> PathBuf {
+    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
+    assert!(
+        path.exists(),
+        "{} is missing: the console tests need Chromium and chromedriver; run scripts/test.sh, \
+         which installs them (apt-get install -y chromium chromium-driver), or set {var}",
+        path.display()
+    );
+    path
+}
+
+/// chromedriver on a free port; returns it and its URL.
+fn start_chromedriver(logs: &Path) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let driver = program("CHROMEDRIVER", "/usr/bin/chromedriver");
+    let wrapper = logs.join("chromedriver.sh");
+    // chromedriver takes its port as a flag; the process helper takes variables.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --port={port} --allowed-ips=127.0.0.1\n",
+            driver.display()
+        ),
+    )
+    .expect("a wrapper script");
+    std::process::Command::new("chmod")
+        .args(["+x", &wrapper.display().to_string()])
+        .status()
+        .expect("chmod");
+    let (proc, _) = Proc::start(
+        "chromedriver",
+        &wrapper,
+        &Env::new(),
+        "started successfully",
+        logs,
+    );
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// A headless Chromium session at 1280×900 (the flags keep it off the closed network).
+async fn browser(webdriver: &str, profile: &Path) -> Client {
+    let chromium = program("CHROMIUM", "/usr/bin/chromium");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-extensions",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(webdriver)
+        .await
+        .expect("a Chromium session through chromedriver")
+}
+
+/// The element `data-test=<name>`, waiting for it (at most 20 s).
+async fn find(client: &Client, name: &str) -> fantoccini::elements::Element {
+    wait_css(client, &format!("[data-test={name}]")).await
+}
+
+async fn wait_css(client: &Client, css: &str) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(element) = client.find(Locator::Css(css)).await {
+            return element;
+        }
+        assert!(Instant::now() < deadline, "no {css} within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait (at most `within`) until `script` (returning a boolean) is true in the page.
+async fn until(client: &Client, within: Duration, what: &str, script: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = client.execute(script, vec![]).await.expect("a script runs");
+        if value == Value::Bool(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("the screenshot folder");
+    let png = client.screenshot().await.expect("a screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("the screenshot is saved");
+}
+
+/// Type into the form input `name`, replacing what it holds.
+async fn fill(client: &Client, name: &str, value: &str) {
+    let input = wait_css(client, &format!("dialog [name={name}]")).await;
+    input.clear().await.expect("clear");
+    if !value.is_empty() {
+        input.send_keys(value).await.expect("type");
+    }
+}
+
+/// The HTTP status of a same-origin `fetch` of `path` from the page (it carries the cookie).
+async fn fetch_status(client: &Client, path: &str) -> u64 {
+    let status = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0]).then(r => done(r.status), e => done(String(e)));",
+            vec![json!(path)],
+        )
+        .await
+        .expect("a fetch from the page");
+    status
+        .as_u64()
+        .unwrap_or_else(|| panic!("fetch {path}: {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_runs_a_stream_from_the_console() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let logs = dir.path();
+    let store = folder_store_url(logs);
+    let (_sim, sim) = start_sim(logs, &sim_env());
+    let database = format!("sqlite://{}", logs.join("ds.db").display());
+    let supervisor = Supervisor::start(logs, &supervisor_env(&database, &store));
+    let _worker = start_worker(
+        logs,
+        "console-worker",
+        &worker_env(&supervisor.workers, &store),
+    );
+    let (_driver, webdriver) = start_chromedriver(logs);
+    let client = browser(&webdriver, &logs.join("chromium-profile")).await;
+    let base = format!("http://{}", supervisor.http);
+
+    // Refused without the token: only the login form, and the API says 401 to the page.
+    client.goto(&format!("{base}/")).await.expect("the console");
+    let token = find(&client, "login-token").await;
+    assert!(
+        client
+            .find(Locator::Css("[data-test=streams-table]"))
+            .await
+            .is_err(),
+        "no data before logging in"
+    );
+    assert_eq!(fetch_status(&client, "/streams").await, 401);
+    token.send_keys("not-the-token").await.expect("type");
+    find(&client, "login-submit")
+        .await
+        .click()
+        .await
+        .expect("submit");
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the login error",
+        "const e = document.querySelector('[data-test=login-error]'); \
+         return !!e && e.textContent.includes('not valid');",
+    )
+    .await;
+    screenshot(&client, "login").await;
+    let token = find(&client, "login-token").await;
+    token.clear().await.expect("clear");
+    token.send_keys(API_TOKEN).await.expect("type");
+    find(&client, "login-submit")
+        .await
+        .click()
+        .await
+        .expect("submit");
+    find(&client, "streams-table").await;
+    assert_eq!(
+        fetch_status(&client, "/streams").await,
+        200,
+        "the session works"
+    );
+
+    // A bad interval is refused by the API, and its message shows next to the field.
+    find(&client, "new-stream")
+        .await
+        .click()
+        .await
+        .expect("open the form");
+    fill(&client, "endpoint", &nearest_city(&sim)).await;
+    fill(&client, "secret_key", IQAIR_KEY).await;
+    fill(&client, "interval", "0.5").await;
+    fill(&client, "lat", "52.52").await;
+    fill(&client, "lon", "13.40").await;
+    for window in ["per_minute", "per_day", "per_month"] {
+        fill(&client, window, "0").await;
+    }
+    let start = wait_css(&client, "dialog [name=start]").await;
+    start.click().await.expect("create it stopped");
+    find(&client, "create-submit")
+        .await
+        .click()
+        .await
+        .expect("submit");
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the interval's problem next to its field",
+        "const e = document.querySelector('[data-test=error-interval]'); \
+         return !!e && e.textContent.includes('interval must be between');",
+    )
+    .await;
+    screenshot(&client, "form-error").await;
+    fill(&client, "interval", "2").await;
+    find(&client, "create-submit")
+        .await
+        .click()
+        .await
+        .expect("submit");
+    let row = find(&client, "stream-row").await;
+    let id = row
+        .attr("data-id")
+        .await
+        .expect("an attribute")
+        .expect("an id");
+    assert_eq!(
+        row.attr("data-status")
+            .await
+            .expect("an attribute")
+            .as_deref(),
+        Some("stopped")
+    );
+
+    // The stream page, then start: the first reading arrives without a reload.
+    client
+        .goto(&format!("{base}/#/streams/{id}"))
+        .await
+        .expect("the stream page");
+    find(&client, "readings").await;
+    client
+        .execute("window.__not_reloaded = true; return true;", vec![])
+        .await
+        .expect("a marker");
+    find(&client, "start").await.click().await.expect("start");
+    until(
+        &client,
+        Duration::from_secs(30),
+        "a reading arriving live",
+        "return document.querySelectorAll('[data-test=reading]').length > 0;",
+    )
+    .await;
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the status running",
+        "const s = document.querySelector('[data-test=stream-status]'); \
+         return !!s && s.dataset.status === 'running';",
+    )
+    .await;
+    let marker = client
+        .execute("return window.__not_reloaded === true;", vec![])
+        .await
+        .expect("the marker");
+    assert_eq!(marker, Value::Bool(true), "the page was reloaded");
+
+    // The raw object, one click away: the bytes the API sent.
+    let raw = find(&client, "raw-link").await;
+    let href = raw
+        .attr("href")
+        .await
+        .expect("an attribute")
+        .expect("a link");
+    assert!(href.contains("/raw"), "{href}");
+
+    // Stop: the status changes on the page.
+    find(&client, "stop").await.click().await.expect("stop");
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the status stopped",
+        "const s = document.querySelector('[data-test=stream-status]'); \
+         return !!s && s.dataset.status === 'stopped';",
+    )
+    .await;
+    screenshot(&client, "stream").await;
+    client
+        .goto(&format!("{base}{href}"))
+        .await
+        .expect("the raw object");
+    let body = client.source().await.expect("the page source");
+    assert!(body.contains("\"status\":\"success\""), "{body}");
+
+    // The report, and one level down (the simulator puts 52.52, 13.40 in Germany).
+    client
+        .goto(&format!("{base}/#/reports"))
+        .await
+        .expect("the report");
+    find(&client, "report-sentence").await;
+    let row = find(&client, "report-row").await;
+    assert_eq!(
+        row.attr("data-key").await.expect("an attribute").as_deref(),
+        Some("Germany")
+    );
+    find(&client, "drill")
+        .await
+        .click()
+        .await
+        .expect("drill down");
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the states of Germany",
+        "const t = document.querySelector('[data-test=report-table]'); \
+         const b = document.querySelector('[data-test=breadcrumb]'); \
+         return !!t && t.dataset.level === 'state' && !!b && b.textContent.includes('Germany');",
+    )
+    .await;
+    screenshot(&client, "reports").await;
+
+    // The workers, connected.
+    client
+        .goto(&format!("{base}/#/workers"))
+        .await
+        .expect("the workers");
+    let table = find(&client, "workers-table").await;
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the worker listed",
+        "const t = document.querySelector('[data-test=workers-table]'); \
+         return !!t && t.textContent.includes('console-worker');",
+    )
+    .await;
+    assert!(table.text().await.expect("text").contains("console-worker"));
+    screenshot(&client, "workers").await;
+    client
+        .goto(&format!("{base}/#/streams"))
+        .await
+        .expect("back");
+    find(&client, "streams-table").await;
+    screenshot(&client, "streams").await;
+
+    // Log out: the form is back, and the API refuses the page again.
+    find(&client, "logout")
+        .await
+        .click()
+        .await
+        .expect("log out");
+    find(&client, "login-token").await;
+    assert_eq!(fetch_status(&client, "/streams").await, 401);
+    client.close().await.expect("the session ends");
+}
