@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -28,7 +28,7 @@ use sqlx::SqlitePool;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::pipeline::{
-    after, create_stream, start_sim, wait_assigned, BenchDb, CREATE_CONCURRENCY, WORKER_TOKEN,
+    create_streams, start_sim, start_supervisor, wait_assigned, worker_env, BenchDb,
 };
 use crate::procs::{cpu_seconds, Context, Proc};
 use crate::report::{figure, note, pct, ratio};
@@ -61,47 +61,21 @@ async fn live(ctx: &Context) -> anyhow::Result<()> {
     let mut procs: Vec<Proc> = Vec::new();
     let (sim, sim_addr) = start_sim(ctx, "iqair-sim", &dir)?;
     procs.push(sim);
-    let objects = format!("file://{}", dir.join("objects").display());
+    let store_env = vec![(
+        "OBJECT_STORE_URL",
+        format!("file://{}", dir.join("objects").display()),
+    )];
     let database = format!("sqlite://{}", dir.join("ds.db").display());
-    let (supervisor, line) = Proc::start(
-        "data-streams",
-        &ctx.bin("data-streams")?,
-        &[],
-        &[
-            ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
-            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-            ("DATABASE_URL", database),
-            ("OBJECT_STORE_URL", objects.clone()),
-        ],
-        "data-streams listening",
-        &dir,
-    )?;
+    let (supervisor, http, worker_addr) = start_supervisor(ctx, &dir, &database, &store_env)?;
     procs.push(supervisor);
-    let http = after(&line, "listening: http://")
-        .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
-    let worker_addr = after(&line, "(API), ")
-        .ok_or_else(|| anyhow!("cannot read the worker address from {line:?}"))?;
     let api = format!("http://{http}");
     let client = reqwest::Client::new();
-    let endpoint = format!("http://{sim_addr}/v2/nearest_city");
-    let ids: Vec<String> = stream::iter(0..n)
-        .map(|i| create_stream(&client, &api, &endpoint, i))
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let ids = create_streams(&client, &api, &sim_addr, n).await?;
     let (worker, _) = Proc::start(
         "worker",
         &ctx.bin("worker")?,
         &[],
-        &[
-            ("DATA_STREAMS_WORKER_ADDR", worker_addr),
-            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-            ("WORKER_ID", "bench-worker".to_owned()),
-            ("WORKER_CAPACITY", (n + 1_000).to_string()),
-            ("OBJECT_STORE_URL", objects),
-            ("RUST_LOG", "warn".to_owned()),
-        ],
+        &worker_env(&worker_addr, n, &store_env),
         "worker starting",
         &dir,
     )?;

@@ -55,7 +55,7 @@ pub(crate) const TIMEOUT_MS: u64 = 10_000;
 pub(crate) const WORKER_TOKEN: &str = "bench-worker-token";
 /// Most concurrent loops of the bare GET ceiling (and of API calls while creating streams).
 const BARE_MAX_CONCURRENCY: usize = 256;
-pub(crate) const CREATE_CONCURRENCY: usize = 16;
+const CREATE_CONCURRENCY: usize = 16;
 
 /// Which database and object store a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,51 +397,22 @@ async fn pipeline(
             }
         };
 
-        let mut env = vec![
-            ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
-            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-            ("DATABASE_URL", database_url.clone()),
-        ];
-        env.extend(store_env.iter().cloned());
-        let (supervisor, line) = Proc::start(
-            "data-streams",
-            &ctx.bin("data-streams")?,
-            &[],
-            &env,
-            "data-streams listening",
-            &dir,
-        )?;
+        let (supervisor, http, worker_addr) =
+            start_supervisor(ctx, &dir, &database_url, &store_env)?;
         procs.push(supervisor);
-        let http = after(&line, "listening: http://")
-            .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
-        let worker_addr = after(&line, "(API), ")
-            .ok_or_else(|| anyhow!("cannot read the worker address from {line:?}"))?;
         let api = format!("http://{http}");
         let client = reqwest::Client::new();
 
         // Created running while no worker is connected: each POST stores the stream, and the
         // worker gets them all in one assignment when it connects.
         let created = Instant::now();
-        let endpoint = format!("http://{sim_addr}/v2/nearest_city");
-        stream::iter(0..n)
-            .map(|i| create_stream(&client, &api, &endpoint, i))
-            .buffer_unordered(CREATE_CONCURRENCY)
-            .try_collect::<Vec<String>>()
-            .await?;
+        create_streams(&client, &api, &sim_addr, n).await?;
         note(format!(
             "{system}: {n} streams created in {:.1} s",
             created.elapsed().as_secs_f64()
         ));
 
-        let mut worker_env = vec![
-            ("DATA_STREAMS_WORKER_ADDR", worker_addr),
-            ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
-            ("WORKER_ID", "bench-worker".to_owned()),
-            ("WORKER_CAPACITY", (n + 1_000).to_string()),
-            ("RUST_LOG", "warn,worker=info".to_owned()),
-        ];
-        worker_env.extend(store_env.iter().cloned());
+        let worker_env = worker_env(&worker_addr, n, &store_env);
         let (worker, _) = Proc::start(
             "worker",
             &ctx.bin("worker")?,
@@ -579,6 +550,69 @@ async fn pipeline(
         }
     }
     outcome
+}
+
+/// `data-streams` on `database_url` and the store in `store_env`, both ports chosen by the
+/// system; returns it, its API address and its worker address.
+pub(crate) fn start_supervisor(
+    ctx: &Context,
+    dir: &Path,
+    database_url: &str,
+    store_env: &[(&'static str, String)],
+) -> anyhow::Result<(Proc, String, String)> {
+    let mut env = vec![
+        ("DATA_STREAMS_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATA_STREAMS_WORKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+        ("DATABASE_URL", database_url.to_owned()),
+    ];
+    env.extend(store_env.iter().cloned());
+    let (supervisor, line) = Proc::start(
+        "data-streams",
+        &ctx.bin("data-streams")?,
+        &[],
+        &env,
+        "data-streams listening",
+        dir,
+    )?;
+    let http = after(&line, "listening: http://")
+        .ok_or_else(|| anyhow!("cannot read the API address from {line:?}"))?;
+    let worker_addr = after(&line, "(API), ")
+        .ok_or_else(|| anyhow!("cannot read the worker address from {line:?}"))?;
+    Ok((supervisor, http, worker_addr))
+}
+
+/// The environment of the one bench worker, with room for `n` streams; it logs at info (its
+/// readiness line and `stream started` are read), everything else at warn.
+pub(crate) fn worker_env(
+    worker_addr: &str,
+    n: usize,
+    store_env: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("DATA_STREAMS_WORKER_ADDR", worker_addr.to_owned()),
+        ("DATA_STREAMS_WORKER_TOKEN", WORKER_TOKEN.to_owned()),
+        ("WORKER_ID", "bench-worker".to_owned()),
+        ("WORKER_CAPACITY", (n + 1_000).to_string()),
+        ("RUST_LOG", "warn,worker=info".to_owned()),
+    ];
+    env.extend(store_env.iter().cloned());
+    env
+}
+
+/// `n` running streams on the simulator at `sim_addr`, created 16 at a time; their ids.
+pub(crate) async fn create_streams(
+    client: &reqwest::Client,
+    api: &str,
+    sim_addr: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let endpoint = format!("http://{sim_addr}/v2/nearest_city");
+    stream::iter(0..n)
+        .map(|i| create_stream(client, api, &endpoint, i))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 pub(crate) async fn create_stream(

@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use support::{
-    folder_store_url, nearest_city, sim_env, start_sim, start_worker, supervisor_env, worker_env,
-    Env, Proc, Supervisor, API_TOKEN, IQAIR_KEY,
-};
+use support::{nearest_city, Env, Proc, Stack, API_TOKEN, IQAIR_KEY};
 
 /// A program the test needs: `$var`, else `default`; it must exist.
 fn program(var: &str, default: &str) -> PathBuf {
@@ -122,6 +119,46 @@ async fn until(client: &Client, within: Duration, what: &str, script: &str) {
     }
 }
 
+/// Click the element `data-test=<name>`, waiting for it.
+async fn click(client: &Client, name: &str) {
+    find(client, name)
+        .await
+        .click()
+        .await
+        .unwrap_or_else(|err| panic!("clicking {name}: {err}"));
+}
+
+/// Wait (at most 10 s) until the element `data-test=<name>` holds `text`.
+async fn shows(client: &Client, name: &str, text: &str) {
+    let script = format!(
+        "const e = document.querySelector('[data-test={name}]'); \
+         return !!e && e.textContent.includes({});",
+        json!(text)
+    );
+    until(
+        client,
+        Duration::from_secs(10),
+        &format!("{text:?} in {name}"),
+        &script,
+    )
+    .await;
+}
+
+/// Wait (at most 10 s) until the stream page shows the status `status`.
+async fn status_is(client: &Client, status: &str) {
+    let script = format!(
+        "const s = document.querySelector('[data-test=stream-status]'); \
+         return !!s && s.dataset.status === '{status}';"
+    );
+    until(
+        client,
+        Duration::from_secs(10),
+        &format!("the status {status}"),
+        &script,
+    )
+    .await;
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&dir).expect("the screenshot folder");
@@ -157,15 +194,8 @@ async fn fetch_status(client: &Client, path: &str) -> u64 {
 async fn a_new_user_runs_a_stream_from_the_console() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let logs = dir.path();
-    let store = folder_store_url(logs);
-    let (_sim, sim) = start_sim(logs, &sim_env());
-    let database = format!("sqlite://{}", logs.join("ds.db").display());
-    let supervisor = Supervisor::start(logs, &supervisor_env(&database, &store));
-    let _worker = start_worker(
-        logs,
-        "console-worker",
-        &worker_env(&supervisor.workers, &store),
-    );
+    let stack = Stack::start(logs, "console-worker");
+    let (sim, supervisor) = (&stack.sim, &stack.supervisor);
     let (_driver, webdriver) = start_chromedriver(logs);
     let client = browser(&webdriver, &logs.join("chromium-profile")).await;
     let base = format!("http://{}", supervisor.http);
@@ -182,28 +212,13 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     );
     assert_eq!(fetch_status(&client, "/streams").await, 401);
     token.send_keys("not-the-token").await.expect("type");
-    find(&client, "login-submit")
-        .await
-        .click()
-        .await
-        .expect("submit");
-    until(
-        &client,
-        Duration::from_secs(10),
-        "the login error",
-        "const e = document.querySelector('[data-test=login-error]'); \
-         return !!e && e.textContent.includes('not valid');",
-    )
-    .await;
+    click(&client, "login-submit").await;
+    shows(&client, "login-error", "not valid").await;
     screenshot(&client, "login").await;
     let token = find(&client, "login-token").await;
     token.clear().await.expect("clear");
     token.send_keys(API_TOKEN).await.expect("type");
-    find(&client, "login-submit")
-        .await
-        .click()
-        .await
-        .expect("submit");
+    click(&client, "login-submit").await;
     find(&client, "streams-table").await;
     assert_eq!(
         fetch_status(&client, "/streams").await,
@@ -212,12 +227,8 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     );
 
     // A bad interval is refused by the API, and its message shows next to the field.
-    find(&client, "new-stream")
-        .await
-        .click()
-        .await
-        .expect("open the form");
-    fill(&client, "endpoint", &nearest_city(&sim)).await;
+    click(&client, "new-stream").await;
+    fill(&client, "endpoint", &nearest_city(sim)).await;
     fill(&client, "secret_key", IQAIR_KEY).await;
     fill(&client, "interval", "0.5").await;
     fill(&client, "lat", "52.52").await;
@@ -227,26 +238,11 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     }
     let start = wait_css(&client, "dialog [name=start]").await;
     start.click().await.expect("create it stopped");
-    find(&client, "create-submit")
-        .await
-        .click()
-        .await
-        .expect("submit");
-    until(
-        &client,
-        Duration::from_secs(10),
-        "the interval's problem next to its field",
-        "const e = document.querySelector('[data-test=error-interval]'); \
-         return !!e && e.textContent.includes('interval must be between');",
-    )
-    .await;
+    click(&client, "create-submit").await;
+    shows(&client, "error-interval", "interval must be between").await;
     screenshot(&client, "form-error").await;
     fill(&client, "interval", "2").await;
-    find(&client, "create-submit")
-        .await
-        .click()
-        .await
-        .expect("submit");
+    click(&client, "create-submit").await;
     let row = find(&client, "stream-row").await;
     let id = row
         .attr("data-id")
@@ -271,7 +267,7 @@ async fn a_new_user_runs_a_stream_from_the_console() {
         .execute("window.__not_reloaded = true; return true;", vec![])
         .await
         .expect("a marker");
-    find(&client, "start").await.click().await.expect("start");
+    click(&client, "start").await;
     until(
         &client,
         Duration::from_secs(30),
@@ -279,14 +275,7 @@ async fn a_new_user_runs_a_stream_from_the_console() {
         "return document.querySelectorAll('[data-test=reading]').length > 0;",
     )
     .await;
-    until(
-        &client,
-        Duration::from_secs(10),
-        "the status running",
-        "const s = document.querySelector('[data-test=stream-status]'); \
-         return !!s && s.dataset.status === 'running';",
-    )
-    .await;
+    status_is(&client, "running").await;
     let marker = client
         .execute("return window.__not_reloaded === true;", vec![])
         .await
@@ -303,15 +292,8 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     assert!(href.contains("/raw"), "{href}");
 
     // Stop: the status changes on the page.
-    find(&client, "stop").await.click().await.expect("stop");
-    until(
-        &client,
-        Duration::from_secs(10),
-        "the status stopped",
-        "const s = document.querySelector('[data-test=stream-status]'); \
-         return !!s && s.dataset.status === 'stopped';",
-    )
-    .await;
+    click(&client, "stop").await;
+    status_is(&client, "stopped").await;
     screenshot(&client, "stream").await;
     client
         .goto(&format!("{base}{href}"))
@@ -331,11 +313,7 @@ async fn a_new_user_runs_a_stream_from_the_console() {
         row.attr("data-key").await.expect("an attribute").as_deref(),
         Some("Germany")
     );
-    find(&client, "drill")
-        .await
-        .click()
-        .await
-        .expect("drill down");
+    click(&client, "drill").await;
     until(
         &client,
         Duration::from_secs(10),
@@ -353,14 +331,7 @@ async fn a_new_user_runs_a_stream_from_the_console() {
         .await
         .expect("the workers");
     let table = find(&client, "workers-table").await;
-    until(
-        &client,
-        Duration::from_secs(10),
-        "the worker listed",
-        "const t = document.querySelector('[data-test=workers-table]'); \
-         return !!t && t.textContent.includes('console-worker');",
-    )
-    .await;
+    shows(&client, "workers-table", "console-worker").await;
     assert!(table.text().await.expect("text").contains("console-worker"));
     screenshot(&client, "workers").await;
     client
@@ -371,11 +342,7 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     screenshot(&client, "streams").await;
 
     // Log out: the form is back, and the API refuses the page again.
-    find(&client, "logout")
-        .await
-        .click()
-        .await
-        .expect("log out");
+    click(&client, "logout").await;
     find(&client, "login-token").await;
     assert_eq!(fetch_status(&client, "/streams").await, 401);
     client.close().await.expect("the session ends");

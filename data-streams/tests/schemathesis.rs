@@ -15,10 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{
-    folder_store_url, sim_env, start_sim, start_worker, supervisor_env, worker_env, workspace_root,
-    Supervisor, API_TOKEN, IQAIR_KEY,
-};
+use support::{workspace_root, Stack, API_TOKEN, IQAIR_KEY};
 
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
                       response_headers_conformance,response_schema_conformance,ignored_auth";
@@ -41,16 +38,13 @@ async fn the_api_answers_as_its_openapi_document_says() {
     let program = schemathesis();
     let dir = tempfile::tempdir().expect("a temporary folder");
     let logs = dir.path();
-    let store = folder_store_url(logs);
-    let (_sim, sim) = start_sim(logs, &sim_env());
-    let database = format!("sqlite://{}", logs.join("ds.db").display());
-    let supervisor = Supervisor::start(logs, &supervisor_env(&database, &store));
-    let _worker = start_worker(logs, "st-worker", &worker_env(&supervisor.workers, &store));
+    let stack = Stack::start(logs, "st-worker");
+    let (sim, supervisor) = (&stack.sim, &stack.supervisor);
     // Data for the read routes and the stateful links: a stream with results and a reading.
     let stream = supervisor
         .api
         .create_stream(&support::unlimited(support::iqair_stream(
-            &support::nearest_city(&sim),
+            &support::nearest_city(sim),
             IQAIR_KEY,
             2_000,
         )))

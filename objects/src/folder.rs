@@ -445,6 +445,20 @@ fn missing_or_io(
     }
 }
 
+/// What a stat of a listed entry found: `None` when the entry was overwritten or removed since
+/// the folder was read.
+fn stat<T>(entry: &fs::DirEntry, result: io::Result<T>) -> Result<Option<T>, StoreError> {
+    match result {
+        Ok(found) => Ok(Some(found)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::Io {
+            op: "stat",
+            path: entry.path(),
+            source,
+        }),
+    }
+}
+
 fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
     let bucket_dir = root.join(bucket);
     if !bucket_dir.is_dir() {
@@ -493,16 +507,8 @@ fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectIn
                 continue; // sidecars, writes in progress, and anything else hidden
             }
             let key = format!("{folder_key}{name}");
-            let file_type = match entry.file_type() {
-                Ok(file_type) => file_type,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(StoreError::Io {
-                        op: "stat",
-                        path: entry.path(),
-                        source,
-                    })
-                }
+            let Some(file_type) = stat(&entry, entry.file_type())? else {
+                continue;
             };
             if file_type.is_dir() {
                 let sub_key = format!("{key}/");
@@ -510,17 +516,8 @@ fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectIn
                     pending.push((entry.path(), sub_key));
                 }
             } else if file_type.is_file() && key.starts_with(prefix) {
-                let size = match entry.metadata() {
-                    Ok(info) => info.len(),
-                    // Overwritten or removed since the folder was read.
-                    Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-                    Err(source) => {
-                        return Err(StoreError::Io {
-                            op: "stat",
-                            path: entry.path(),
-                            source,
-                        })
-                    }
+                let Some(size) = stat(&entry, entry.metadata())?.map(|info| info.len()) else {
+                    continue;
                 };
                 found.push(ObjectInfo {
                     key,

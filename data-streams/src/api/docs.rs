@@ -44,11 +44,12 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// The errors of a route that reads, or acts on, one existing thing.
+/// The errors every data route can answer with. A route lists these, plus [`NotFoundError`]
+/// when it names an existing thing and [`BodyErrors`] when it takes a JSON body.
 #[derive(IntoResponses)]
 #[allow(dead_code)] // Documentation only: the handlers answer with `ApiError`.
-pub enum ReadErrors {
-    /// A malformed id, cursor, limit or time.
+pub enum CommonErrors {
+    /// A malformed id, cursor, limit or time; malformed JSON, or JSON of another shape.
     #[response(status = 400)]
     BadRequest(ErrorBody),
     /// No valid token or session.
@@ -57,27 +58,24 @@ pub enum ReadErrors {
     /// A change on a console session without its `X-CSRF-Token`.
     #[response(status = 403)]
     Forbidden(ErrorBody),
-    /// No such stream or result.
-    #[response(status = 404)]
-    NotFound(ErrorBody),
     /// The database or the object store is not reachable; try again.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }
 
+/// The error of a route that reads, or acts on, one existing thing.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Documentation only: the handlers answer with `ApiError`.
+pub enum NotFoundError {
+    /// No such stream or result.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 /// The errors of a route that takes a JSON body.
 #[derive(IntoResponses)]
 #[allow(dead_code)] // Documentation only: the handlers answer with `ApiError`.
-pub enum WriteErrors {
-    /// Malformed JSON, or JSON of another shape.
-    #[response(status = 400)]
-    BadRequest(ErrorBody),
-    /// No valid token or session.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// A change on a console session without its `X-CSRF-Token`.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
+pub enum BodyErrors {
     /// The body is over `MAX_BODY_BYTES`.
     #[response(status = 413)]
     PayloadTooLarge(ErrorBody),
@@ -87,39 +85,6 @@ pub enum WriteErrors {
     /// The stream is not valid: `detail.problems` lists every problem.
     #[response(status = 422)]
     Invalid(ErrorBody),
-    /// The database is not reachable; try again.
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
-}
-
-/// The errors of a route that changes one existing thing with a JSON body.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // Documentation only: the handlers answer with `ApiError`.
-pub enum ChangeErrors {
-    /// A malformed id, malformed JSON, or JSON of another shape.
-    #[response(status = 400)]
-    BadRequest(ErrorBody),
-    /// No valid token or session.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// A change on a console session without its `X-CSRF-Token`.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
-    /// No such stream.
-    #[response(status = 404)]
-    NotFound(ErrorBody),
-    /// The body is over `MAX_BODY_BYTES`.
-    #[response(status = 413)]
-    PayloadTooLarge(ErrorBody),
-    /// Not `Content-Type: application/json`.
-    #[response(status = 415)]
-    UnsupportedMediaType(ErrorBody),
-    /// The changed stream is not valid: `detail.problems` lists every problem.
-    #[response(status = 422)]
-    Invalid(ErrorBody),
-    /// The database is not reachable; try again.
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
 }
 
 /// The stream `scripts/run-dev.sh` creates: Berlin from the simulator, every 15 s.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::docs::ReadErrors;
+use super::docs::{CommonErrors, NotFoundError};
 use super::streams::parse_id;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::db::{FailureRow, MeasurementRow, ResultRow};
@@ -41,6 +41,18 @@ pub(super) struct Page {
     /// The `next` of the previous page (empty: the first page).
     #[param(value_type = Option<String>, pattern = "^([0-9a-fA-F-]{32,36})?$")]
     after: Option<String>,
+}
+
+impl Page {
+    /// The page size and the cursor (the id of a `cursor`, named so in errors).
+    fn parse(&self, cursor: &str) -> Result<(i64, Option<Uuid>), ApiError> {
+        let limit = limit(self.limit.as_deref(), 100, 1000)?;
+        let after = match self.after.as_deref() {
+            None | Some("") => None,
+            Some(raw) => Some(parse_id(raw, cursor)?),
+        };
+        Ok((limit, after))
+    }
 }
 
 /// A time window of readings.
@@ -112,18 +124,14 @@ pub(super) struct FailuresPage {
 #[utoipa::path(
     get, path = "/streams/{id}/results", operation_id = "list_results", tag = "data",
     params(("id" = Uuid, Path, description = "The stream"), Page),
-    responses((status = 200, description = "A page of references", body = ResultsPage), ReadErrors)
+    responses((status = 200, description = "A page of references", body = ResultsPage), CommonErrors, NotFoundError)
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
     ApiQuery(page): ApiQuery<Page>,
     KnownStream(stream_id): KnownStream,
 ) -> Result<Json<ResultsPage>, ApiError> {
-    let limit = limit(page.limit.as_deref(), 100, 1000)?;
-    let after = match page.after.as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(parse_id(raw, "result (cursor)")?),
-    };
+    let (limit, after) = page.parse("result (cursor)")?;
     let (items, next) = state.db.list_results(stream_id, limit, after).await?;
     Ok(Json(ResultsPage { items, next }))
 }
@@ -135,7 +143,7 @@ pub(super) async fn list(
     responses(
         (status = 200, description = "The bytes as fetched; `ETag` is their SHA-256",
          content_type = "application/json", body = Object),
-        ReadErrors,
+        CommonErrors, NotFoundError,
     )
 )]
 pub(super) async fn raw(
@@ -174,7 +182,7 @@ pub(super) async fn raw(
 #[utoipa::path(
     get, path = "/streams/{id}/measurements", operation_id = "list_measurements", tag = "data",
     params(("id" = Uuid, Path, description = "The stream"), Window),
-    responses((status = 200, description = "Readings", body = MeasurementsPage), ReadErrors)
+    responses((status = 200, description = "Readings", body = MeasurementsPage), CommonErrors, NotFoundError)
 )]
 pub(super) async fn measurements(
     State(state): State<AppState>,
@@ -195,18 +203,14 @@ pub(super) async fn measurements(
 #[utoipa::path(
     get, path = "/streams/{id}/failures", operation_id = "list_failures", tag = "data",
     params(("id" = Uuid, Path, description = "The stream"), Page),
-    responses((status = 200, description = "Failed runs", body = FailuresPage), ReadErrors)
+    responses((status = 200, description = "Failed runs", body = FailuresPage), CommonErrors, NotFoundError)
 )]
 pub(super) async fn failures(
     State(state): State<AppState>,
     ApiQuery(page): ApiQuery<Page>,
     KnownStream(stream_id): KnownStream,
 ) -> Result<Json<FailuresPage>, ApiError> {
-    let limit = limit(page.limit.as_deref(), 100, 1000)?;
-    let after = match page.after.as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(parse_id(raw, "run (cursor)")?),
-    };
+    let (limit, after) = page.parse("run (cursor)")?;
     let (items, next) = state.db.list_failures_page(stream_id, limit, after).await?;
     Ok(Json(FailuresPage { items, next }))
 }

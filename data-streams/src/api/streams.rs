@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::docs::{ChangeErrors, ReadErrors, WriteErrors};
+use super::docs::{BodyErrors, CommonErrors, NotFoundError};
 use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::stream::{StreamInput, StreamRow, StreamSpec, StreamUpdate, StreamView};
 
@@ -39,7 +39,7 @@ pub(super) struct Command<'a> {
     request_body(content = StreamInput, example = json!(crate::api::docs::example_stream())),
     responses(
         (status = 201, description = "Created; `secret_key` shows as `***`", body = StreamView),
-        WriteErrors,
+        CommonErrors, BodyErrors,
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -73,7 +73,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Response, ApiE
 #[utoipa::path(
     get, path = "/streams/{id}", operation_id = "get_stream", tag = "streams",
     params(("id" = Uuid, Path, description = "The stream")),
-    responses((status = 200, description = "The stream", body = StreamView), ReadErrors)
+    responses((status = 200, description = "The stream", body = StreamView), CommonErrors, NotFoundError)
 )]
 pub(super) async fn get(
     State(state): State<AppState>,
@@ -95,7 +95,7 @@ pub(super) async fn get(
     patch, path = "/streams/{id}", operation_id = "update_stream", tag = "streams",
     params(("id" = Uuid, Path, description = "The stream")),
     request_body(content = StreamUpdate, example = json!({"interval": 600000})),
-    responses((status = 200, description = "The changed stream", body = StreamView), ChangeErrors)
+    responses((status = 200, description = "The changed stream", body = StreamView), CommonErrors, NotFoundError, BodyErrors)
 )]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn update(
@@ -113,7 +113,7 @@ pub(super) async fn update(
 #[utoipa::path(
     delete, path = "/streams/{id}", operation_id = "delete_stream", tag = "streams",
     params(("id" = Uuid, Path, description = "The stream")),
-    responses((status = 204, description = "Deleted"), ReadErrors)
+    responses((status = 204, description = "Deleted"), CommonErrors, NotFoundError)
 )]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn delete(
@@ -129,7 +129,7 @@ pub(super) async fn delete(
 #[utoipa::path(
     post, path = "/streams/{id}/start", operation_id = "start_stream", tag = "streams",
     params(("id" = Uuid, Path, description = "The stream")),
-    responses((status = 200, description = "Running or pending", body = Command), ReadErrors)
+    responses((status = 200, description = "Running or pending", body = Command), CommonErrors, NotFoundError)
 )]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn start(
@@ -150,7 +150,7 @@ pub(super) async fn start(
 #[utoipa::path(
     post, path = "/streams/{id}/stop", operation_id = "stop_stream", tag = "streams",
     params(("id" = Uuid, Path, description = "The stream")),
-    responses((status = 200, description = "Stopped", body = Command), ReadErrors)
+    responses((status = 200, description = "Stopped", body = Command), CommonErrors, NotFoundError)
 )]
 #[tracing::instrument(skip_all, fields(stream_id = %id))]
 pub(super) async fn stop(

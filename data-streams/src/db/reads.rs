@@ -56,8 +56,6 @@ impl Db {
         limit: i64,
         after: Option<Uuid>,
     ) -> Result<(Vec<ResultRow>, Option<Uuid>), DbError> {
-        // A page of nothing could never advance the cursor.
-        let limit = limit.max(1);
         // Keyset pagination on the UUIDv7 id: rows inserted while a client pages are newer, so
         // they sort before the cursor and never shift the pages still to come. One row more
         // than asked tells whether there is a next page.
@@ -66,16 +64,8 @@ impl Db {
         } else {
             "WHERE stream_id = $1 ORDER BY id DESC LIMIT $2"
         });
-        let rows: Vec<ResultRow> = dispatch!(Db, self, |pool| {
-            let mut query = sqlx::query_as(&sql)
-                .bind(stream_id)
-                .bind(limit.saturating_add(1));
-            if let Some(after) = after {
-                query = query.bind(after);
-            }
-            query.fetch_all(pool).await?
-        });
-        Ok(page(rows, limit, |row| row.id))
+        self.keyset_page(&sql, stream_id, limit, after, |row: &ResultRow| row.id)
+            .await
     }
 
     /// One reference.
@@ -152,15 +142,37 @@ impl Db {
         limit: i64,
         after: Option<Uuid>,
     ) -> Result<(Vec<FailureRow>, Option<Uuid>), DbError> {
-        let limit = limit.max(1);
         let tail = if after.is_some() {
             FAILURES_AFTER
         } else {
             FAILURES_FIRST_PAGE
         };
         let sql = format!("{FAILURE_COLUMNS}{tail}");
-        let rows: Vec<FailureRow> = dispatch!(Db, self, |pool| {
-            let mut query = sqlx::query_as(&sql)
+        self.keyset_page(&sql, stream_id, limit, after, |row: &FailureRow| row.run_id)
+            .await
+    }
+
+    /// A page of a stream's newest-first list: `sql` binds the stream (`$1`), `limit + 1`
+    /// (`$2`; the extra row tells whether there is a next page) and, after a cursor, the last
+    /// id of the previous page (`$3`).
+    async fn keyset_page<R>(
+        &self,
+        sql: &str,
+        stream_id: Uuid,
+        limit: i64,
+        after: Option<Uuid>,
+        id: impl Fn(&R) -> Uuid,
+    ) -> Result<(Vec<R>, Option<Uuid>), DbError>
+    where
+        R: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        // A page of nothing could never advance the cursor.
+        let limit = limit.max(1);
+        let rows: Vec<R> = dispatch!(Db, self, |pool| {
+            let mut query = sqlx::query_as(sql)
                 .bind(stream_id)
                 .bind(limit.saturating_add(1));
             if let Some(after) = after {
@@ -168,6 +180,6 @@ impl Db {
             }
             query.fetch_all(pool).await?
         });
-        Ok(page(rows, limit, |row| row.run_id))
+        Ok(page(rows, limit, id))
     }
 }

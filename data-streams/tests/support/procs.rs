@@ -1,6 +1,7 @@
 //! The real binaries as child processes on free ports ([`Proc`]), and the one way to start each
 //! of them for a test: iqair-sim ([`sim_env`]), a supervisor ([`supervisor_env`],
-//! [`Supervisor::start`]) and a worker ([`worker_env`], [`start_worker`]). Each `*_env` is the
+//! [`Supervisor::start`]) and a worker ([`worker_env`], [`start_worker`]); all three at once on
+//! SQLite and a folder ([`Stack`]). Each `*_env` is the
 //! usual set-up; a test changes what it needs with [`Env::set`] and [`Env::unset`].
 
 use std::io::{BufRead, BufReader};
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{Api, API_TOKEN, IQAIR_KEY, WORKER_TOKEN};
+use super::{folder_store_url, Api, API_TOKEN, IQAIR_KEY, WORKER_TOKEN};
 
 /// The workspace's root folder.
 pub fn workspace_root() -> &'static Path {
@@ -346,4 +347,30 @@ pub fn start_worker(logs: &Path, id: &str, env: &Env) -> Proc {
 pub fn start_worker_until(logs: &Path, id: &str, env: &Env, ready: &str) -> (Proc, String) {
     let env = env.clone().set("WORKER_ID", id);
     Proc::start(id, &bin("worker"), &env, ready, logs)
+}
+
+/// The whole product as processes, on SQLite and a folder store in `logs`: iqair-sim, the
+/// supervisor (with the API token) and one worker, connected.
+pub struct Stack {
+    /// The simulator's `host:port`.
+    pub sim: String,
+    pub supervisor: Supervisor,
+    pub worker: Proc,
+    _sim: Proc,
+}
+
+impl Stack {
+    pub fn start(logs: &Path, worker_id: &str) -> Stack {
+        let store = folder_store_url(logs);
+        let (sim_proc, sim) = start_sim(logs, &sim_env());
+        let database = format!("sqlite://{}", logs.join("ds.db").display());
+        let supervisor = Supervisor::start(logs, &supervisor_env(&database, &store));
+        let worker = start_worker(logs, worker_id, &worker_env(&supervisor.workers, &store));
+        Stack {
+            sim,
+            supervisor,
+            worker,
+            _sim: sim_proc,
+        }
+    }
 }
