@@ -123,13 +123,16 @@ impl Db {
         Ok(rows)
     }
 
-    /// A stream's failed runs, newest first, at most `limit`.
+    /// A stream's failed runs, newest first, at most `limit` (none for 0).
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, limit = limit))]
     pub async fn list_failures(
         &self,
         stream_id: Uuid,
         limit: i64,
     ) -> Result<Vec<FailureRow>, DbError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
         Ok(self.list_failures_page(stream_id, limit, None).await?.0)
     }
 
