@@ -142,13 +142,29 @@ impl Subscription {
             return Some(held);
         }
         let message = self.queue.recv().await?;
+        Some(self.after_drops(message))
+    }
+
+    /// The next message if one is queued now, without waiting (a `lagged` notice first, as
+    /// with [`Subscription::next`]).
+    pub fn try_next(&mut self) -> Option<Utf8Bytes> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
+        let message = self.queue.try_recv().ok()?;
+        Some(self.after_drops(message))
+    }
+
+    /// `message`, or a `lagged` notice with `message` held for the next call when messages were
+    /// dropped since the last one.
+    fn after_drops(&mut self, message: Utf8Bytes) -> Utf8Bytes {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             metrics::counter!("ds_live_dropped_total").increment(dropped);
             self.held = Some(message);
-            return Some(LiveMessage::Lagged { dropped }.text());
+            return LiveMessage::Lagged { dropped }.text();
         }
-        Some(message)
+        message
     }
 }
 

@@ -4,6 +4,8 @@
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::docs::ErrorBody;
@@ -53,28 +55,65 @@ pub(super) async fn live(
         ))
     })?;
     let subscription = state.live.subscribe(filter);
-    Ok(upgrade.on_upgrade(move |socket| client(socket, subscription)))
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| client(socket, subscription)))
 }
 
-/// One client: forward its messages until it leaves or the server stops.
-async fn client(mut socket: WebSocket, mut subscription: Subscription) {
+/// Messages written to a client's socket before one flush.
+const BATCH: usize = 256;
+
+/// What a client may send in one read: it only closes or pings, so a small buffer (the
+/// default, 128 KiB, is zeroed on every read attempt).
+const READ_BUFFER: usize = 4 * 1024;
+
+/// One client: forward its messages until it leaves or the server stops. What is queued when a
+/// message arrives goes out with it, up to [`BATCH`] messages in one flush (one write instead of
+/// one per message: a client that follows every stream gets thousands a second). Its reads run
+/// apart, woken only when it sends something, so that sending does not poll the socket for
+/// input once per message.
+async fn client(socket: WebSocket, mut subscription: Subscription) {
     metrics::gauge!("ds_live_clients").increment(1);
+    let (mut sink, mut incoming) = socket.split();
+    let gone = CancellationToken::new();
+    let reader = tokio::spawn({
+        let gone = gone.clone();
+        async move {
+            // Clients only listen; pings are answered by the socket itself.
+            while let Some(Ok(message)) = incoming.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+            gone.cancel();
+        }
+    });
     loop {
         let text = tokio::select! {
             message = subscription.next() => match message {
                 Some(text) => text,
                 None => break,
             },
-            incoming = socket.recv() => match incoming {
-                // Clients only listen; pings are answered by the socket itself.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => continue,
-            },
+            () = gone.cancelled() => break,
         };
-        if socket.send(Message::Text(text)).await.is_err() {
+        if sink.feed(Message::Text(text)).await.is_err() {
+            break;
+        }
+        let mut fed = 1;
+        while fed < BATCH {
+            let Some(text) = subscription.try_next() else {
+                break;
+            };
+            if sink.feed(Message::Text(text)).await.is_err() {
+                break;
+            }
+            fed += 1;
+        }
+        if sink.flush().await.is_err() {
             break;
         }
     }
+    reader.abort();
     metrics::gauge!("ds_live_clients").decrement(1);
 }
 
