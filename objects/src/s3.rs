@@ -137,6 +137,7 @@ pub struct S3Store {
     create_buckets: bool,
 }
 
+/// The settings, not the SDK client (whose `Debug` runs to pages); nothing here is secret.
 impl fmt::Debug for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Store")

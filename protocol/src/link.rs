@@ -111,6 +111,7 @@ pub struct LinkHandle {
     shared: Arc<Shared>,
 }
 
+/// Whether it is open: the channel and shared state inside say nothing useful.
 impl std::fmt::Debug for LinkHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkHandle")

@@ -30,6 +30,7 @@ pub struct LinkTls {
     pub server_name: ServerName<'static>,
 }
 
+/// The name it checks: rustls' connector has no `Debug`.
 impl std::fmt::Debug for LinkTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkTls")

@@ -133,6 +133,7 @@ impl Adapters {
     }
 }
 
+/// The names: adapters are trait objects without `Debug`.
 impl fmt::Debug for Adapters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Adapters")
