@@ -21,16 +21,18 @@ fi
 export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
 export CHROMEDRIVER=${CHROMEDRIVER:-$(command -v chromedriver)}
 
-# Schemathesis from PyPI, in a virtual environment of its own under target/ (not committed).
+# Schemathesis and DuckDB (the analyst's client of the warehouse tests) from PyPI, in a virtual
+# environment of its own under target/ (not committed).
 venv=target/test-venv
-if [[ ! -x $venv/bin/schemathesis ]]; then
-  echo "test.sh: installing schemathesis into $venv (pip)" >&2
+if [[ ! -x $venv/bin/schemathesis ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+  echo "test.sh: installing schemathesis and duckdb into $venv (pip)" >&2
   mkdir -p target
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4,<5' \
-    || { echo "test.sh: cannot install schemathesis from PyPI" >&2; exit 1; }
+  [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4,<5' 'duckdb>=1.1,<2' \
+    || { echo "test.sh: cannot install schemathesis and duckdb from PyPI" >&2; exit 1; }
 fi
 export SCHEMATHESIS=${SCHEMATHESIS:-$PWD/$venv/bin/schemathesis}
+export DUCKDB_PYTHON=${DUCKDB_PYTHON:-$PWD/$venv/bin/python}
 
 state=$(mktemp -t ds-pg-state.XXXXXX)
 trap 'bash scripts/pg-stop.sh "$state"' EXIT

@@ -109,6 +109,38 @@ impl ObjectStore for FolderStore {
         .await
     }
 
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.at_object(bucket, key, |at| {
+            if !at.root.join(&at.bucket).is_dir() {
+                return Err(StoreError::NoSuchBucket { bucket: at.bucket });
+            }
+            match fs::remove_file(&at.path) {
+                Ok(()) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    return Ok(())
+                }
+                Err(error) if error.kind() == io::ErrorKind::IsADirectory => {
+                    return Ok(()); // a folder of other objects, not an object
+                }
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "remove",
+                        path: at.path,
+                        source,
+                    })
+                }
+            }
+            let _ = fs::remove_file(sidecar_path(&at.path));
+            sync_folder(at.path.parent().unwrap_or(&at.root))
+        })
+        .await
+    }
+
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         validate_bucket_name(bucket)?;
         validate_prefix(prefix)?;

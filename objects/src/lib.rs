@@ -93,6 +93,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// end it with `/` to stay inside one folder. An empty prefix lists the whole bucket.
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
 
+    /// Remove one object (and the metadata kept with it). Removing a key that is not there is not
+    /// an error (S3 DeleteObject answers the same), so a retried delete is harmless; a missing
+    /// bucket is [`StoreError::NoSuchBucket`].
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+
     /// Create the bucket if missing (no-op when it exists).
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
 

@@ -451,6 +451,28 @@ impl ObjectStore for S3Store {
         })
     }
 
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        validate_bucket_name(bucket)?;
+        validate_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {
+                match self.missing_bucket_or_key(bucket, key).await {
+                    StoreError::NoSuchKey { .. } => Ok(()),
+                    other => Err(other),
+                }
+            }
+            Err(error) => Err(self.error("s3 DeleteObject", bucket, Some(key), error)),
+        }
+    }
+
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         validate_bucket_name(bucket)?;
         validate_prefix(prefix)?;

@@ -250,9 +250,10 @@ impl Tx {
     ) -> Result<Vec<(Uuid, i64)>, DbError> {
         let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
         let head = format!(
-            "INSERT INTO measurements (stream_id, ts, result_id, {}) ",
+            "INSERT INTO measurements (stream_id, ts, result_id, parser_version, {}) ",
             columns.join(", ")
         );
+        let parser_version = i64::from(catalogue::iqair::PARSER_VERSION);
         let mut inserted = Vec::new();
         for chunk in rows.chunks(CHUNK_ROWS) {
             let keys: Vec<(Uuid, i64)> = dispatch!(Tx, self, |tx, DB| {
@@ -260,7 +261,8 @@ impl Tx {
                 query.push_values(chunk, |mut row, m| {
                     row.push_bind(m.stream_id)
                         .push_bind(m.ts)
-                        .push_bind(m.result_id);
+                        .push_bind(m.result_id)
+                        .push_bind(parser_version);
                     for cell in m.reading.cells() {
                         match cell {
                             Cell::Text(v) => row.push_bind(v),

@@ -8,6 +8,7 @@
 //! - [`database`]: a fresh database per test on either backend ([`FreshDatabase`]), PostgreSQL
 //!   ones dropped `WITH (FORCE)` afterwards, also when the test panics.
 //! - [`store`]: folder object stores and the files in them.
+//! - [`duckdb`]: DuckDB (the Python package) running an analyst's SQL ([`duckdb_query`]).
 //! - [`fixtures`]: readings, result records and stream bodies.
 //! - [`poll`]: waiting for something to happen ([`eventually`]) or to stop changing.
 //! - [`logs`]: the in-process supervisor's log lines, captured for assertions.
@@ -23,6 +24,7 @@
 pub mod app;
 pub mod client;
 pub mod database;
+pub mod duckdb;
 pub mod fixtures;
 pub mod logs;
 pub mod poll;
@@ -33,7 +35,8 @@ pub mod store;
 // Everything at `support::<name>`; a binary that uses nothing of one module leaves its glob unused.
 #[allow(unused_imports)]
 pub use self::{
-    app::*, client::*, database::*, fixtures::*, logs::*, poll::*, procs::*, proxy::*, store::*,
+    app::*, client::*, database::*, duckdb::*, fixtures::*, logs::*, poll::*, procs::*, proxy::*,
+    store::*,
 };
 
 /// The token workers present, in-process and as child processes.

@@ -124,6 +124,13 @@ impl ObjectStore for Memory {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.objects
+            .lock()
+            .unwrap()
+            .remove(&(bucket.into(), key.into()));
+        Ok(())
+    }
     async fn ensure_bucket(&self, _bucket: &str) -> Result<(), StoreError> {
         Ok(())
     }
