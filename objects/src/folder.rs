@@ -2,23 +2,33 @@
 //!
 //! Layout of an object `<bucket>/<dir>/<name>`:
 //!
-//! - `<root>/<bucket>/<dir>/<name>`: the bytes, exactly as given to `put`;
-//! - `<root>/<bucket>/<dir>/.<name>.meta.json`: its [`ObjectMeta`] as JSON (the sidecar);
+//! - `<root>/<bucket>/<dir>/<name>`: the bytes, exactly as given to `put`, with its
+//!   [`ObjectMeta`] as JSON in the extended attribute `user.data-streams.meta` of the same file;
 //! - `<root>/<bucket>/<dir>/.<name>.<uuid>.tmp`: a write in progress.
 //!
-//! Keys never have a segment starting with `.` ([`crate::validate_key`]), so these dot-files
-//! cannot clash with an object, and `list` skips every dot-name.
+//! So a data partition holds the objects and nothing else: a query engine's glob
+//! (`…/dt=*/*.json`) reads raw responses only. On a file system without user extended attributes
+//! (the store finds out on its first write, or `OBJECT_STORE_FOLDER_METADATA=tree` asks for it)
+//! the metadata goes to a parallel tree outside the buckets instead:
+//! `<root>/.meta/<bucket>/<dir>/<name>.json`. Objects written by earlier versions have a hidden
+//! sidecar `<root>/<bucket>/<dir>/.<name>.meta.json`; `head` still reads it and `delete` removes
+//! it (the layout migration moves such objects and drops their sidecars).
 //!
-//! A `put` writes the sidecar and the object each to a temporary file, fsyncs both, renames the
-//! sidecar into place, then the object, and fsyncs the folder. Renames are atomic, so a reader
-//! sees the old object or the new one, never part of one, and an object that is visible already
-//! has its sidecar. On an overwrite of an existing key the pair is not replaced as one: between
-//! the two renames a `head` sees the new metadata with the old bytes. Keys here are result ids
-//! written once (a retried put writes the same bytes), so that window does not matter in practice.
+//! Keys never have a segment starting with `.` ([`crate::validate_key`]) and bucket names never
+//! start with one, so these dot-names cannot clash with an object, and `list` skips them all.
+//!
+//! A `put` writes the object to a temporary file, sets its metadata attribute, fsyncs it, renames
+//! it into place and fsyncs the folder. The rename is atomic, so a reader sees the old object or
+//! the new one, never part of one, and the bytes and their metadata are replaced as one. In the
+//! tree mode the metadata file is written and renamed first, so a visible object already has its
+//! metadata (between the two renames of an overwrite a `head` sees the new metadata with the old
+//! bytes; keys here are result ids written once, so that window does not matter in practice).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -27,12 +37,30 @@ use crate::{
     ObjectStore, StoreError, StoreOptions,
 };
 
+/// The extended attribute holding an object's [`ObjectMeta`] (JSON).
+const META_XATTR: &str = "user.data-streams.meta";
+/// The folder under the root holding the metadata tree (when extended attributes are not used).
+const META_TREE: &str = ".meta";
+
+/// Where the folder store keeps each object's metadata (`OBJECT_STORE_FOLDER_METADATA`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FolderMetadata {
+    /// An extended attribute of the object's file, falling back to the tree on a file system
+    /// that has none.
+    #[default]
+    Auto,
+    /// A parallel tree `<root>/.meta/<bucket>/<key>.json`: one more file and fsync per object.
+    Tree,
+}
+
 /// An [`ObjectStore`] in a local folder (`file://<path>`). See the module documentation for the
 /// layout and why a reader never sees half an object.
 #[derive(Debug, Clone)]
 pub struct FolderStore {
     root: PathBuf,
     create_buckets: bool,
+    /// Set when metadata goes to the tree: asked for, or the file system refused an attribute.
+    tree: Arc<AtomicBool>,
 }
 
 impl FolderStore {
@@ -48,7 +76,20 @@ impl FolderStore {
         Ok(FolderStore {
             root,
             create_buckets: options.create_buckets,
+            tree: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Where this store keeps metadata from now on.
+    pub fn with_metadata(self, metadata: FolderMetadata) -> Self {
+        self.tree
+            .store(metadata == FolderMetadata::Tree, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether metadata goes to the parallel tree (asked for, or no extended attributes here).
+    pub fn metadata_in_tree(&self) -> bool {
+        self.tree.load(Ordering::Relaxed)
     }
 
     /// The folder holding the buckets.
@@ -81,7 +122,9 @@ impl ObjectStore for FolderStore {
         let root = self.root.clone();
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
         let create_buckets = self.create_buckets;
-        blocking(move || put_blocking(&root, &bucket, &key, &body, &sidecar, create_buckets)).await
+        let tree = self.tree.clone();
+        blocking(move || put_blocking(&root, &bucket, &key, &body, &sidecar, create_buckets, &tree))
+            .await
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
@@ -99,7 +142,7 @@ impl ObjectStore for FolderStore {
                 Ok(_) => return Err(no_such_key(&at.bucket, &at.key)),
                 Err(error) => return Err(at.missing_or_io("stat", error)),
             };
-            let meta = read_sidecar(&sidecar_path(&at.path));
+            let meta = read_meta(&at.root, &at.bucket, &at.key, &at.path);
             Ok(ObjectInfo {
                 key: at.key,
                 size,
@@ -136,6 +179,7 @@ impl ObjectStore for FolderStore {
                 }
             }
             let _ = fs::remove_file(sidecar_path(&at.path));
+            let _ = fs::remove_file(tree_path(&at.root, &at.bucket, &at.key));
             sync_folder(at.path.parent().unwrap_or(&at.root))
         })
         .await
@@ -250,8 +294,9 @@ fn put_blocking(
     bucket: &str,
     key: &str,
     body: &[u8],
-    sidecar: &[u8],
+    meta: &[u8],
     create_buckets: bool,
+    tree: &AtomicBool,
 ) -> Result<(), StoreError> {
     let bucket_dir = root.join(bucket);
     match fs::metadata(&bucket_dir) {
@@ -318,25 +363,63 @@ fn put_blocking(
         return Err(folder_in_the_way(key));
     }
 
-    let sidecar_tmp = write_temp(&folder, &name, sidecar)?;
-    let object_tmp = match write_temp(&folder, &name, body) {
-        Ok(path) => path,
-        Err(error) => {
-            let _ = fs::remove_file(&sidecar_tmp);
-            return Err(error);
+    // The metadata rides on the object's own file; only where the file system has no extended
+    // attributes does it go to the tree, written and renamed before the object.
+    let object_tmp = if tree.load(Ordering::Relaxed) {
+        None
+    } else {
+        match write_temp(&folder, &name, body, Some(meta)) {
+            Ok(path) => Some(path),
+            Err(StoreError::Io { source, .. }) if xattrs_unsupported(&source) => {
+                tracing::warn!(
+                    root = %root.display(),
+                    "this file system has no user extended attributes: object metadata goes \
+                     to {}/{META_TREE}/ instead (one more file and fsync per object)",
+                    root.display()
+                );
+                tree.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(error) => return Err(error),
         }
     };
-    let renamed = rename(&sidecar_tmp, &sidecar_path(&object_path)).and_then(|()| {
-        rename(&object_tmp, &object_path).map_err(|error| match error {
-            StoreError::Io { source, .. } if source.kind() == io::ErrorKind::IsADirectory => {
-                folder_in_the_way(key)
-            }
-            other => other,
-        })
-    });
-    if let Err(error) = renamed {
-        let _ = fs::remove_file(&sidecar_tmp);
+    let object_tmp = match object_tmp {
+        Some(path) => path,
+        None => {
+            put_tree_meta(root, bucket, key, meta)?;
+            write_temp(&folder, &name, body, None)?
+        }
+    };
+    if let Err(error) = rename(&object_tmp, &object_path).map_err(|error| match error {
+        StoreError::Io { source, .. } if source.kind() == io::ErrorKind::IsADirectory => {
+            folder_in_the_way(key)
+        }
+        other => other,
+    }) {
         let _ = fs::remove_file(&object_tmp);
+        return Err(error);
+    }
+    sync_folder(&folder)
+}
+
+/// Whether a failed write means "no user extended attributes on this file system".
+fn xattrs_unsupported(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOTSUP)
+}
+
+/// Writes the metadata of `bucket/key` into the tree (temporary file, fsync, rename, fsync).
+fn put_tree_meta(root: &Path, bucket: &str, key: &str, meta: &[u8]) -> Result<(), StoreError> {
+    let path = tree_path(root, bucket, key);
+    let folder = path.parent().unwrap_or(root).to_path_buf();
+    let relative = folder.strip_prefix(root).unwrap_or(&folder).to_path_buf();
+    create_folders(root, &relative)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = write_temp(&folder, &name, meta, None)?;
+    if let Err(error) = rename(&tmp, &path) {
+        let _ = fs::remove_file(&tmp);
         return Err(error);
     }
     sync_folder(&folder)
@@ -350,8 +433,16 @@ fn folder_in_the_way(key: &str) -> StoreError {
     }
 }
 
-/// Write `bytes` to a new hidden temporary file next to `name` and fsync it.
-fn write_temp(folder: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+/// Write `bytes` to a new hidden temporary file next to `name`, with `meta` in its metadata
+/// attribute when given, and fsync it (the attribute is part of the file's inode, so the same
+/// fsync makes it durable).
+fn write_temp(
+    folder: &Path,
+    name: &str,
+    bytes: &[u8],
+    meta: Option<&[u8]>,
+) -> Result<PathBuf, StoreError> {
+    use xattr::FileExt as _;
     let path = folder.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let written = OpenOptions::new()
         .write(true)
@@ -359,6 +450,9 @@ fn write_temp(folder: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StoreE
         .open(&path)
         .and_then(|mut file| {
             file.write_all(bytes)?;
+            if let Some(meta) = meta {
+                file.set_xattr(META_XATTR, meta)?;
+            }
             file.sync_all()
         });
     match written {
@@ -415,6 +509,14 @@ fn create_folders(base: &Path, relative: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Where the tree mode keeps the metadata of `bucket/key`.
+fn tree_path(root: &Path, bucket: &str, key: &str) -> PathBuf {
+    root.join(META_TREE)
+        .join(bucket)
+        .join(format!("{key}.json"))
+}
+
+/// The sidecar of an object written before metadata moved out of the partitions.
 fn sidecar_path(object_path: &Path) -> PathBuf {
     let name = object_path
         .file_name()
@@ -423,18 +525,44 @@ fn sidecar_path(object_path: &Path) -> PathBuf {
     object_path.with_file_name(format!(".{name}.meta.json"))
 }
 
-/// The metadata beside an object, or `None` when there is none (an object not written by `put`)
-/// or it cannot be read; the object itself is still served.
-fn read_sidecar(path: &Path) -> Option<ObjectMeta> {
+/// An object's metadata: its attribute, else its entry in the tree, else an older version's
+/// sidecar; `None` when there is none (an object not written by `put`) or it cannot be read; the
+/// object itself is still served.
+fn read_meta(root: &Path, bucket: &str, key: &str, object_path: &Path) -> Option<ObjectMeta> {
+    match xattr::get(object_path, META_XATTR) {
+        Ok(Some(bytes)) => return decode_meta(object_path, &bytes),
+        Ok(None) => {}
+        Err(error) if xattrs_unsupported(&error) => {}
+        Err(error) => {
+            tracing::warn!(path = %object_path.display(), %error, "cannot read object metadata");
+            return None;
+        }
+    }
+    read_meta_file(&tree_path(root, bucket, key))
+        .or_else(|| read_meta_file(&sidecar_path(object_path)))
+}
+
+fn read_meta_file(path: &Path) -> Option<ObjectMeta> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return None
+        }
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "cannot read object metadata");
             return None;
         }
     };
-    match serde_json::from_slice(&bytes) {
+    decode_meta(path, &bytes)
+}
+
+fn decode_meta(path: &Path, bytes: &[u8]) -> Option<ObjectMeta> {
+    match serde_json::from_slice(bytes) {
         Ok(meta) => Some(meta),
         Err(error) => {
             tracing::warn!(path = %path.display(), %error, "object metadata is not valid JSON");
@@ -602,16 +730,80 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn put_leaves_the_object_and_a_hidden_sidecar_only() {
+    async fn put_leaves_the_object_alone_with_its_metadata_attribute() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_at(dir.path(), true).await;
         let body = Bytes::from_static(b"{\"a\":1}");
         put(&store, "x/dt=2024-05-01/r1.json", &body).await.unwrap();
         let folder = dir.path().join("results/x/dt=2024-05-01");
-        assert_eq!(names_in(&folder), [".r1.json.meta.json", "r1.json"]);
-        let sidecar: ObjectMeta =
-            serde_json::from_slice(&fs::read(folder.join(".r1.json.meta.json")).unwrap()).unwrap();
-        assert_eq!(sidecar, meta_for(&body));
+        // A query engine's `dt=*/*.json` glob finds the object and nothing else.
+        assert_eq!(names_in(&folder), ["r1.json"]);
+        let attribute = xattr::get(folder.join("r1.json"), META_XATTR)
+            .unwrap()
+            .expect("the metadata attribute");
+        let meta: ObjectMeta = serde_json::from_slice(&attribute).unwrap();
+        assert_eq!(meta, meta_for(&body));
+        assert!(!store.metadata_in_tree());
+        assert!(!dir.path().join(META_TREE).exists());
+        let head = store
+            .head("results", "x/dt=2024-05-01/r1.json")
+            .await
+            .unwrap();
+        assert_eq!(head.meta, Some(meta_for(&body)));
+    }
+
+    #[tokio::test]
+    async fn the_tree_mode_keeps_metadata_outside_the_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path(), true)
+            .await
+            .with_metadata(FolderMetadata::Tree);
+        let body = Bytes::from_static(b"[1]");
+        put(&store, "x/dt=2024-05-01/r1.json", &body).await.unwrap();
+        let folder = dir.path().join("results/x/dt=2024-05-01");
+        assert_eq!(names_in(&folder), ["r1.json"]);
+        assert_eq!(
+            xattr::get(folder.join("r1.json"), META_XATTR).unwrap(),
+            None
+        );
+        let tree = dir
+            .path()
+            .join(".meta/results/x/dt=2024-05-01/r1.json.json");
+        let meta: ObjectMeta = serde_json::from_slice(&fs::read(&tree).unwrap()).unwrap();
+        assert_eq!(meta, meta_for(&body));
+        let head = store
+            .head("results", "x/dt=2024-05-01/r1.json")
+            .await
+            .unwrap();
+        assert_eq!(head.meta, Some(meta_for(&body)));
+        // The tree is not a bucket and never lists.
+        assert_eq!(store.list("results", "").await.unwrap().len(), 1);
+        store
+            .delete("results", "x/dt=2024-05-01/r1.json")
+            .await
+            .unwrap();
+        assert!(!tree.exists());
+        assert!(names_in(&folder).is_empty());
+    }
+
+    #[tokio::test]
+    async fn objects_with_an_older_sidecar_keep_their_metadata_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path(), true).await;
+        let folder = dir.path().join("results/old/dt=2024-05-01");
+        fs::create_dir_all(&folder).unwrap();
+        let body = b"{}";
+        fs::write(folder.join("r1.json"), body).unwrap();
+        fs::write(
+            folder.join(".r1.json.meta.json"),
+            serde_json::to_vec(&meta_for(body)).unwrap(),
+        )
+        .unwrap();
+        let key = "old/dt=2024-05-01/r1.json";
+        let head = store.head("results", key).await.unwrap();
+        assert_eq!(head.meta, Some(meta_for(body)));
+        store.delete("results", key).await.unwrap();
+        assert!(names_in(&folder).is_empty(), "{:?}", names_in(&folder));
     }
 
     #[tokio::test]
@@ -649,10 +841,7 @@ mod tests {
         assert!(matches!(err, StoreError::InvalidName { .. }), "{err}");
         assert_eq!(store.get("results", "a/b").await.unwrap(), body);
         // No temporary files are left behind by the failed puts.
-        assert_eq!(
-            names_in(&dir.path().join("results/a")),
-            [".b.meta.json", "b"]
-        );
+        assert_eq!(names_in(&dir.path().join("results/a")), ["b"]);
         assert_eq!(names_in(&dir.path().join("results")), ["a"]);
     }
 

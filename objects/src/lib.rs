@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use error::StoreError;
-pub use folder::FolderStore;
+pub use folder::{FolderMetadata, FolderStore};
 pub use key::{uuid_time_ms, ObjectKey};
 pub use names::{validate_bucket_name, validate_key, validate_prefix};
 pub use s3::{S3Settings, S3Store};
 
 /// What is recorded with every object: which stream fetched it, when, and the SHA-256 of its
 /// bytes. Stored as `x-amz-meta-stream-id`, `x-amz-meta-fetched-at` and `x-amz-meta-sha256` on
-/// S3, and in a hidden sidecar file in the folder store.
+/// S3, and in an extended attribute of the object's file in the folder store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
     /// The stream the object belongs to.
@@ -119,6 +119,11 @@ pub struct StoreSettings {
     /// Create a stream's bucket when it is missing (otherwise each run fails naming it).
     #[arg(long, env = "OBJECT_STORE_CREATE_BUCKETS", default_value_t = true, action = clap::ArgAction::Set)]
     pub create_buckets: bool,
+    /// Folder store only: where each object's metadata goes. `auto`: an extended attribute of
+    /// the object's file (a tree beside the buckets where the file system has none); `tree`:
+    /// always the tree (one more file and fsync per object).
+    #[arg(long, env = "OBJECT_STORE_FOLDER_METADATA", value_enum, default_value_t = FolderMetadata::Auto)]
+    pub folder_metadata: FolderMetadata,
 }
 
 /// The store named by the settings could not be opened.
@@ -137,7 +142,7 @@ impl StoreSettings {
         let options = StoreOptions {
             create_buckets: self.create_buckets,
         };
-        let store = open(&self.object_store_url, options)
+        let store = open_with(&self.object_store_url, options, self.folder_metadata)
             .await
             .map_err(|source| OpenError {
                 url: self.object_store_url.clone(),
@@ -164,6 +169,15 @@ impl StoreSettings {
 ///
 /// Opening does not contact the store; call [`ObjectStore::check`] for that.
 pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    open_with(url, options, FolderMetadata::Auto).await
+}
+
+/// [`open`], saying where a folder store keeps metadata.
+async fn open_with(
+    url: &str,
+    options: StoreOptions,
+    metadata: FolderMetadata,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     if let Some(path) = url.strip_prefix("file://") {
         if path.is_empty() {
             return Err(StoreError::Config {
@@ -171,7 +185,9 @@ pub async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn ObjectStor
                 reason: "a file:// URL needs a path, e.g. file://data/objects".into(),
             });
         }
-        let store = FolderStore::new(path, options).await?;
+        let store = FolderStore::new(path, options)
+            .await?
+            .with_metadata(metadata);
         Ok(Arc::new(store))
     } else if let Some(rest) = url.strip_prefix("s3://") {
         if !rest.is_empty() {

@@ -613,3 +613,59 @@ pub async fn check_passes_and_describe_hides_secrets(b: &Backend) {
         assert!(!format!("{:?}", b.store).contains(secret.as_str()));
     }
 }
+
+pub async fn delete_removes_the_object_and_is_idempotent(b: &Backend) {
+    let (kept, gone) = (
+        "iqair/s/dt=2024-05-01/kept.json",
+        "iqair/s/dt=2024-05-01/gone.json",
+    );
+    put(&*b.store, &b.bucket, kept, "1").await;
+    put(&*b.store, &b.bucket, gone, "2").await;
+    b.store.delete(&b.bucket, gone).await.unwrap();
+    let error = b.store.get(&b.bucket, gone).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoSuchKey { .. }),
+        "{}: get after delete {error:?}",
+        b.name
+    );
+    let error = b.store.head(&b.bucket, gone).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoSuchKey { .. }),
+        "{}: head after delete {error:?}",
+        b.name
+    );
+    let listed: Vec<String> = b
+        .store
+        .list(&b.bucket, "iqair/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(listed, [kept], "{}", b.name);
+    // A retried delete, and one of a key that never was, succeed.
+    b.store.delete(&b.bucket, gone).await.unwrap();
+    b.store
+        .delete(&b.bucket, "iqair/s/dt=2024-05-01/never.json")
+        .await
+        .unwrap();
+    // The same key can be written again and reads back with its metadata.
+    put(&*b.store, &b.bucket, gone, "3").await;
+    let head = b.store.head(&b.bucket, gone).await.unwrap();
+    assert_eq!(head.size, 1, "{}", b.name);
+    assert!(head.meta.is_some(), "{}", b.name);
+    // A bucket that does not exist is named, as for every other call; a bad key is refused.
+    let absent = b.bucket_name("absent");
+    let error = b.store.delete(&absent, gone).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::NoSuchBucket { bucket } if *bucket == absent),
+        "{}: delete in a missing bucket {error:?}",
+        b.name
+    );
+    let error = b.store.delete(&b.bucket, "../x").await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::InvalidName { .. }),
+        "{}: {error:?}",
+        b.name
+    );
+}

@@ -58,5 +58,6 @@ behaviour_suite!(
     checksum_must_match_the_body,
     concurrent_puts_of_different_keys,
     overwrite_is_atomic_and_readable,
+    delete_removes_the_object_and_is_idempotent,
     check_passes_and_describe_hides_secrets,
 );
