@@ -196,7 +196,7 @@ fn result_pool() -> Vec<Event> {
                 stream_id,
                 adapter: "IQAIR_DAILY".into(),
                 bucket: "results".into(),
-                key: format!("IQAIR_DAILY/{stream_id}/dt=2022-03-05/{result_id}.json"),
+                key: format!("IQAIR_DAILY/stream_id={stream_id}/dt=2022-03-05/{result_id}.json"),
                 fetched_at_ms: 1_646_496_980_000 + i as i64,
                 scheduled_at_ms: 1_646_496_979_000 + i as i64,
                 started_at_ms: 1_646_496_979_010 + i as i64,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use objects::{ObjectInfo, ObjectKey, ObjectStore, StoreError};
+use objects::{Layout, ObjectInfo, ObjectKey, ObjectStore, StoreError};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -133,9 +133,11 @@ impl Reconciler {
         findings.streams += 1;
         let today = Utc::now().date_naive();
         let mut listed: Vec<ObjectInfo> = Vec::new();
-        for back in 0..self.days {
-            let day = today - ChronoDuration::days(back as i64);
-            let prefix = ObjectKey::day_prefix(stream.spec.adapter(), stream.id, day);
+        // Both layouts: objects stored before the warehouse layout are found until
+        // `data-streams migrate-layout` has moved them.
+        let days = (0..self.days).map(|back| today - ChronoDuration::days(back as i64));
+        for (day, layout) in days.flat_map(|day| Layout::ALL.map(|layout| (day, layout))) {
+            let prefix = ObjectKey::day_prefix(layout, stream.spec.adapter(), stream.id, day);
             match self.store.list(stream.spec.bucket_name(), &prefix).await {
                 Ok(mut objects) => listed.append(&mut objects),
                 Err(StoreError::NoSuchBucket { .. }) => return Ok(()),
@@ -272,18 +274,21 @@ impl Reconciler {
     /// Compare everything: slow on big buckets, meant for operators and the chaos check.
     pub async fn audit(&self) -> Result<Audit, ReconcileError> {
         let mut audit = Audit::default();
-        for stream in self.db.list_streams().await? {
-            let prefix = ObjectKey::stream_prefix(stream.spec.adapter(), stream.id);
+        'streams: for stream in self.db.list_streams().await? {
             let bucket = stream.spec.bucket_name();
-            let objects: HashSet<String> = match self.store.list(bucket, &prefix).await {
-                Ok(list) => list.into_iter().map(|o| o.key).collect(),
-                Err(StoreError::NoSuchBucket { .. }) => HashSet::new(),
-                Err(err) => {
-                    audit.unlisted += 1;
-                    tracing::warn!(stream_id = %stream.id, "audit cannot list {bucket}/{prefix}: {err}");
-                    continue;
+            let mut objects: HashSet<String> = HashSet::new();
+            for layout in Layout::ALL {
+                let prefix = ObjectKey::stream_prefix(layout, stream.spec.adapter(), stream.id);
+                match self.store.list(bucket, &prefix).await {
+                    Ok(list) => objects.extend(list.into_iter().map(|o| o.key)),
+                    Err(StoreError::NoSuchBucket { .. }) => {}
+                    Err(err) => {
+                        audit.unlisted += 1;
+                        tracing::warn!(stream_id = %stream.id, "audit cannot list {bucket}/{prefix}: {err}");
+                        continue 'streams;
+                    }
                 }
-            };
+            }
             let mut keys: HashSet<String> = HashSet::new();
             let mut after = None;
             loop {

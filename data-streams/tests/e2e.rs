@@ -172,7 +172,7 @@ async fn check_invariants(stack: &Stack, stream_id: &str) {
     for r in refs.iter().take(5) {
         let key = r["key"].as_str().unwrap();
         assert!(
-            key.starts_with(&format!("IQAIR_DAILY/{stream_id}/dt=")),
+            key.starts_with(&format!("IQAIR_DAILY/stream_id={stream_id}/dt=")),
             "key layout: {key}"
         );
         let stored = store.get(BUCKET, key).await.expect("the stored object");

@@ -282,7 +282,7 @@ async fn worker_with_s3_down_keeps_running_and_reports_storage_failures() {
     assert!(message.contains("object store"), "{failure}");
     assert!(
         message.contains(&endpoint)
-            || message.contains(&format!("results/IQAIR_DAILY/{stream_id}/")),
+            || message.contains(&format!("results/IQAIR_DAILY/stream_id={stream_id}/")),
         "{failure}"
     );
     assert_eq!(failure["stream_stopped"], false, "{failure}");

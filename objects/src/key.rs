@@ -1,30 +1,61 @@
 //! [`ObjectKey`]: where a raw result lives in its bucket, built, listed by prefix and parsed
 //! back in one place. The worker builds keys, the reconciler lists the prefixes and reads the
-//! result id back out of every name it finds.
+//! result id back out of every name it finds, and the layout migration turns the keys of the
+//! first layout into the current one.
 
 use std::fmt;
 
 use chrono::NaiveDate;
 use uuid::Uuid;
 
-/// `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`. The date is the UTC day of the
-/// fetch, which the UUIDv7 `result_id` also carries, so a listing of one stream is a timeline.
+/// `<adapter>/stream_id=<stream_id>/dt=YYYY-MM-DD/<result_id>.json`: Hive-style partitions, so
+/// query engines read `stream_id` and `dt` as columns without parsing paths. The date is the UTC
+/// day of the fetch, which the UUIDv7 `result_id` also carries, so a listing of one stream is a
+/// timeline.
+///
+/// Objects stored before this layout are at `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`
+/// ([`Layout::Legacy`]): they parse, list and read back as before, and `data-streams
+/// migrate-layout` moves them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ObjectKey {
     adapter: String,
     stream_id: Uuid,
     date: NaiveDate,
     result_id: Uuid,
+    layout: Layout,
+}
+
+/// Which layout a key is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `<adapter>/stream_id=<id>/dt=…/<result_id>.json`, what is written now.
+    Hive,
+    /// `<adapter>/<id>/dt=…/<result_id>.json`, written before the warehouse layout.
+    Legacy,
+}
+
+impl Layout {
+    /// Both layouts, the current one first.
+    pub const ALL: [Layout; 2] = [Layout::Hive, Layout::Legacy];
+
+    /// The folder of one stream under its adapter.
+    fn stream_segment(self, stream_id: Uuid) -> String {
+        match self {
+            Layout::Hive => format!("stream_id={stream_id}"),
+            Layout::Legacy => stream_id.to_string(),
+        }
+    }
 }
 
 impl ObjectKey {
-    /// The key of a result fetched on `date` (UTC).
+    /// The key of a result fetched on `date` (UTC), in the current layout.
     pub fn new(adapter: &str, stream_id: Uuid, date: NaiveDate, result_id: Uuid) -> Self {
         ObjectKey {
             adapter: adapter.to_owned(),
             stream_id,
             date,
             result_id,
+            layout: Layout::Hive,
         }
     }
 
@@ -37,17 +68,24 @@ impl ObjectKey {
         ObjectKey::new(adapter, stream_id, date, result_id)
     }
 
-    /// Every object of one stream: `<adapter>/<stream_id>/`.
-    pub fn stream_prefix(adapter: &str, stream_id: Uuid) -> String {
-        format!("{adapter}/{stream_id}/")
+    /// Every object of one stream in `layout`: `<adapter>/stream_id=<id>/` (or the legacy
+    /// `<adapter>/<id>/`).
+    pub fn stream_prefix(layout: Layout, adapter: &str, stream_id: Uuid) -> String {
+        format!("{adapter}/{}/", layout.stream_segment(stream_id))
     }
 
-    /// One day's partition of one stream: `<adapter>/<stream_id>/dt=YYYY-MM-DD/`.
-    pub fn day_prefix(adapter: &str, stream_id: Uuid, date: NaiveDate) -> String {
-        format!("{adapter}/{stream_id}/dt={}/", date.format("%Y-%m-%d"))
+    /// One day's partition of one stream in `layout`:
+    /// `<adapter>/stream_id=<id>/dt=YYYY-MM-DD/` (or the legacy one).
+    pub fn day_prefix(layout: Layout, adapter: &str, stream_id: Uuid, date: NaiveDate) -> String {
+        format!(
+            "{}dt={}/",
+            ObjectKey::stream_prefix(layout, adapter, stream_id),
+            date.format("%Y-%m-%d")
+        )
     }
 
-    /// A key in this layout, or `None` for any other name (a foreign object, a temporary file).
+    /// A key in either layout, or `None` for any other name (a foreign object, a table file, a
+    /// temporary file).
     pub fn parse(key: &str) -> Option<Self> {
         let mut parts = key.split('/');
         let (adapter, stream, day, name) =
@@ -55,13 +93,31 @@ impl ObjectKey {
         if parts.next().is_some() || adapter.is_empty() {
             return None;
         }
+        let (layout, stream) = match stream.strip_prefix("stream_id=") {
+            Some(id) => (Layout::Hive, id),
+            None => (Layout::Legacy, stream),
+        };
         let date = NaiveDate::parse_from_str(day.strip_prefix("dt=")?, "%Y-%m-%d").ok()?;
         Some(ObjectKey {
             adapter: adapter.to_owned(),
             stream_id: Uuid::parse_str(stream).ok()?,
             date,
             result_id: Uuid::parse_str(name.strip_suffix(".json")?).ok()?,
+            layout,
         })
+    }
+
+    /// Which layout this key is in.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The same object's key in the current layout.
+    pub fn in_current_layout(&self) -> ObjectKey {
+        ObjectKey {
+            layout: Layout::Hive,
+            ..self.clone()
+        }
     }
 
     pub fn adapter(&self) -> &str {
@@ -87,7 +143,7 @@ impl fmt::Display for ObjectKey {
         write!(
             f,
             "{}{}.json",
-            ObjectKey::day_prefix(&self.adapter, self.stream_id, self.date),
+            ObjectKey::day_prefix(self.layout, &self.adapter, self.stream_id, self.date),
             self.result_id
         )
     }
@@ -114,12 +170,53 @@ mod tests {
         let text = key.to_string();
         assert_eq!(
             text,
-            format!("IQAIR_DAILY/{stream}/dt=2026-11-22/{result}.json")
+            format!("IQAIR_DAILY/stream_id={stream}/dt=2026-11-22/{result}.json")
         );
-        assert!(text.starts_with(&ObjectKey::stream_prefix("IQAIR_DAILY", stream)));
-        assert!(text.starts_with(&ObjectKey::day_prefix("IQAIR_DAILY", stream, day)));
-        assert_eq!(ObjectKey::parse(&text), Some(key));
+        assert!(text.starts_with(&ObjectKey::stream_prefix(
+            Layout::Hive,
+            "IQAIR_DAILY",
+            stream
+        )));
+        assert!(text.starts_with(&ObjectKey::day_prefix(
+            Layout::Hive,
+            "IQAIR_DAILY",
+            stream,
+            day
+        )));
+        assert_eq!(ObjectKey::parse(&text), Some(key.clone()));
+        assert_eq!(key.layout(), Layout::Hive);
         crate::validate_key(&text).unwrap();
+    }
+
+    #[test]
+    fn legacy_keys_parse_list_and_move_to_the_current_layout() {
+        let stream = Uuid::now_v7();
+        let result = Uuid::now_v7();
+        let day = NaiveDate::from_ymd_opt(2026, 11, 22).unwrap();
+        let legacy = format!("IQAIR_DAILY/{stream}/dt=2026-11-22/{result}.json");
+        let key = ObjectKey::parse(&legacy).expect("a legacy key parses");
+        assert_eq!(key.layout(), Layout::Legacy);
+        assert_eq!(key.to_string(), legacy, "it prints back as it was");
+        assert!(legacy.starts_with(&ObjectKey::stream_prefix(
+            Layout::Legacy,
+            "IQAIR_DAILY",
+            stream
+        )));
+        assert!(legacy.starts_with(&ObjectKey::day_prefix(
+            Layout::Legacy,
+            "IQAIR_DAILY",
+            stream,
+            day
+        )));
+        let moved = key.in_current_layout();
+        assert_eq!(moved, ObjectKey::new("IQAIR_DAILY", stream, day, result));
+        assert_eq!((moved.stream_id(), moved.result_id()), (stream, result));
+        // The two layouts' stream folders never overlap as prefixes.
+        assert!(
+            !ObjectKey::stream_prefix(Layout::Hive, "IQAIR_DAILY", stream).starts_with(
+                &ObjectKey::stream_prefix(Layout::Legacy, "IQAIR_DAILY", stream)
+            )
+        );
     }
 
     #[test]
@@ -127,7 +224,13 @@ mod tests {
         let id = Uuid::now_v7();
         let parsed = ObjectKey::parse(&format!("IQAIR_DAILY/{id}/dt=2026-11-22/{id}.json"));
         assert_eq!(parsed.map(|k| k.result_id()), Some(id));
+        let parsed = ObjectKey::parse(&format!(
+            "IQAIR_DAILY/stream_id={id}/dt=2026-11-22/{id}.json"
+        ));
+        assert_eq!(parsed.map(|k| k.result_id()), Some(id));
         for foreign in [
+            format!("IQAIR_DAILY/stream_id=x/dt=2026-11-22/{id}.json"),
+            format!("_tables/measurements/adapter=IQAIR_DAILY/dt=2026-11-22/part-0.parquet"),
             format!("IQAIR_DAILY/{id}/dt=2026-11-22/notes.txt"),
             format!("IQAIR_DAILY/{id}/dt=2026-11-22/abc.json"),
             format!("IQAIR_DAILY/x/dt=2026-11-22/{id}.json"),

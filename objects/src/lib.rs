@@ -1,7 +1,8 @@
 //! Where raw API responses live: one object per fetch, in a local folder or an S3 bucket, with
 //! the same behaviour behind one [`ObjectStore`] trait.
 //!
-//! Keys look like `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json` ([`ObjectKey`]). Result ids are UUIDv7,
+//! Keys look like `<adapter>/stream_id=<stream_id>/dt=YYYY-MM-DD/<result_id>.json` ([`ObjectKey`]:
+//! Hive-style partitions, so query engines read `stream_id` and `dt` as columns). Result ids are UUIDv7,
 //! so [`ObjectStore::list`], which returns keys in S3 order (byte-wise lexicographic), is also a
 //! timeline. The worker writes objects; the supervisor reads them back and lists partitions for
 //! its reconciler.
@@ -25,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::StoreError;
 pub use folder::{FolderMetadata, FolderStore};
-pub use key::{uuid_time_ms, ObjectKey};
+pub use key::{uuid_time_ms, Layout, ObjectKey};
 pub use names::{validate_bucket_name, validate_key, validate_prefix};
 pub use s3::{S3Settings, S3Store};
 

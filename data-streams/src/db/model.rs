@@ -93,7 +93,7 @@ pub struct ReconciledRef {
     "id": "019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55",
     "stream_id": "019ad1f0-1b2c-7d4e-8f60-1a2b3c4d5e6f",
     "bucket": "results",
-    "key": "IQAIR_DAILY/019ad1f0-1b2c-7d4e-8f60-1a2b3c4d5e6f/dt=2026-11-28/019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55.json",
+    "key": "IQAIR_DAILY/stream_id=019ad1f0-1b2c-7d4e-8f60-1a2b3c4d5e6f/dt=2026-11-28/019ad1f2-7c40-7a3e-9d6b-2f0c4e1a8b55.json",
     "fetched_at": "2026-11-28T13:00:00.123Z",
     "scheduled_at": "2026-11-28T13:00:00.000Z",
     "started_at": "2026-11-28T13:00:00.004Z",

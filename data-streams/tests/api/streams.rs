@@ -346,7 +346,7 @@ async fn results_come_newest_first_and_raw_objects_byte_for_byte() {
     for r in items.iter().take(3) {
         let key = r["key"].as_str().unwrap();
         assert!(
-            key.starts_with(&format!("IQAIR_DAILY/{id}/dt=")) && key.ends_with(".json"),
+            key.starts_with(&format!("IQAIR_DAILY/stream_id={id}/dt=")) && key.ends_with(".json"),
             "key layout: {key}"
         );
         let on_disk = std::fs::read(app.store_root.join(BUCKET).join(key)).expect("object file");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use objects::{ObjectMeta, StoreOptions};
+use objects::{Layout, ObjectMeta, StoreOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -116,6 +116,17 @@ async fn metrics_are_prometheus_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_indexes_objects_that_were_never_reported() {
+    reconciler_indexes_an_unreported_object(Layout::Hive).await;
+}
+
+/// Objects stored before the warehouse layout (`<adapter>/<stream_id>/dt=…`) are still found,
+/// indexed under their own key and read back, until `migrate-layout` moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_finds_objects_in_the_legacy_layout_too() {
+    reconciler_indexes_an_unreported_object(Layout::Legacy).await;
+}
+
+async fn reconciler_indexes_an_unreported_object(layout: Layout) {
     let app = spawn_app_with(AppOptions {
         reconcile_interval_ms: 300,
         ..AppOptions::default()
@@ -123,7 +134,11 @@ async fn the_reconciler_indexes_objects_that_were_never_reported() {
     .await;
     let id = app.create_stopped().await;
     // A worker stored an object and died before reporting it.
-    let (result_id, key, body) = store_unreported_object(&app, &id).await;
+    let (result_id, key, body) = store_unreported_object(&app, &id, layout).await;
+    assert_eq!(
+        objects::ObjectKey::parse(&key).map(|k| k.layout()),
+        Some(layout)
+    );
 
     let findings: Value = eventually(
         Duration::from_secs(20),
@@ -221,7 +236,7 @@ async fn the_reconciler_and_the_audit_report_a_reference_whose_object_is_gone() 
     })
     .await;
     let id = app.create_stopped().await;
-    let (_, key, _) = store_unreported_object(&app, &id).await;
+    let (_, key, _) = store_unreported_object(&app, &id, Layout::Hive).await;
     // Indexed by the reconciler first, then the object disappears behind everyone's back.
     eventually(Duration::from_secs(20), "the object indexed", || async {
         match app.result_count(&id).await {
@@ -257,9 +272,14 @@ async fn the_reconciler_and_the_audit_report_a_reference_whose_object_is_gone() 
     assert_eq!(audit["references"], 1, "{audit}");
 }
 
-/// Put an object into the stream's partition the way a worker does, without reporting it (a
-/// worker that died between storing and reporting). Returns its result id, key and bytes.
-async fn store_unreported_object(app: &TestApp, id: &str) -> (uuid::Uuid, String, Bytes) {
+/// Put an object into the stream's partition the way a worker does (or, for [`Layout::Legacy`],
+/// the way one did before the warehouse layout), without reporting it (a worker that died
+/// between storing and reporting). Returns its result id, key and bytes.
+async fn store_unreported_object(
+    app: &TestApp,
+    id: &str,
+    layout: Layout,
+) -> (uuid::Uuid, String, Bytes) {
     let store = objects::open(
         &app.store_url,
         StoreOptions {
@@ -270,13 +290,15 @@ async fn store_unreported_object(app: &TestApp, id: &str) -> (uuid::Uuid, String
     .expect("the store");
     let result_id = uuid::Uuid::now_v7();
     let now = chrono::Utc::now();
-    let key = objects::ObjectKey::new(
-        "IQAIR_DAILY",
-        uuid::Uuid::parse_str(id).expect("a stream id"),
-        now.date_naive(),
-        result_id,
-    )
-    .to_string();
+    let key = format!(
+        "{}{result_id}.json",
+        objects::ObjectKey::day_prefix(
+            layout,
+            "IQAIR_DAILY",
+            uuid::Uuid::parse_str(id).expect("a stream id"),
+            now.date_naive()
+        )
+    );
     let body = Bytes::from_static(br#"{"status":"success","data":{}}"#);
     let meta = ObjectMeta {
         stream_id: id.to_owned(),

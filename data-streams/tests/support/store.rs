@@ -9,7 +9,8 @@ pub fn folder_store_url(dir: &Path) -> String {
     format!("file://{}", dir.join("objects").display())
 }
 
-/// Every `*.json` object file under a folder store root (sidecars and temporary files excluded).
+/// Every `*.json` object file under a folder store root (hidden names, the metadata tree and
+/// temporary files excluded).
 pub fn object_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -19,14 +20,12 @@ pub fn object_files(root: &Path) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "json")
-                && !path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                && !path.to_string_lossy().ends_with(".meta.json")
-            {
+            } else if path.extension().is_some_and(|e| e == "json") {
                 out.push(path);
             }
         }
