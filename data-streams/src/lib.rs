@@ -7,6 +7,7 @@
 pub mod api;
 pub mod console;
 pub mod db;
+pub mod layout;
 pub mod live;
 pub mod reconcile;
 pub mod settings;
@@ -62,6 +63,8 @@ pub enum StartupError {
     TlsIncomplete { missing: &'static str },
     #[error("TLS on the worker port: {0}")]
     Tls(#[source] protocol::tls::TlsError),
+    #[error("layout migration: {0}")]
+    Migration(#[source] layout::MigrationError),
 }
 
 /// A supervisor that is connected and bound, ready to serve.
@@ -241,6 +244,16 @@ impl Application {
             source,
         })
     }
+}
+
+/// `data-streams migrate-layout`: connect as the supervisor does (its schema migrations
+/// included) and move every legacy-layout object ([`layout::migrate_layout`]).
+pub async fn migrate_layout(settings: &Settings) -> Result<layout::MigrationReport, StartupError> {
+    let db = connect_db(settings).await?;
+    let store = settings.store.open().await?;
+    layout::migrate_layout(&db, store)
+        .await
+        .map_err(StartupError::Migration)
 }
 
 async fn connect_db(settings: &Settings) -> Result<Db, StartupError> {

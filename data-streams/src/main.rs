@@ -1,7 +1,7 @@
 //! The `data-streams` binary: settings from flags and environment, logs, shutdown on a signal.
 
 use clap::Parser;
-use data_streams::settings::Settings;
+use data_streams::settings::{Command, Settings};
 use data_streams::Application;
 use tokio_util::sync::CancellationToken;
 
@@ -9,6 +9,18 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     common::init_tracing();
     let settings = Settings::parse();
+    if let Some(Command::MigrateLayout) = settings.command {
+        match data_streams::migrate_layout(&settings).await {
+            Ok(report) => {
+                println!("{}", serde_json::to_string(&report)?);
+                std::process::exit(if report.failed == 0 { 0 } else { 1 });
+            }
+            Err(err) => {
+                tracing::error!("migrate-layout: {}", common::error_chain(&err));
+                std::process::exit(1);
+            }
+        }
+    }
     tracing::info!("data-streams starting: {}", settings.describe());
     let app = match Application::build(settings).await {
         Ok(app) => app,

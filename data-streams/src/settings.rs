@@ -15,6 +15,9 @@ use common::SecretKey;
     about = "data-streams supervisor: streams, HTTP API, worker link"
 )]
 pub struct Settings {
+    /// A one-shot command instead of serving (none: run the supervisor).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address of the HTTP API.
     #[arg(long, env = "DATA_STREAMS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
@@ -80,6 +83,18 @@ pub struct Settings {
     /// How many days of `dt=` partitions (UTC, today included) the reconciler lists.
     #[arg(long, env = "RECONCILE_DAYS", default_value_t = 2)]
     pub reconcile_days: u32,
+}
+
+/// One-shot commands of the `data-streams` binary, on the same database and object store
+/// settings as the supervisor.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Move raw objects of the first key layout (`<adapter>/<stream_id>/dt=…`) to the
+    /// warehouse layout (`<adapter>/stream_id=<stream_id>/dt=…`) and point their references at
+    /// the new keys. Idempotent and resumable: run it again after a kill or a failure; safe
+    /// beside a running supervisor. Prints what it did as JSON (the last line of stdout); exits 1 when an object could
+    /// not be moved.
+    MigrateLayout,
 }
 
 impl Settings {

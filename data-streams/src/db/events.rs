@@ -449,4 +449,20 @@ impl Db {
         }
         Ok(existing)
     }
+
+    /// Points the reference `id` at `to` if it still points at `from` (the layout migration,
+    /// after the object was copied to `to` and before `from` is deleted). `false` when there is
+    /// no such reference or it already points elsewhere: a re-run, or an object never indexed.
+    pub async fn move_reference(&self, id: Uuid, from: &str, to: &str) -> Result<bool, DbError> {
+        let updated = dispatch!(Db, self, |pool| {
+            sqlx::query("UPDATE results SET key = $1 WHERE id = $2 AND key = $3")
+                .bind(to)
+                .bind(id)
+                .bind(from)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(updated > 0)
+    }
 }
