@@ -26,7 +26,7 @@ use support::{
 };
 
 /// Legacy objects nobody reported (a worker died before reporting): moved, no reference.
-const UNreferenced: usize = 5;
+const UNREFERENCED: usize = 5;
 /// Objects already in the warehouse layout (written by a newer worker): left as they are.
 const CURRENT: usize = 3;
 /// Not an object of ours at all: never touched.
@@ -106,13 +106,13 @@ async fn killed_and_resumed(
     // What an older worker left: legacy objects, most of them reported.
     let mut bodies: HashMap<Uuid, Bytes> = HashMap::new();
     let mut records = Vec::new();
-    for i in 0..referenced + UNreferenced + CURRENT {
+    for i in 0..referenced + UNREFERENCED + CURRENT {
         let fetched = T0 + i as i64 * 60_000;
         let id = v7(fetched);
         let body = Bytes::from(format!(
             r#"{{"status":"success","data":{{"city":"Berlin","n":{i}}}}}"#
         ));
-        let layout = if i < referenced + UNreferenced {
+        let layout = if i < referenced + UNREFERENCED {
             Layout::Legacy
         } else {
             Layout::Hive
@@ -133,7 +133,7 @@ async fn killed_and_resumed(
             .put(BUCKET, &key, body.clone(), &meta)
             .await
             .expect("put");
-        if !(referenced..referenced + UNreferenced).contains(&i) {
+        if !(referenced..referenced + UNREFERENCED).contains(&i) {
             let mut record = result_with_id(id, stream_id, fetched, None);
             record.key = key;
             record.size = body.len() as u64;
@@ -162,13 +162,13 @@ async fn killed_and_resumed(
     let total = bodies.len();
     assert_eq!(
         count(&*store, Layout::Legacy).await,
-        referenced + UNreferenced
+        referenced + UNREFERENCED
     );
 
     // Killed twice part-way, at about a third and two thirds.
     for fraction in [3, 3] {
         let before = count(&*store, Layout::Hive).await;
-        let target = before + (referenced + UNreferenced) / fraction;
+        let target = before + (referenced + UNREFERENCED) / fraction;
         let mut child = command(&bin("data-streams"), &env)
             .arg("migrate-layout")
             .stdout(Stdio::null())
