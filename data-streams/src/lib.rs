@@ -9,6 +9,7 @@ pub mod console;
 pub mod db;
 pub mod live;
 pub mod reconcile;
+pub mod reparse;
 pub mod settings;
 pub mod stream;
 pub mod supervisor;
@@ -209,6 +210,12 @@ impl Application {
             Duration::from_millis(settings.reconcile_interval_ms.max(100)),
             shutdown.clone(),
         ));
+        let reparse = reparse::Reparse::new(
+            db.clone(),
+            self.store.clone(),
+            settings.reparse_objects_per_second,
+        );
+        tracker.spawn(reparse.clone().run(shutdown.clone()));
 
         let state = api::AppState {
             supervisor: supervisor.clone(),
@@ -216,6 +223,7 @@ impl Application {
             store: self.store,
             reconciler: self.reconciler,
             live: self.live,
+            reparse,
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
         };
