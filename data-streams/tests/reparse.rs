@@ -8,6 +8,8 @@
 //!   gives the same rows again.
 //! - Bad input: garbage, a half-written body, a body without a pollution time and a missing
 //!   object are counted by class and the job still completes.
+//! - Store outage: while S3 is away the job waits (nothing counted as read or lost), and goes on
+//!   when it is back.
 
 mod support;
 
@@ -42,6 +44,8 @@ crate::on_both_backends! {
         crate::rebuild_gives_identical_rows => rebuild_from_s3_store_gives_identical_rows,
     ],
     crate::support::with_backend: [
+        crate::store_outage_pauses_the_job_and_loses_nothing
+            => store_outage_pauses_the_job_and_loses_nothing,
         crate::api_reparse_rebuilds_and_reports_progress
             => api_reparse_rebuilds_and_reports_progress,
         crate::api_rejects_bad_requests => api_rejects_bad_requests,
@@ -421,6 +425,84 @@ async fn bad_objects_are_counted_by_class(db: Db, store: Arc<dyn ObjectStore>) {
         .filter(|r| r.ts != T0 + 2 * HOUR)
         .collect();
     assert_eq!(readings(&db, &[stream_id]).await, expected);
+}
+
+async fn store_outage_pauses_the_job_and_loses_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let s3_root = dir.path().join("s3");
+    let secret = "reparse-s3-secret";
+    let server = S3TestServer::start_on("127.0.0.1:0", Some(&s3_root), "reparse-access", secret)
+        .expect("an S3 test server");
+    let s3_addr = server.endpoint.trim_start_matches("http://").to_owned();
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        S3Store::new(
+            server.settings(),
+            StoreOptions {
+                create_buckets: true,
+            },
+        )
+        .await
+        .expect("an S3 store"),
+    );
+    with_db(backend, store.clone(), |db, store| async move {
+        let (streams, total) = history(&db, store.as_ref()).await;
+        let before = readings(&db, &streams).await;
+        drop_every_reading(&db).await;
+
+        // The store goes away before the job reads anything.
+        drop(server);
+        let reparse = Reparse::new(db.clone(), store, 0);
+        let job = reparse.enqueue(JobScope::default()).await.expect("enqueue");
+        let stop = CancellationToken::new();
+        let runner = {
+            let (reparse, stop) = (reparse.clone(), stop.clone());
+            tokio::spawn(async move { reparse.run_pending(&stop).await })
+        };
+        let waiting = eventually(
+            Duration::from_secs(60),
+            "the job waits for the store",
+            || {
+                let db = db.clone();
+                async move {
+                    let job = db.get_job(job.id).await.expect("get_job")?;
+                    job.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("waiting for the object store"))
+                        .then_some(job)
+                }
+            },
+        )
+        .await;
+        assert_eq!(waiting.state, JobState::Running, "{waiting:?}");
+        assert_eq!(
+            waiting.objects_read, 0,
+            "nothing counted as read: {waiting:?}"
+        );
+        assert!(
+            waiting.errors.is_empty(),
+            "nothing counted as lost: {waiting:?}"
+        );
+
+        // Back on the same port and folder: the job goes on and loses nothing.
+        let server = S3TestServer::start_on(&s3_addr, Some(&s3_root), "reparse-access", secret)
+            .expect("the S3 test server again, on the same port");
+        let done = eventually(Duration::from_secs(90), "the job is done", || {
+            let db = db.clone();
+            async move {
+                let job = db.get_job(job.id).await.expect("get_job")?;
+                (job.state == JobState::Done).then_some(job)
+            }
+        })
+        .await;
+        stop.cancel();
+        runner.await.expect("no panic").expect("run_pending");
+        assert_eq!(done.objects_read, total);
+        assert_eq!(done.errors, counts(&[("unparseable", 1)]));
+        assert_eq!(done.last_error, None, "the wait is over: {done:?}");
+        assert_eq!(readings(&db, &streams).await, before);
+        drop(server);
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
