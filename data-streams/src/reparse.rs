@@ -72,7 +72,10 @@ struct Throttle(Option<Interval>);
 impl Throttle {
     fn new(objects_per_second: u32) -> Self {
         Throttle((objects_per_second > 0).then(|| {
-            let mut interval = tokio::time::interval(Duration::from_secs(1) / objects_per_second);
+            // A rate above a million a second would make a zero period, which tokio refuses.
+            let period =
+                (Duration::from_secs(1) / objects_per_second).max(Duration::from_micros(1));
+            let mut interval = tokio::time::interval(period);
             // After a pause (store down) go on at the same pace, not in a burst.
             interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
             interval
@@ -83,6 +86,36 @@ impl Throttle {
         if let Some(interval) = &mut self.0 {
             interval.tick().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn throttle_spaces_reads_and_takes_any_rate() {
+        let start = tokio::time::Instant::now();
+        let mut throttle = Throttle::new(100);
+        for _ in 0..11 {
+            throttle.wait().await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "10 gaps of 10 ms"
+        );
+        let mut unlimited = Throttle::new(0);
+        unlimited.wait().await;
+        let mut fastest = Throttle::new(u32::MAX);
+        fastest.wait().await;
+        fastest.wait().await;
+    }
+
+    #[test]
+    fn only_adapters_with_readings_have_a_parser() {
+        let parse = parser_for(catalogue::iqair::NAME).expect("IQAir's parser");
+        assert!(parse(catalogue::iqair::examples::SUCCESS_2026.as_bytes()).is_some());
+        assert!(parser_for("OPENAQ").is_none());
     }
 }
 
