@@ -8,6 +8,7 @@
 //!   gives the same rows again.
 //! - Bad input: garbage, a half-written body, a body without a pollution time and a missing
 //!   object are counted by class and the job still completes.
+//! - Restart: a supervisor stopped mid-job resumes the job when it starts again.
 //! - Store outage: while S3 is away the job waits (nothing counted as read or lost), and goes on
 //!   when it is back.
 
@@ -49,6 +50,8 @@ crate::on_both_backends! {
         crate::api_reparse_rebuilds_and_reports_progress
             => api_reparse_rebuilds_and_reports_progress,
         crate::api_rejects_bad_requests => api_rejects_bad_requests,
+        crate::a_restarted_supervisor_resumes_the_running_job
+            => a_restarted_supervisor_resumes_the_running_job,
     ],
 }
 
@@ -618,4 +621,64 @@ async fn api_rejects_bad_requests(backend: Backend) {
     let (status, page) = app.get("/jobs").await;
     assert_eq!(status, 200);
     assert_eq!(page["items"], json!([]), "no job was queued: {page}");
+}
+
+async fn a_restarted_supervisor_resumes_the_running_job(backend: Backend) {
+    let mut app = spawn_app_on(backend).await;
+    let store = FolderStore::new(
+        app.store_root.clone(),
+        StoreOptions {
+            create_buckets: true,
+        },
+    )
+    .await
+    .expect("the app's folder store");
+    let id = app.create_stopped().await;
+    let stream_id = Uuid::parse_str(&id).expect("a stream id");
+    // 300 objects at the default 50 a second: six seconds of work, time to restart mid-way.
+    let total = 300_i64;
+    for i in 0..total {
+        let fetched = T0 + i * 20 * 60_000;
+        let body = success_body(fetched - fetched % HOUR, 40 + i % 50);
+        fetch(app.db(), &store, stream_id, fetched, &body, true).await;
+    }
+    let path = format!("/streams/{id}/measurements?limit=10000");
+    let (_, before) = app.get(&path).await;
+    assert_eq!(before["items"].as_array().expect("items").len(), 100);
+    drop_every_reading(app.db()).await;
+
+    let (status, job) = app.post("/reparse", &json!({"stream_id": id})).await;
+    assert_eq!(status, 202, "{job}");
+    let location = format!("/jobs/{}", job["id"].as_str().expect("an id"));
+    eventually(Duration::from_secs(30), "a committed page", || async {
+        let (_, job) = app.get(&location).await;
+        (job["progress"]["objects_read"].as_i64()? > 0).then_some(())
+    })
+    .await;
+    app.stop_supervisor().await;
+    let job_id = Uuid::parse_str(job["id"].as_str().expect("an id")).expect("a job id");
+    let db = Db::connect(&app.database.url).await.expect("connect");
+    let interrupted = db.get_job(job_id).await.expect("get_job").expect("the job");
+    db.close().await;
+    assert_eq!(interrupted.state, JobState::Running, "{interrupted:?}");
+    assert!(
+        interrupted.objects_read > 0 && interrupted.objects_read < total,
+        "stopped mid-way: {interrupted:?}"
+    );
+
+    app.start_supervisor().await;
+    let done = eventually(Duration::from_secs(60), "the job is done", || async {
+        let (_, job) = app.get(&location).await;
+        if job["state"] == "done" {
+            Ok(job)
+        } else {
+            Err(job.to_string())
+        }
+    })
+    .await;
+    assert_eq!(done["progress"]["objects_read"], total, "{done}");
+    assert_eq!(done["progress"]["rows_written"], 100, "{done}");
+    assert_eq!(done["progress"]["rows_skipped"], 200, "{done}");
+    let (_, after) = app.get(&path).await;
+    assert_eq!(after, before);
 }
