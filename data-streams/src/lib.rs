@@ -10,6 +10,7 @@ pub mod db;
 pub mod layout;
 pub mod live;
 pub mod reconcile;
+pub mod reparse;
 pub mod settings;
 pub mod stream;
 pub mod supervisor;
@@ -212,6 +213,12 @@ impl Application {
             Duration::from_millis(settings.reconcile_interval_ms.max(100)),
             shutdown.clone(),
         ));
+        let reparse = reparse::Reparse::new(
+            db.clone(),
+            self.store.clone(),
+            settings.reparse_objects_per_second,
+        );
+        tracker.spawn(reparse.clone().run(shutdown.clone()));
 
         let state = api::AppState {
             supervisor: supervisor.clone(),
@@ -219,6 +226,7 @@ impl Application {
             store: self.store,
             reconciler: self.reconciler,
             live: self.live,
+            reparse,
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
         };

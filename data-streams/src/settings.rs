@@ -83,6 +83,10 @@ pub struct Settings {
     /// How many days of `dt=` partitions (UTC, today included) the reconciler lists.
     #[arg(long, env = "RECONCILE_DAYS", default_value_t = 2)]
     pub reconcile_days: u32,
+    /// Most raw objects a re-parse job reads per second (0: no limit), so the event path keeps
+    /// its pace.
+    #[arg(long, env = "REPARSE_OBJECTS_PER_SECOND", default_value_t = 50)]
+    pub reparse_objects_per_second: u32,
 }
 
 /// One-shot commands of the `data-streams` binary, on the same database and object store
@@ -145,7 +149,8 @@ impl Settings {
             "http_addr={} worker_addr={} worker_tls={} worker_token={} api_token={} database_url={} \
              object_store_url={} create_buckets={} heartbeat_interval_ms={} heartbeat_timeout_ms={} \
              call_timeout_ms={} handshake_timeout_ms={} max_worker_connections={} max_frame_bytes={} max_body_bytes={} \
-             assign_interval_ms={} reconcile_interval_ms={} reconcile_days={}",
+             assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} \
+             reparse_objects_per_second={}",
             self.http_addr,
             self.worker_addr,
             match self.worker_tls() {
@@ -168,6 +173,7 @@ impl Settings {
             self.assign_interval_ms,
             self.reconcile_interval_ms,
             self.reconcile_days,
+            self.reparse_objects_per_second,
         )
     }
 }

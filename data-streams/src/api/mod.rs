@@ -6,6 +6,7 @@
 mod auth;
 pub mod docs;
 mod error;
+mod jobs;
 mod live;
 mod reports;
 mod results;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub store: Arc<dyn ObjectStore>,
     pub reconciler: Reconciler,
     pub live: Live,
+    /// The re-parse queue (`POST /reparse`).
+    pub reparse: crate::reparse::Reparse,
     /// Who may use the API (token and console sessions).
     pub auth: Auth,
     pub metrics: Option<PrometheusHandle>,
@@ -66,6 +69,9 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(results::failures))
         .routes(routes!(results::raw))
         .routes(routes!(reports::aqi))
+        .routes(routes!(jobs::reparse))
+        .routes(routes!(jobs::list))
+        .routes(routes!(jobs::get))
         .routes(routes!(live::live))
         .routes(routes!(system::workers))
         .routes(routes!(system::reconciler))

@@ -45,7 +45,7 @@ pub(super) struct Page {
 
 impl Page {
     /// The page size and the cursor (the id of a `cursor`, named so in errors).
-    fn parse(&self, cursor: &str) -> Result<(i64, Option<Uuid>), ApiError> {
+    pub(super) fn parse(&self, cursor: &str) -> Result<(i64, Option<Uuid>), ApiError> {
         let limit = limit(self.limit.as_deref(), 100, 1000)?;
         let after = match self.after.as_deref() {
             None | Some("") => None,

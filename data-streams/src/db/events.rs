@@ -189,7 +189,7 @@ impl<'a> PreparedBatch<'a> {
 impl Tx {
     /// Which of `ids` name an existing stream, locking them against deletion until commit where
     /// the backend needs that.
-    async fn known_streams(&mut self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
+    pub(super) async fn known_streams(&mut self, ids: &[Uuid]) -> Result<HashSet<Uuid>, DbError> {
         let lock = self.lock_streams_clause();
         let mut known = HashSet::new();
         for chunk in ids.chunks(CHUNK_ROWS) {

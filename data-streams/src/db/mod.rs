@@ -15,6 +15,7 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 mod error;
 mod events;
+mod jobs;
 mod model;
 mod postgres;
 mod reads;
@@ -25,6 +26,7 @@ mod streams;
 mod workers;
 
 pub use error::{redact_url, DbError};
+pub use jobs::{JobRow, JobScope, JobState, PageProgress, PageWritten, ParsedReading, RefToParse};
 pub use model::{
     FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
 };

@@ -155,7 +155,7 @@ impl ResultRow {
     "city": "Los Angeles", "state": "California", "country": "USA",
     "lat": 34.0669, "lon": -118.2417, "aqius": 66.0, "mainus": "p2", "aqicn": 44.0, "maincn": "p1",
     "weather_ts": "2026-03-01T11:00:00.000Z", "tp": 6.0, "pr": 1012.0, "hu": 86.0, "ws": 4.54,
-    "wd": 252.0, "ic": "04n", "heat_index": 7.0
+    "wd": 252.0, "ic": "04n", "heat_index": 7.0, "parser_version": 1
 }))]
 pub struct MeasurementRow {
     #[serde(skip)]
@@ -186,6 +186,9 @@ pub struct MeasurementRow {
     pub wd: Option<f64>,
     pub ic: Option<String>,
     pub heat_index: Option<f64>,
+    /// The version of the adapter's parser that produced this row (`POST /reparse` rebuilds
+    /// rows with the current one).
+    pub parser_version: i64,
 }
 
 /// One failed run. Serializes as the API shows it: the time in RFC 3339, without the stream.

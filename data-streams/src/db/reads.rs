@@ -17,7 +17,7 @@ fn select_results(tail: &str) -> String {
 fn select_measurements() -> String {
     let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
     format!(
-        "SELECT stream_id, result_id, ts, {} FROM measurements \
+        "SELECT stream_id, result_id, ts, {}, parser_version FROM measurements \
          WHERE stream_id = $1 AND ts >= $2 AND ts <= $3 ORDER BY ts LIMIT $4",
         columns.join(", ")
     )

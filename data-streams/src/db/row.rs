@@ -13,6 +13,7 @@ pub(crate) trait StoredRow<'r> {
     fn int_or_null(&'r self, column: &'r str) -> Result<Option<i64>, sqlx::Error>;
     fn flag(&'r self, column: &'r str) -> Result<bool, sqlx::Error>;
     fn uuid(&'r self, column: &'r str) -> Result<Uuid, sqlx::Error>;
+    fn uuid_or_null(&'r self, column: &'r str) -> Result<Option<Uuid>, sqlx::Error>;
 }
 
 impl<'r, R> StoredRow<'r> for R
@@ -45,6 +46,10 @@ where
     }
 
     fn uuid(&'r self, column: &'r str) -> Result<Uuid, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn uuid_or_null(&'r self, column: &'r str) -> Result<Option<Uuid>, sqlx::Error> {
         self.try_get(column)
     }
 }

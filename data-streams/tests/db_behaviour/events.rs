@@ -87,6 +87,7 @@ pub async fn persist_events_stores_and_replay_inserts_nothing(db: Db) {
             wd: expected.wd,
             ic: expected.ic.clone(),
             heat_index: expected.heat_index,
+            parser_version: 1,
         }
     );
 
