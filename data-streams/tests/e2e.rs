@@ -5,6 +5,7 @@
 //!
 //! The same scenario runs on the embedded defaults (SQLite + a folder) and on the production
 //! backends (a fresh PostgreSQL database + an S3 server on loopback, `objects::test_server`).
+//! At the end, DuckDB runs the README's query on the bucket: one row per fetch.
 
 mod support;
 
@@ -15,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use objects::test_server::S3TestServer;
 use objects::{ObjectStore, S3Store, StoreOptions};
+use serde_json::Value;
 use support::{
-    folder_store_url, iqair_stream, nearest_city, object_files, sim_env, sqlite_url, start_sim,
-    start_worker, start_worker_until, supervisor_env, worker_env, Env, Proc, Supervisor,
-    TestDatabase, BUCKET, IQAIR_KEY,
+    duckdb_query, iqair_stream, nearest_city, object_files, sim_env, sqlite_url, start_sim,
+    start_worker, start_worker_until, supervisor_env, worker_env, workspace_root, Env, Proc,
+    Supervisor, TestDatabase, BUCKET, IQAIR_KEY,
 };
 
 /// Where the supervisor and the worker keep things.
@@ -55,11 +57,14 @@ impl Backends {
     }
 }
 
+/// SQLite and a folder store at `<dir>/data/objects`, where `scripts/run-dev.sh` keeps it
+/// relative to the project root, so the README's queries run in `dir` as written.
 fn embedded(dir: &Path) -> Backends {
+    let root = dir.join("data/objects");
     Backends {
         database_url: sqlite_url(dir),
-        object_store_url: folder_store_url(dir),
-        folder_root: Some(dir.join("objects")),
+        object_store_url: format!("file://{}", root.display()),
+        folder_root: Some(root),
         extra_env: vec![],
         s3: None,
         database: None,
@@ -262,7 +267,82 @@ async fn kill_restart_and_check(stack: Stack) {
         "readings are deduplicated per pollution hour: {}",
         items.len()
     );
+    check_the_readme_query(&stack, &stream_id, items).await;
     drop(stack.sim);
+}
+
+/// The README's raw-response query, run as written by DuckDB in the stack's folder (where
+/// `data/objects` is the folder store; an S3 bucket is downloaded there first, key for key):
+/// one row per reference, `stream_id` and `dt` from the partitions, and each row's AQI the one
+/// the API's `/measurements` has for its pollution hour.
+async fn check_the_readme_query(stack: &Stack, stream_id: &str, readings: &[Value]) {
+    let refs = stack.supervisor.api.all_results(stream_id).await;
+    if stack.backends.s3.is_some() {
+        let store = stack.backends.store().await;
+        let root = stack.dir.path().join("data/objects").join(BUCKET);
+        for object in store.list(BUCKET, "").await.expect("list the bucket") {
+            let path = root.join(&object.key);
+            std::fs::create_dir_all(path.parent().expect("a folder")).expect("mkdir");
+            let bytes = store.get(BUCKET, &object.key).await.expect("get");
+            std::fs::write(&path, bytes).expect("write the downloaded object");
+        }
+    }
+    let query = readme_raw_query();
+    let rows = duckdb_query(stack.dir.path(), &[], &query);
+    assert_eq!(
+        rows.len(),
+        refs.len(),
+        "one row per fetch ({} references): {rows:?}",
+        refs.len()
+    );
+    let days: HashSet<String> = refs
+        .iter()
+        .map(|r| r["fetched_at"].as_str().expect("fetched_at")[..10].to_owned())
+        .collect();
+    let aqi_by_ts: HashMap<i64, f64> = readings
+        .iter()
+        .map(|m| {
+            let ts = chrono::DateTime::parse_from_rfc3339(m["ts"].as_str().expect("ts"))
+                .expect("an RFC 3339 ts")
+                .timestamp();
+            (ts, m["aqius"].as_f64().expect("aqius"))
+        })
+        .collect();
+    for row in &rows {
+        assert_eq!(row["stream_id"], stream_id, "{row}");
+        let dt = row["dt"].as_str().expect("dt");
+        assert!(days.contains(dt), "dt {dt} is a day of a fetch: {days:?}");
+        let ts = chrono::NaiveDateTime::parse_from_str(
+            row["ts"].as_str().expect("ts"),
+            "%Y-%m-%d %H:%M:%S",
+        )
+        .expect("a DuckDB timestamp")
+        .and_utc()
+        .timestamp();
+        assert_eq!(
+            aqi_by_ts.get(&ts).copied(),
+            row["aqius"].as_f64(),
+            "the raw AQI of {row} vs /measurements"
+        );
+    }
+}
+
+/// The README's SQL block that reads the raw responses, comment lines dropped.
+fn readme_raw_query() -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    readme
+        .split("```sql")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("read_json("))
+        .expect("the README has a read_json query")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .trim_end_matches(';')
+        .to_owned()
 }
 
 fn tracing_free_print(line: &str) {
