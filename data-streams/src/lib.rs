@@ -12,6 +12,7 @@ pub mod reconcile;
 pub mod settings;
 pub mod stream;
 pub mod supervisor;
+pub mod tables;
 pub mod worker_port;
 
 use std::net::SocketAddr;
@@ -209,6 +210,14 @@ impl Application {
             Duration::from_millis(settings.reconcile_interval_ms.max(100)),
             shutdown.clone(),
         ));
+        let tables = tables::Tables::new(db.clone(), self.store.clone());
+        if settings.tables_interval_ms > 0 {
+            tracker.spawn(tables.clone().run(
+                Duration::from_millis(settings.tables_interval_ms),
+                settings.tables_days,
+                shutdown.clone(),
+            ));
+        }
 
         let state = api::AppState {
             supervisor: supervisor.clone(),
@@ -218,6 +227,7 @@ impl Application {
             live: self.live,
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
+            tables,
         };
         let app = api::router(state, settings.max_body_bytes);
         let http = self.http;

@@ -80,6 +80,13 @@ pub struct Settings {
     /// How many days of `dt=` partitions (UTC, today included) the reconciler lists.
     #[arg(long, env = "RECONCILE_DAYS", default_value_t = 2)]
     pub reconcile_days: u32,
+    /// How often the warehouse tables' compactor writes the stale closed days, in ms (0: never;
+    /// `POST /tables/compact` still works).
+    #[arg(long, env = "TABLES_INTERVAL_MS", default_value_t = 600_000)]
+    pub tables_interval_ms: u64,
+    /// How many closed days (UTC, before today) the compactor keeps up to date.
+    #[arg(long, env = "TABLES_DAYS", default_value_t = 3)]
+    pub tables_days: u32,
 }
 
 impl Settings {
