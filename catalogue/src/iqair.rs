@@ -39,6 +39,11 @@ impl Source for IqAir {
     fn reading_columns(&self) -> &'static [Column] {
         COLUMNS
     }
+
+    /// Both AQIs are integers (IQAIR.md §3.2: `aqius`, `aqicn`).
+    fn integer_columns(&self) -> &'static [&'static str] {
+        &["aqius", "aqicn"]
+    }
 }
 
 /// The flattened reading of an IQAir city answer. Every field is optional: the API drops

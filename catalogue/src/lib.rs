@@ -33,6 +33,13 @@ pub trait Source: Sync {
     /// The columns of a reading, in storage order; empty when the source keeps raw objects
     /// only.
     fn reading_columns(&self) -> &'static [Column];
+
+    /// The [`ColumnKind::Real`] columns whose values the source defines as whole numbers (stored
+    /// as floats, since the API's numbers drift between `17` and `17.0`; typed as integers in
+    /// the warehouse tables). None by default.
+    fn integer_columns(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Every source of this build.

@@ -14,6 +14,7 @@ pub mod reparse;
 pub mod settings;
 pub mod stream;
 pub mod supervisor;
+pub mod tables;
 pub mod worker_port;
 
 use std::net::SocketAddr;
@@ -219,6 +220,14 @@ impl Application {
             settings.reparse_objects_per_second,
         );
         tracker.spawn(reparse.clone().run(shutdown.clone()));
+        let tables = tables::Tables::new(db.clone(), self.store.clone());
+        if settings.tables_interval_ms > 0 {
+            tracker.spawn(tables.clone().run(
+                Duration::from_millis(settings.tables_interval_ms),
+                settings.tables_days,
+                shutdown.clone(),
+            ));
+        }
 
         let state = api::AppState {
             supervisor: supervisor.clone(),
@@ -229,6 +238,7 @@ impl Application {
             reparse,
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
+            tables,
         };
         let app = api::router(state, settings.max_body_bytes);
         let http = self.http;

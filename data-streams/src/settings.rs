@@ -87,6 +87,13 @@ pub struct Settings {
     /// its pace.
     #[arg(long, env = "REPARSE_OBJECTS_PER_SECOND", default_value_t = 50)]
     pub reparse_objects_per_second: u32,
+    /// How often the warehouse tables' compactor writes the stale closed days, in ms (0: never;
+    /// `POST /tables/compact` still works).
+    #[arg(long, env = "TABLES_INTERVAL_MS", default_value_t = 600_000)]
+    pub tables_interval_ms: u64,
+    /// How many closed days (UTC, before today) the compactor keeps up to date.
+    #[arg(long, env = "TABLES_DAYS", default_value_t = 3)]
+    pub tables_days: u32,
 }
 
 /// One-shot commands of the `data-streams` binary, on the same database and object store
@@ -96,8 +103,8 @@ pub enum Command {
     /// Move raw objects of the first key layout (`<adapter>/<stream_id>/dt=…`) to the
     /// warehouse layout (`<adapter>/stream_id=<stream_id>/dt=…`) and point their references at
     /// the new keys. Idempotent and resumable: run it again after a kill or a failure; safe
-    /// beside a running supervisor. Prints what it did as JSON (the last line of stdout); exits 1 when an object could
-    /// not be moved.
+    /// beside a running supervisor. Prints what it did as JSON (the last line of
+    /// stdout); exits 1 when an object could not be moved.
     MigrateLayout,
 }
 

@@ -12,6 +12,7 @@ mod reports;
 mod results;
 mod streams;
 mod system;
+mod tables;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct AppState {
     /// Who may use the API (token and console sessions).
     pub auth: Auth,
     pub metrics: Option<PrometheusHandle>,
+    /// The warehouse tables (Parquet files of the readings).
+    pub tables: crate::tables::Tables,
 }
 
 /// The routes that need a token or a session, and the ones that do not, each with its part of
@@ -72,6 +75,8 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(jobs::reparse))
         .routes(routes!(jobs::list))
         .routes(routes!(jobs::get))
+        .routes(routes!(tables::list))
+        .routes(routes!(tables::compact))
         .routes(routes!(live::live))
         .routes(routes!(system::workers))
         .routes(routes!(system::reconciler))

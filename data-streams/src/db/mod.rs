@@ -23,6 +23,7 @@ mod reports;
 mod row;
 mod sqlite;
 mod streams;
+mod tables;
 mod workers;
 
 pub use error::{redact_url, DbError};
@@ -31,6 +32,7 @@ pub use model::{
     FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
 };
 pub use reports::{BucketFigures, GroupBy, GroupFigures, GroupKey, ReportFilter};
+pub use tables::{CellValue, DayWatermark, TableFile, TableRow, DAY_MS};
 
 /// Runs `$body` on whichever backend `$value` (a [`Db`] or a [`Tx`], named by `$enum`) holds,
 /// with `$inner` bound to the pool or transaction of that backend and, in the second form,
