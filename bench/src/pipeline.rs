@@ -1,7 +1,8 @@
 //! The pipeline benchmark: fetch → store → event → commit, end to end, against the simulator's
 //! bare GET rate, in one run.
 //!
-//! For each backend pair (SQLite + folder; PostgreSQL + the loopback `s3-test-server`) and each
+//! For each backend pair (SQLite + folder; SQLite + folder with `OBJECT_STORE_FOLDER_METADATA=tree`,
+//! which costs what the old sidecars did; PostgreSQL + the loopback `s3-test-server`) and each
 //! stream count (1,000 and 10,000; `--quick`: 100 and 1,000), fresh real processes: `iqair-sim`
 //! (rate limits off, no faults), `data-streams` and one `worker`. The streams are created through
 //! the HTTP API with the shortest interval the API accepts (1 s) and no call budget, before the
@@ -60,7 +61,11 @@ const CREATE_CONCURRENCY: usize = 16;
 /// Which database and object store a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
+    /// SQLite + the folder store, metadata in each object's extended attribute (the default).
     SqliteFolder,
+    /// The same with `OBJECT_STORE_FOLDER_METADATA=tree`: one more file and fsync per object,
+    /// as the sidecars in the partitions cost before (the choice the warehouse layout made).
+    SqliteFolderTree,
     PostgresS3,
 }
 
@@ -68,6 +73,7 @@ impl Backend {
     fn name(self) -> &'static str {
         match self {
             Backend::SqliteFolder => "sqlite_folder",
+            Backend::SqliteFolderTree => "sqlite_folder_tree",
             Backend::PostgresS3 => "postgres_s3",
         }
     }
@@ -113,7 +119,7 @@ async fn run_all(ctx: &Context) -> anyhow::Result<()> {
         .context("the bare simulator GET loop")?;
     figure("sim_bare_get", "get_per_s_before", bare_before);
 
-    let mut backends = vec![Backend::SqliteFolder];
+    let mut backends = vec![Backend::SqliteFolder, Backend::SqliteFolderTree];
     match std::env::var("BENCH_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => backends.push(Backend::PostgresS3),
         _ => note(
@@ -353,7 +359,7 @@ async fn pipeline(
 
         let mut store_env: Vec<(&str, String)> = Vec::new();
         let database_url = match backend {
-            Backend::SqliteFolder => {
+            Backend::SqliteFolder | Backend::SqliteFolderTree => {
                 // BENCH_OBJECTS_ROOT puts the folder store elsewhere (e.g. a tmpfs, to see
                 // what the disk's fsyncs cost).
                 let objects = match std::env::var("BENCH_OBJECTS_ROOT") {
@@ -361,6 +367,9 @@ async fn pipeline(
                     _ => dir.join("objects"),
                 };
                 store_env.push(("OBJECT_STORE_URL", format!("file://{}", objects.display())));
+                if backend == Backend::SqliteFolderTree {
+                    store_env.push(("OBJECT_STORE_FOLDER_METADATA", "tree".to_owned()));
+                }
                 format!("sqlite://{}", dir.join("ds.db").display())
             }
             Backend::PostgresS3 => {
@@ -432,7 +441,7 @@ async fn pipeline(
         ));
 
         let db = match backend {
-            Backend::SqliteFolder => BenchDb::Sqlite(
+            Backend::SqliteFolder | Backend::SqliteFolderTree => BenchDb::Sqlite(
                 SqlitePool::connect_with(
                     SqliteConnectOptions::new()
                         .filename(dir.join("ds.db"))
