@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+mod coverage;
 mod error;
 mod events;
 mod model;
@@ -24,6 +25,7 @@ mod sqlite;
 mod streams;
 mod workers;
 
+pub use coverage::FailureMark;
 pub use error::{redact_url, DbError};
 pub use model::{
     FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
