@@ -216,9 +216,7 @@ pub fn plan(schedule: &Schedule, from: i64, to: i64) -> Result<Slots, WindowErro
     };
     match schedule {
         Schedule::Interval { millis } => {
-            // `from < to`, so the span is positive.
-            let span = (to - from).unsigned_abs();
-            let slots = span.div_ceil((*millis).max(1));
+            let slots = to.abs_diff(from).div_ceil((*millis).max(1));
             if slots > MAX_SLOTS {
                 return Err(too_many(slots));
             }
@@ -230,8 +228,8 @@ pub fn plan(schedule: &Schedule, from: i64, to: i64) -> Result<Slots, WindowErro
             let cron = parse_cron(expr).map_err(WindowError::BadCron)?;
             let mut fires = Vec::new();
             // Fire times are whole seconds; croner keeps the sub-second part of where it starts.
-            let mut after =
-                chrono::DateTime::from_timestamp_millis((from - 1).div_euclid(1000) * 1000);
+            let start = from.saturating_sub(1).div_euclid(1000).saturating_mul(1000);
+            let mut after = chrono::DateTime::from_timestamp_millis(start);
             while let Some(at) = after.and_then(|t| next_after(&cron, t)) {
                 let ms = at.timestamp_millis();
                 if ms >= to {
@@ -260,7 +258,11 @@ pub struct Facts<'a> {
 
 /// The ledger of `[from, to)` from the runs of that window (and a little around it; any order).
 pub fn ledger(slots: &Slots, from: i64, to: i64, facts: Facts<'_>, runs: &[Run]) -> Ledger {
-    let open_from = (facts.now - facts.timeout_ms - SETTLE_MS).clamp(from, to);
+    let open_from = facts
+        .now
+        .saturating_sub(facts.timeout_ms)
+        .saturating_sub(SETTLE_MS)
+        .clamp(from, to);
     let mut acc = Acc {
         ledger: Ledger {
             open_from,
@@ -702,6 +704,13 @@ mod tests {
             plan(&every_second, T0, T0 + 365 * 86_400 * S),
             Err(WindowError::TooManySlots { .. })
         ));
+        assert!(
+            matches!(
+                plan(&every_second, i64::MIN, i64::MAX),
+                Err(WindowError::TooManySlots { .. })
+            ),
+            "a span beyond i64 does not overflow"
+        );
         let cron = Schedule::Cron {
             expr: "* * * * * *".into(),
         };

@@ -129,7 +129,14 @@ pub(super) async fn get(
     let id = parse_id(&id, "stream")?;
     let now = common::now_ms();
     let to = instant(window.to.as_deref(), "to")?.unwrap_or(now);
-    let from = instant(window.from.as_deref(), "from")?.unwrap_or(to - DEFAULT_WINDOW_MS);
+    let from =
+        instant(window.from.as_deref(), "from")?.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
+    // The answer shows both as RFC 3339: epoch ms beyond the calendar cannot be shown.
+    for (name, at) in [("from", from), ("to", to)] {
+        if chrono::DateTime::from_timestamp_millis(at).is_none() {
+            return Err(ApiError::bad(format!("{name} is outside the calendar")));
+        }
+    }
     let stream = state
         .db
         .get_stream(id)

@@ -136,6 +136,12 @@ async fn bad_windows_and_unknown_streams_are_refused(backend: Backend) {
     let error = body["error"].as_str().expect("an error line");
     assert!(error.contains("at most 100000"), "{error}");
 
+    // Epoch milliseconds far outside the calendar (and a span that would overflow).
+    let (status, body) = app
+        .get(&coverage(&format!("from={}&to={}", i64::MIN, i64::MAX)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
     let unknown = Uuid::now_v7();
     let (status, body) = app.get(&format!("/streams/{unknown}/coverage")).await;
     assert_eq!(status, 404, "{body}");
