@@ -1,6 +1,7 @@
 // #/streams/{id}: one stream's configuration and status, its US AQI over the last 7 days with
-// the category bands, its latest readings, results (each raw object one click away) and failed
-// runs. New results, readings and failures arrive over the live channel.
+// the category bands, its coverage over the last 24 hours (coverage.js), its latest readings,
+// results (each raw object one click away) and failed runs. New results, readings and failures
+// arrive over the live channel.
 
 import { get, query } from "./api.js";
 import * as live from "./live.js";
@@ -9,11 +10,14 @@ import {
 } from "./ui.js";
 import { aqiChart, aqiChip, legend, needsRescale } from "./aqi.js";
 import { streamActions, schedule } from "./page-streams.js";
+import { coverageStrip } from "./coverage.js";
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
 const RESULTS_PAGE = 20;
 /** Live rows kept in the results and failures tables; older ones stay a page away. */
 const KEEP_ROWS = 200;
+/** How often the coverage strip is read again while the page is open. */
+const COVERAGE_REFRESH_MS = 30_000;
 
 export async function render(main, route, ctx) {
   const id = route.params[0];
@@ -34,6 +38,7 @@ export async function render(main, route, ctx) {
   const resultsBody = h("tbody");
   const moreResults = h("button", { type: "button", class: "btn small", hidden: true, "data-test": "more-results" }, "Older results");
   const failuresBody = h("tbody");
+  const coverageBox = h("div", { "data-test": "coverage" }, h("p", { class: "muted" }, "Loading…"));
 
   fill(main,
     h("div", { class: "page-head" },
@@ -42,6 +47,7 @@ export async function render(main, route, ctx) {
     h("div", { class: "grid two" },
       card("US AQI, last 7 days", { class: "card chart-card" }, chartBox, legend(), chartNote),
       card("Configuration", { class: "card" }, configBody)),
+    card("Coverage, last 24 hours", { class: "card" }, coverageBox),
     card("Latest readings", { class: "card flush-table" }, readingsCount,
       h("div", { class: "scroll" }, h("table", { class: "table", "data-test": "readings" },
         h("thead", {}, h("tr", {},
@@ -209,15 +215,23 @@ export async function render(main, route, ctx) {
     if (nextResults) loadResults(nextResults).catch((err) => showError(err, "Results"));
   });
 
+  async function loadCoverage() {
+    const ledger = await get(`/streams/${encodeURIComponent(id)}/coverage`);
+    if (ctx.alive) fill(coverageBox, coverageStrip(ledger));
+  }
+  const coverageTimer = setInterval(() => loadCoverage().catch((err) => showError(err, "Coverage")), COVERAGE_REFRESH_MS);
+  ctx.onCleanup(() => clearInterval(coverageTimer));
+
   async function load() {
     const since = new Date(Date.now() - WEEK_MS).toISOString();
     const base = `/streams/${encodeURIComponent(id)}`;
-    const [s, m, , f, w] = await Promise.allSettled([
+    const [s, m, , f, w, c] = await Promise.allSettled([
       get(base),
       get(`${base}/measurements${query({ from: since, limit: 10000 })}`),
       loadResults(),
       get(`${base}/failures${query({ limit: 50 })}`),
       get("/workers"),
+      loadCoverage(),
     ]);
     if (!ctx.alive) return;
     if (s.status === "rejected") {
@@ -238,6 +252,10 @@ export async function render(main, route, ctx) {
     } else {
       showError(m.reason, "Readings");
       fill(chartBox, h("div", { class: "empty-chart" }, "The readings could not be loaded."));
+    }
+    if (c.status === "rejected") {
+      showError(c.reason, "Coverage");
+      fill(coverageBox, h("p", { class: "muted" }, "The coverage could not be loaded."));
     }
     if (f.status === "fulfilled") {
       fill(failuresBody, f.value.items.length ? f.value.items.map(failureRow)

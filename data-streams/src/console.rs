@@ -65,6 +65,12 @@ static ASSETS: &[Asset] = &[
         immutable: false,
     },
     Asset {
+        path: "coverage.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/coverage.js"),
+        immutable: false,
+    },
+    Asset {
         path: "page-stream.js",
         content_type: JS,
         bytes: include_bytes!("../console/page-stream.js"),

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod console;
+pub mod coverage;
 pub mod db;
 pub mod layout;
 pub mod live;

@@ -347,3 +347,68 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     assert_eq!(fetch_status(&client, "/streams").await, 401);
     client.close().await.expect("the session ends");
 }
+
+/// The stream page draws the coverage strip (`console/coverage.js`) of the last 24 hours with
+/// the counts the API gives, for a stream that ran a few seconds on the real worker and was
+/// stopped (so the counts no longer change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let logs = dir.path();
+    let stack = Stack::start(logs, "coverage-worker");
+    let api = &stack.supervisor.api;
+    let mut body = support::iqair_stream(&nearest_city(&stack.sim), IQAIR_KEY, 1_000);
+    body = support::unlimited(body);
+    let id = api.create_stream(&body).await["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    api.results_at_least(&id, 3, Duration::from_secs(30)).await;
+    api.stop_and_settle(&id, Duration::from_secs(20)).await;
+    // Past the open end (timeout 1 s + 2 s): every slot of the run is judged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, ledger) = api.get(&format!("/streams/{id}/coverage")).await;
+    assert_eq!(status, 200, "{ledger}");
+    let counts = &ledger["counts"];
+    assert!(counts["stored"].as_u64().expect("a count") >= 3, "{ledger}");
+
+    let (_driver, webdriver) = start_chromedriver(logs);
+    let client = browser(&webdriver, &logs.join("chromium-profile")).await;
+    let base = format!("http://{}", stack.supervisor.http);
+    client.goto(&format!("{base}/")).await.expect("the console");
+    find(&client, "login-token")
+        .await
+        .send_keys(API_TOKEN)
+        .await
+        .expect("type");
+    click(&client, "login-submit").await;
+    find(&client, "streams-table").await;
+    client
+        .goto(&format!("{base}/#/streams/{id}"))
+        .await
+        .expect("the stream page");
+    find(&client, "coverage-bar").await;
+    for outcome in ["expected", "stored", "failed", "skipped", "missing"] {
+        let want = counts[outcome].as_u64().expect("a count");
+        let script = format!(
+            "const e = document.querySelector('[data-test=coverage-{outcome}]'); \
+             return !!e && Number(e.textContent.replace(/[^0-9]/g, '')) === {want};"
+        );
+        until(
+            &client,
+            Duration::from_secs(10),
+            &format!("{outcome} {want}"),
+            &script,
+        )
+        .await;
+    }
+    until(
+        &client,
+        Duration::from_secs(10),
+        "stored spans in the bar",
+        "return document.querySelectorAll('[data-test=coverage-bar] rect[data-outcome=stored]').length > 0;",
+    )
+    .await;
+    screenshot(&client, "coverage").await;
+    client.close().await.expect("close the browser");
+}

@@ -4,6 +4,7 @@
 //! Errors are JSON `{"error": "...", "detail": ...}` with a 4xx for anything the caller got wrong.
 
 mod auth;
+mod coverage;
 pub mod docs;
 mod error;
 mod jobs;
@@ -70,6 +71,7 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(results::list))
         .routes(routes!(results::measurements))
         .routes(routes!(results::failures))
+        .routes(routes!(coverage::get))
         .routes(routes!(results::raw))
         .routes(routes!(reports::aqi))
         .routes(routes!(jobs::reparse))

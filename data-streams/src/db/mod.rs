@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+mod coverage;
 mod error;
 mod events;
 mod jobs;
@@ -26,6 +27,7 @@ mod streams;
 mod tables;
 mod workers;
 
+pub use coverage::FailureMark;
 pub use error::{redact_url, DbError};
 pub use jobs::{JobRow, JobScope, JobState, PageProgress, PageWritten, ParsedReading, RefToParse};
 pub use model::{

@@ -190,6 +190,7 @@ impl Db {
                 .fetch_one(pool)
                 .await?
         });
+        self.record_state(id, state, now_ms).await?;
         Ok(row)
     }
 
@@ -261,7 +262,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<Option<StreamRow>, DbError> {
         let sql = format!("{SET_STATE}{STREAM_COLUMNS}");
-        let row = dispatch!(Db, self, |pool| {
+        let row: Option<StreamRow> = dispatch!(Db, self, |pool| {
             sqlx::query_as(&sql)
                 .bind(id)
                 .bind(state.as_str())
@@ -271,6 +272,10 @@ impl Db {
                 .fetch_optional(pool)
                 .await?
         });
+        if row.is_some() {
+            // The coverage ledger's history: a stop expects nothing from then on.
+            self.record_state(id, state, now_ms).await?;
+        }
         Ok(row)
     }
 

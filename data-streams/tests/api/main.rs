@@ -3,6 +3,7 @@
 
 mod support;
 
+mod coverage;
 mod errors;
 mod persistence;
 mod reports;

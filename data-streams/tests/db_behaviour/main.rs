@@ -8,6 +8,7 @@
 mod support;
 
 mod connect;
+mod coverage;
 mod events;
 mod fixtures;
 mod harness;
@@ -47,6 +48,18 @@ crate::on_both_backends! {
         crate::reports::report_by_country_matches_the_hand_computed_figures
             => report_by_country_matches_the_hand_computed_figures,
         crate::reports::report_drills_down_and_windows => report_drills_down_and_windows,
+        crate::coverage::coverage_worker_down_span_is_exactly_the_missing_slots
+            => coverage_worker_down_span_is_exactly_the_missing_slots,
+        crate::coverage::coverage_counts_failures_by_class_and_skips
+            => coverage_counts_failures_by_class_and_skips,
+        crate::coverage::coverage_stopped_periods_and_time_before_creation_are_not_missing
+            => coverage_stopped_periods_and_time_before_creation_are_not_missing,
+        crate::coverage::coverage_leaves_the_open_end_unjudged
+            => coverage_leaves_the_open_end_unjudged,
+        crate::coverage::coverage_of_a_cron_stream_counts_its_fire_times
+            => coverage_of_a_cron_stream_counts_its_fire_times,
+        crate::coverage::coverage_refuses_empty_and_oversized_windows
+            => coverage_refuses_empty_and_oversized_windows,
     ],
     crate::harness::with_url: [
         crate::streams::reconnect_keeps_data => reconnect_keeps_data,
