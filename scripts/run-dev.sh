@@ -6,6 +6,7 @@
 #   scripts/run-dev.sh                    # simulator, SQLite under ./data, objects under ./data/objects
 #   IQAIR_API_KEY=... scripts/run-dev.sh  # the real api.airvisual.com
 #   PROFILE=release scripts/run-dev.sh    # optimised build
+#   RUN_DEV_BIN_DIR=target/debug scripts/run-dev.sh   # no build: the binaries in that folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +17,16 @@ SIM_ADDR=${IQAIR_SIM_ADDR:-127.0.0.1:8090}
 export DATA_STREAMS_HTTP_ADDR=$HTTP_ADDR DATA_STREAMS_WORKER_ADDR=$WORKER_ADDR
 mkdir -p data/logs
 
-echo "==> building ($PROFILE)"
-cargo build --profile "$PROFILE" --bins
-# Ask cargo where it builds: CARGO_TARGET_DIR, a config file or the default `target/`.
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bindir=${target_dir:-target}/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+if [[ -n "${RUN_DEV_BIN_DIR:-}" ]]; then
+  # Binaries built elsewhere (the test of this script runs it on the test build's binaries).
+  bindir=$RUN_DEV_BIN_DIR
+else
+  echo "==> building ($PROFILE)"
+  cargo build --profile "$PROFILE" --bins
+  # Ask cargo where it builds: CARGO_TARGET_DIR, a config file or the default `target/`.
+  target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  bindir=${target_dir:-target}/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+fi
 [[ -x "$bindir/data-streams" ]] || { echo "!! no data-streams binary in $bindir after the build"; exit 1; }
 
 pids=()
@@ -102,7 +108,8 @@ cat <<EOF2
     console        http://$HTTP_ADDR/   (the stream: http://$HTTP_ADDR/#/streams/$id)
     API docs       http://$HTTP_ADDR/docs   (OpenAPI: /openapi.json)
     API            http://$HTTP_ADDR   (health: /healthz, readiness: /readyz, metrics: /metrics)
-    raw objects    ./data/objects/results/IQAIR_DAILY/$id/dt=YYYY-MM-DD/<result_id>.json
+    raw objects    ./data/objects/results/IQAIR_DAILY/stream_id=$id/dt=YYYY-MM-DD/<result_id>.json
+                   (DuckDB: the README's "The warehouse" queries, run from this folder)
     database       ./data/data-streams.db (SQLite)
     logs           ./data/logs/
 
