@@ -18,9 +18,9 @@ use objects::test_server::S3TestServer;
 use objects::{ObjectStore, S3Store, StoreOptions};
 use serde_json::Value;
 use support::{
-    duckdb_query, iqair_stream, nearest_city, object_files, sim_env, sqlite_url, start_sim,
-    start_worker, start_worker_until, supervisor_env, worker_env, workspace_root, Env, Proc,
-    Supervisor, TestDatabase, BUCKET, IQAIR_KEY,
+    duckdb_query, iqair_stream, nearest_city, object_files, readme_sql, sim_env, sqlite_url,
+    start_sim, start_worker, start_worker_until, supervisor_env, worker_env, Env, Proc, Supervisor,
+    TestDatabase, BUCKET, IQAIR_KEY,
 };
 
 /// Where the supervisor and the worker keep things.
@@ -287,8 +287,7 @@ async fn check_the_readme_query(stack: &Stack, stream_id: &str, readings: &[Valu
             std::fs::write(&path, bytes).expect("write the downloaded object");
         }
     }
-    let query = readme_raw_query();
-    let rows = duckdb_query(stack.dir.path(), &[], &query);
+    let rows = duckdb_query(stack.dir.path(), &[], &readme_sql("read_json("));
     assert_eq!(
         rows.len(),
         refs.len(),
@@ -325,24 +324,6 @@ async fn check_the_readme_query(stack: &Stack, stream_id: &str, readings: &[Valu
             "the raw AQI of {row} vs /measurements"
         );
     }
-}
-
-/// The README's SQL block that reads the raw responses, comment lines dropped.
-fn readme_raw_query() -> String {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
-    readme
-        .split("```sql")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .find(|block| block.contains("read_json("))
-        .expect("the README has a read_json query")
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim()
-        .trim_end_matches(';')
-        .to_owned()
 }
 
 fn tracing_free_print(line: &str) {

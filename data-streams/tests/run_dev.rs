@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use support::{bin, command, duckdb_query, eventually, settled, workspace_root, Api, Env};
+use support::{
+    bin, command, duckdb_query, eventually, readme_sql, settled, workspace_root, Api, Env,
+};
 
 /// A port free right now on loopback.
 fn free_port() -> u16 {
@@ -109,15 +111,7 @@ async fn the_readme_query_gives_one_row_per_fetch_of_a_fresh_run_dev() {
     .await;
     let refs = api.all_results(&stream_id).await;
 
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
-    let query = readme
-        .split("```sql")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .find(|block| block.contains("read_json("))
-        .expect("the README has a read_json query")
-        .to_owned();
-    let rows = duckdb_query(dir.path(), &[], query.trim().trim_end_matches(';'));
+    let rows = duckdb_query(dir.path(), &[], &readme_sql("read_json("));
     assert_eq!(
         rows.len(),
         refs.len(),

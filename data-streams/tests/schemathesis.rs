@@ -15,22 +15,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{workspace_root, Stack, API_TOKEN, IQAIR_KEY};
+use support::{Stack, API_TOKEN, IQAIR_KEY};
 
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
                       response_headers_conformance,response_schema_conformance,ignored_auth";
 
 fn schemathesis() -> PathBuf {
-    let path = std::env::var("SCHEMATHESIS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target/test-venv/bin/schemathesis"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh, which installs schemathesis from PyPI into \
-         target/test-venv, or set SCHEMATHESIS",
-        path.display()
-    );
-    path
+    support::test_venv_program("SCHEMATHESIS", "schemathesis", "schemathesis")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,14 @@ struct ReadingRow<'a> {
     reading: &'a Measurement,
 }
 
+/// A reading to write: its stream, pollution ts, result, and the reading.
+pub(super) type ReadingToWrite<'a> = (Uuid, i64, Uuid, &'a Measurement);
+
+/// The catalogue's reading columns, in storage order.
+pub(super) fn reading_columns() -> Vec<&'static str> {
+    catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect()
+}
+
 /// Per stream, what this batch says about its health.
 #[derive(Default)]
 struct Bookkeeping<'a> {
@@ -243,27 +251,48 @@ impl Tx {
     }
 
     /// Inserts readings, the first per (stream, ts) winning; returns the (stream, ts) of the new
-    /// ones. The columns after the identity are the catalogue's, bound from the reading's cells.
+    /// ones.
     async fn insert_readings(
         &mut self,
         rows: &[ReadingRow<'_>],
     ) -> Result<Vec<(Uuid, i64)>, DbError> {
-        let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
+        let rows: Vec<ReadingToWrite<'_>> = rows
+            .iter()
+            .map(|m| (m.stream_id, m.ts, m.result_id, m.reading))
+            .collect();
+        self.write_readings(
+            &rows,
+            i64::from(catalogue::iqair::PARSER_VERSION),
+            " ON CONFLICT (stream_id, ts) DO NOTHING",
+        )
+        .await
+    }
+
+    /// Writes readings with `parser_version`: the identity, then the catalogue's columns bound
+    /// from each reading's cells, `on_conflict` saying what a row already there gets (the event
+    /// path keeps it, a re-parse replaces it when it owns it). Returns the (stream, ts) of the
+    /// rows written. No (stream, ts) may repeat within `rows` (PostgreSQL refuses to touch a
+    /// row twice in one statement).
+    pub(super) async fn write_readings(
+        &mut self,
+        rows: &[ReadingToWrite<'_>],
+        parser_version: i64,
+        on_conflict: &str,
+    ) -> Result<Vec<(Uuid, i64)>, DbError> {
         let head = format!(
             "INSERT INTO measurements (stream_id, ts, result_id, parser_version, {}) ",
-            columns.join(", ")
+            reading_columns().join(", ")
         );
-        let parser_version = i64::from(catalogue::iqair::PARSER_VERSION);
-        let mut inserted = Vec::new();
+        let mut written = Vec::new();
         for chunk in rows.chunks(CHUNK_ROWS) {
             let keys: Vec<(Uuid, i64)> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(&head);
-                query.push_values(chunk, |mut row, m| {
-                    row.push_bind(m.stream_id)
-                        .push_bind(m.ts)
-                        .push_bind(m.result_id)
+                query.push_values(chunk, |mut row, (stream_id, ts, result_id, reading)| {
+                    row.push_bind(*stream_id)
+                        .push_bind(*ts)
+                        .push_bind(*result_id)
                         .push_bind(parser_version);
-                    for cell in m.reading.cells() {
+                    for cell in reading.cells() {
                         match cell {
                             Cell::Text(v) => row.push_bind(v),
                             Cell::Real(v) => row.push_bind(v),
@@ -271,12 +300,12 @@ impl Tx {
                         };
                     }
                 });
-                query.push(" ON CONFLICT (stream_id, ts) DO NOTHING RETURNING stream_id, ts");
+                query.push(on_conflict).push(" RETURNING stream_id, ts");
                 query.build_query_as().fetch_all(&mut **tx).await?
             });
-            inserted.extend(keys);
+            written.extend(keys);
         }
-        Ok(inserted)
+        Ok(written)
     }
 
     /// Records failed runs, idempotent on the run id; returns the new run ids.

@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use catalogue::Cell;
 use protocol::Measurement;
 use sqlx::{FromRow, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::error::CorruptRow;
+use super::events::{reading_columns, ReadingToWrite};
 use super::row::StoredRow;
-use super::{dispatch, Db, DbError, CHUNK_ROWS};
+use super::{dispatch, Db, DbError};
 
 /// What a re-parse covers: one stream, one adapter or everything (both `None`), and a window on
 /// the results' `fetched_at` (epoch ms, `from_ms` inclusive, `to_ms` exclusive).
@@ -388,15 +388,10 @@ impl Db {
         let errors = serde_json::to_string(progress.errors).map_err(|e| DbError::Corrupt {
             what: format!("job {job_id}'s error counts cannot be written as JSON: {e}"),
         })?;
-        let columns: Vec<&str> = catalogue::iqair::COLUMNS.iter().map(|c| c.name).collect();
-        let head = format!(
-            "INSERT INTO measurements (stream_id, ts, result_id, parser_version, {}) ",
-            columns.join(", ")
-        );
         let tail = format!(
             " ON CONFLICT (stream_id, ts) DO UPDATE SET parser_version = excluded.parser_version, {} \
-             WHERE measurements.result_id = excluded.result_id RETURNING stream_id, ts",
-            columns
+             WHERE measurements.result_id = excluded.result_id",
+            reading_columns()
                 .iter()
                 .map(|c| format!("{c} = excluded.{c}"))
                 .collect::<Vec<_>>()
@@ -428,27 +423,11 @@ impl Db {
         let mut written = 0_i64;
         for mut round in rounds {
             round.sort_by_key(|r| (r.stream_id, r.ts));
-            for chunk in round.chunks(CHUNK_ROWS) {
-                let keys: Vec<(Uuid, i64)> = dispatch!(Tx, &mut tx, |tx, DB| {
-                    let mut query = QueryBuilder::<DB>::new(&head);
-                    query.push_values(chunk, |mut row, m| {
-                        row.push_bind(m.stream_id)
-                            .push_bind(m.ts)
-                            .push_bind(m.result_id)
-                            .push_bind(parser_version);
-                        for cell in m.reading.cells() {
-                            match cell {
-                                Cell::Text(v) => row.push_bind(v),
-                                Cell::Real(v) => row.push_bind(v),
-                                Cell::TimeMs(v) => row.push_bind(v),
-                            };
-                        }
-                    });
-                    query.push(&tail);
-                    query.build_query_as().fetch_all(&mut **tx).await?
-                });
-                written += keys.len() as i64;
-            }
+            let rows: Vec<ReadingToWrite<'_>> = round
+                .iter()
+                .map(|r| (r.stream_id, r.ts, r.result_id, &r.reading))
+                .collect();
+            written += tx.write_readings(&rows, parser_version, &tail).await?.len() as i64;
         }
         let skipped = readings.len() as i64 - written;
         dispatch!(Tx, &mut tx, |tx| {

@@ -15,16 +15,38 @@ use super::workspace_root;
 
 /// The Python interpreter that has the `duckdb` package.
 pub fn duckdb_python() -> PathBuf {
-    let path = std::env::var("DUCKDB_PYTHON")
+    test_venv_program("DUCKDB_PYTHON", "python", "duckdb")
+}
+
+/// A program of the test virtual environment (`target/test-venv/bin/<name>`, where
+/// scripts/test.sh installs `package` from PyPI), or the one the variable `env` names. Missing,
+/// the test fails saying how to get it; it never skips.
+pub fn test_venv_program(env: &str, name: &str, package: &str) -> PathBuf {
+    let path = std::env::var(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace_root().join("target/test-venv/bin/python"));
+        .unwrap_or_else(|_| workspace_root().join("target/test-venv/bin").join(name));
     assert!(
         path.exists(),
-        "{} is missing: run scripts/test.sh, which installs duckdb from PyPI into \
-         target/test-venv, or set DUCKDB_PYTHON",
+        "{} is missing: run scripts/test.sh, which installs {package} from PyPI into \
+         target/test-venv, or set {env}",
         path.display()
     );
     path
+}
+
+/// The README's SQL block that contains `marker` (e.g. `read_json(`), as written, without its
+/// trailing `;`: the tests run the analyst's queries exactly as the README shows them.
+pub fn readme_sql(marker: &str) -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README.md");
+    readme
+        .split("```sql")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("the README has no SQL block with {marker}"))
+        .trim()
+        .trim_end_matches(';')
+        .to_owned()
 }
 
 const RUNNER: &str = r#"
