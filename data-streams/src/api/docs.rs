@@ -180,6 +180,12 @@ mod tests {
             "/session",
             "/live",
             "/reports/aqi",
+            "/streams/{id}/coverage",
+            "/reparse",
+            "/jobs",
+            "/jobs/{id}",
+            "/tables",
+            "/tables/compact",
         ] {
             assert!(paths.contains_key(path), "{path} is not documented");
         }
