@@ -127,6 +127,11 @@ impl Supervisor {
                 let mut json = serde_json::Map::new();
                 json.insert("ts".into(), serde_json::json!(Rfc3339(ts)));
                 json.insert("result_id".into(), serde_json::json!(record.result_id));
+                // The version the event path stores it with (`Db::persist_batch`).
+                json.insert(
+                    "parser_version".into(),
+                    serde_json::json!(catalogue::iqair::PARSER_VERSION),
+                );
                 json.extend(catalogue::reading::to_json(
                     catalogue::iqair::COLUMNS,
                     &m.cells(),
