@@ -417,7 +417,8 @@ async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
 /// readings and was stopped; "Write today's tables now" writes today's Parquet file, which the
 /// table lists with the row count `GET /tables` gives; "Re-parse everything" (confirmed inline)
 /// adds a job that the page follows to `done`, with the objects read the API reports. The page's
-/// DuckDB queries are the README's.
+/// DuckDB queries are the README's. The stream page's "Re-parse this stream" queues that
+/// stream's job and links back to the page, which shows it done too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_warehouse_page_writes_todays_tables_and_follows_a_reparse() {
     let dir = tempfile::tempdir().expect("a temporary folder");
@@ -515,5 +516,32 @@ async fn the_warehouse_page_writes_todays_tables_and_follows_a_reparse() {
     let (_, jobs) = api.get("/jobs").await;
     assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
     screenshot(&client, "warehouse-jobs").await;
+
+    // The stream page's button re-parses that stream, and its note leads back here.
+    client
+        .goto(&format!("{base}/#/streams/{id}"))
+        .await
+        .expect("the stream page");
+    click(&client, "reparse-stream").await;
+    shows(&client, "reparse-note", "on the warehouse page").await;
+    let (_, jobs) = api.get("/jobs").await;
+    assert_eq!(
+        jobs["items"][0]["scope"]["stream_id"],
+        id.as_str(),
+        "{jobs}"
+    );
+    wait_css(&client, "[data-test=reparse-note] a[href='#/warehouse']")
+        .await
+        .click()
+        .await
+        .expect("the link to the warehouse");
+    until(
+        &client,
+        Duration::from_secs(30),
+        "both jobs done on the warehouse page",
+        "const rows = [...document.querySelectorAll('[data-test=job-row]')]; \
+         return rows.length === 2 && rows.every(r => r.dataset.state === 'done');",
+    )
+    .await;
     client.close().await.expect("close the browser");
 }
