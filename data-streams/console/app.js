@@ -1,5 +1,5 @@
 // The data-streams console: one page with hash routes (#/streams, #/streams/{id}, #/workers,
-// #/reports), talking to the API like any other client. Logging in trades the API token for a
+// #/reports, #/warehouse), talking to the API like any other client. Logging in trades the API token for a
 // session cookie (POST /session); the CSRF token of the session is kept in sessionStorage under
 // `ds-csrf`, where the API viewer (/docs) finds it too.
 
@@ -10,12 +10,14 @@ import * as streamsPage from "./page-streams.js";
 import * as streamPage from "./page-stream.js";
 import * as workersPage from "./page-workers.js";
 import * as reportsPage from "./page-reports.js";
+import * as warehousePage from "./page-warehouse.js";
 
 const ROUTES = [
   { pattern: /^\/streams\/?$/, page: streamsPage, nav: "streams", title: "Streams" },
   { pattern: /^\/streams\/([^/?]+)$/, page: streamPage, nav: "streams", title: "Stream" },
   { pattern: /^\/workers\/?$/, page: workersPage, nav: "workers", title: "Workers" },
   { pattern: /^\/reports\/?$/, page: reportsPage, nav: "reports", title: "Reports" },
+  { pattern: /^\/warehouse\/?$/, page: warehousePage, nav: "warehouse", title: "Warehouse" },
 ];
 
 const main = document.getElementById("main");
@@ -28,6 +30,7 @@ const navLinks = {
   streams: h("a", { href: "#/streams", "data-test": "nav-streams" }, "Streams"),
   workers: h("a", { href: "#/workers", "data-test": "nav-workers" }, "Workers"),
   reports: h("a", { href: "#/reports", "data-test": "nav-reports" }, "Reports"),
+  warehouse: h("a", { href: "#/warehouse", "data-test": "nav-warehouse" }, "Warehouse"),
 };
 const liveBadge = h("span", { class: "live", "data-test": "live-state" });
 const logout = h("a", { href: "#", "data-test": "logout", class: "logout" }, "Log out");
@@ -38,7 +41,7 @@ function renderHeader() {
   fill(header,
     h("a", { href: "#/streams", class: "brand" }, "data-streams"),
     loggedIn ? h("nav", { class: "nav" },
-      navLinks.streams, navLinks.workers, navLinks.reports,
+      navLinks.streams, navLinks.workers, navLinks.reports, navLinks.warehouse,
       h("a", { href: "/docs", "data-test": "nav-api" }, "API")) : null,
     h("span", { class: "spacer" }),
     loggedIn ? liveBadge : null,

@@ -1,12 +1,12 @@
 // #/streams/{id}: one stream's configuration and status, its US AQI over the last 7 days with
 // the category bands, its coverage over the last 24 hours (coverage.js), its latest readings,
 // results (each raw object one click away) and failed runs. New results, readings and failures
-// arrive over the live channel.
+// arrive over the live channel. "Re-parse this stream" queues a job shown on #/warehouse.
 
-import { get, query } from "./api.js";
+import { get, post, query } from "./api.js";
 import * as live from "./live.js";
 import {
-  h, fill, time, duration, paramsShort, statusBadge, showError, card, num, bytes, pollutant,
+  h, fill, time, duration, paramsShort, statusBadge, showError, card, num, bytes, pollutant, errorText,
 } from "./ui.js";
 import { aqiChart, aqiChip, legend, needsRescale } from "./aqi.js";
 import { streamActions, schedule } from "./page-streams.js";
@@ -39,11 +39,27 @@ export async function render(main, route, ctx) {
   const moreResults = h("button", { type: "button", class: "btn small", hidden: true, "data-test": "more-results" }, "Older results");
   const failuresBody = h("tbody");
   const coverageBox = h("div", { "data-test": "coverage" }, h("p", { class: "muted" }, "Loading…"));
+  const reparseNote = h("span", { "data-test": "reparse-note" });
+  const reparseButton = h("button", {
+    type: "button", class: "btn small", "data-test": "reparse-stream",
+    title: "Rebuild this stream's readings from its raw objects with the current parser",
+  }, "Re-parse this stream");
+  reparseButton.addEventListener("click", async () => {
+    reparseButton.disabled = true;
+    try {
+      const job = await post("/reparse", { stream_id: id });
+      if (ctx.alive) fill(reparseNote, "Job ", h("a", { href: "#/warehouse", title: job.id }, `${job.state} on the warehouse page`));
+    } catch (err) {
+      if (ctx.alive) fill(reparseNote, h("span", { class: "error-text" }, errorText(err)));
+    } finally {
+      reparseButton.disabled = false;
+    }
+  });
 
   fill(main,
     h("div", { class: "page-head" },
       h("div", { class: "title-line" }, h("a", { href: "#/streams", class: "back" }, "← Streams"), title, statusSlot),
-      actionsSlot),
+      h("div", { class: "toolbar" }, h("span", { class: "stream-reparse" }, reparseButton, reparseNote), actionsSlot)),
     h("div", { class: "grid two" },
       card("US AQI, last 7 days", { class: "card chart-card" }, chartBox, legend(), chartNote),
       card("Configuration", { class: "card" }, configBody)),

@@ -89,6 +89,12 @@ static ASSETS: &[Asset] = &[
         immutable: false,
     },
     Asset {
+        path: "page-warehouse.js",
+        content_type: JS,
+        bytes: include_bytes!("../console/page-warehouse.js"),
+        immutable: false,
+    },
+    Asset {
         path: "app.css",
         content_type: CSS,
         bytes: include_bytes!("../console/app.css"),

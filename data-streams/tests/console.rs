@@ -412,3 +412,136 @@ async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
     screenshot(&client, "coverage").await;
     client.close().await.expect("close the browser");
 }
+
+/// The warehouse page (`console/page-warehouse.js`) on the real stack: a stream fetched a few
+/// readings and was stopped; "Write today's tables now" writes today's Parquet file, which the
+/// table lists with the row count `GET /tables` gives; "Re-parse everything" (confirmed inline)
+/// adds a job that the page follows to `done`, with the objects read the API reports. The page's
+/// DuckDB queries are the README's. The stream page's "Re-parse this stream" queues that
+/// stream's job and links back to the page, which shows it done too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warehouse_page_writes_todays_tables_and_follows_a_reparse() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let logs = dir.path();
+    let stack = Stack::start(logs, "warehouse-worker");
+    let api = &stack.supervisor.api;
+    let body = support::unlimited(support::iqair_stream(
+        &nearest_city(&stack.sim),
+        IQAIR_KEY,
+        1_000,
+    ));
+    let id = api.create_stream(&body).await["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+    api.results_at_least(&id, 2, Duration::from_secs(30)).await;
+    api.stop_and_settle(&id, Duration::from_secs(20)).await;
+    let results = api.result_count(&id).await;
+
+    let (_driver, webdriver) = start_chromedriver(logs);
+    let client = browser(&webdriver, &logs.join("chromium-profile")).await;
+    let base = format!("http://{}", stack.supervisor.http);
+    client.goto(&format!("{base}/")).await.expect("the console");
+    find(&client, "login-token")
+        .await
+        .send_keys(API_TOKEN)
+        .await
+        .expect("type");
+    click(&client, "login-submit").await;
+    find(&client, "streams-table").await;
+    click(&client, "nav-warehouse").await;
+    shows(&client, "tables-table", "No Parquet file yet").await;
+    shows(&client, "jobs-table", "No re-parse job yet").await;
+    for marker in ["read_json(", "read_parquet("] {
+        shows(&client, "queries", &support::readme_sql(marker)).await;
+    }
+
+    // Today's tables, written from the page: the file the API lists, with its row count.
+    click(&client, "compact-now").await;
+    shows(&client, "compact-result", "wrote 1 file").await;
+    let (status, tables) = api.get("/tables").await;
+    assert_eq!(status, 200, "{tables}");
+    let files = tables["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "one stream, one day: {tables}");
+    let file = &files[0];
+    let rows = file["rows"].as_u64().expect("rows");
+    assert!(rows > 0, "{tables}");
+    let script = format!(
+        "const f = [...document.querySelectorAll('[data-test=table-file]')]
+             .find(r => r.dataset.key === {key} && r.dataset.bucket === {bucket});
+         return !!f && f.dataset.day === {day}
+             && Number(f.querySelector('[data-test=file-rows]').textContent.replace(/[^0-9]/g, '')) === {rows};",
+        key = file["key"],
+        bucket = file["bucket"],
+        day = file["day"],
+    );
+    until(
+        &client,
+        Duration::from_secs(10),
+        &format!("the file with {rows} rows"),
+        &script,
+    )
+    .await;
+    screenshot(&client, "warehouse-tables").await;
+
+    // Re-parse everything: confirmed inline, followed to the end.
+    click(&client, "reparse-all").await;
+    click(&client, "reparse-confirm").await;
+    until(
+        &client,
+        Duration::from_secs(60),
+        "the re-parse job done",
+        "const r = document.querySelector('[data-test=job-row]'); \
+         return !!r && r.dataset.state === 'done';",
+    )
+    .await;
+    let row = find(&client, "job-row").await;
+    let job_id = row
+        .attr("data-id")
+        .await
+        .expect("an attribute")
+        .expect("a job id");
+    let (status, job) = api.get(&format!("/jobs/{job_id}")).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["state"], "done", "{job}");
+    let read = job["progress"]["objects_read"].as_u64().expect("a count");
+    assert_eq!(read as usize, results, "every result's object: {job}");
+    let progress = wait_css(&client, "[data-test=job-row] [data-test=job-progress]").await;
+    assert_eq!(
+        progress.attr("data-read").await.expect("an attribute"),
+        Some(read.to_string()),
+        "{job}"
+    );
+    shows(&client, "job-progress", &format!("{read} / {read}")).await;
+    let (_, jobs) = api.get("/jobs").await;
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
+    screenshot(&client, "warehouse-jobs").await;
+
+    // The stream page's button re-parses that stream, and its note leads back here.
+    client
+        .goto(&format!("{base}/#/streams/{id}"))
+        .await
+        .expect("the stream page");
+    click(&client, "reparse-stream").await;
+    shows(&client, "reparse-note", "on the warehouse page").await;
+    let (_, jobs) = api.get("/jobs").await;
+    assert_eq!(
+        jobs["items"][0]["scope"]["stream_id"],
+        id.as_str(),
+        "{jobs}"
+    );
+    wait_css(&client, "[data-test=reparse-note] a[href='#/warehouse']")
+        .await
+        .click()
+        .await
+        .expect("the link to the warehouse");
+    until(
+        &client,
+        Duration::from_secs(30),
+        "both jobs done on the warehouse page",
+        "const rows = [...document.querySelectorAll('[data-test=job-row]')]; \
+         return rows.length === 2 && rows.every(r => r.dataset.state === 'done');",
+    )
+    .await;
+    client.close().await.expect("close the browser");
+}
