@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(parsed.map(|k| k.result_id()), Some(id));
         for foreign in [
             format!("IQAIR_DAILY/stream_id=x/dt=2026-11-22/{id}.json"),
-            format!("_tables/measurements/adapter=IQAIR_DAILY/dt=2026-11-22/part-0.parquet"),
+            "_tables/measurements/adapter=IQAIR_DAILY/dt=2026-11-22/part-0.parquet".to_owned(),
             format!("IQAIR_DAILY/{id}/dt=2026-11-22/notes.txt"),
             format!("IQAIR_DAILY/{id}/dt=2026-11-22/abc.json"),
             format!("IQAIR_DAILY/x/dt=2026-11-22/{id}.json"),
