@@ -348,31 +348,29 @@ async fn a_new_user_runs_a_stream_from_the_console() {
     client.close().await.expect("the session ends");
 }
 
-/// The stream page draws the coverage strip (`console/coverage.js`) of the last 24 hours with
-/// the counts the API gives, for a stream that ran a few seconds on the real worker and was
-/// stopped (so the counts no longer change).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let logs = dir.path();
-    let stack = Stack::start(logs, "coverage-worker");
+/// A stream on the stack's simulator every second, without a call budget, that stored at least
+/// `results` results and was then stopped and settled (its figures no longer change).
+async fn a_stream_that_ran(stack: &Stack, results: usize) -> String {
     let api = &stack.supervisor.api;
-    let mut body = support::iqair_stream(&nearest_city(&stack.sim), IQAIR_KEY, 1_000);
-    body = support::unlimited(body);
+    let body = support::unlimited(support::iqair_stream(
+        &nearest_city(&stack.sim),
+        IQAIR_KEY,
+        1_000,
+    ));
     let id = api.create_stream(&body).await["id"]
         .as_str()
         .expect("an id")
         .to_owned();
-    api.results_at_least(&id, 3, Duration::from_secs(30)).await;
+    api.results_at_least(&id, results, Duration::from_secs(30))
+        .await;
     api.stop_and_settle(&id, Duration::from_secs(20)).await;
-    // Past the open end (timeout 1 s + 2 s): every slot of the run is judged.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (status, ledger) = api.get(&format!("/streams/{id}/coverage")).await;
-    assert_eq!(status, 200, "{ledger}");
-    let counts = &ledger["counts"];
-    assert!(counts["stored"].as_u64().expect("a count") >= 3, "{ledger}");
+    id
+}
 
-    let (_driver, webdriver) = start_chromedriver(logs);
+/// Chromedriver, a browser, and the stack's console logged in with the API token, on the
+/// streams page; the driver (kept alive by the caller), the browser and the console's URL.
+async fn logged_in(logs: &Path, stack: &Stack) -> (Proc, Client, String) {
+    let (driver, webdriver) = start_chromedriver(logs);
     let client = browser(&webdriver, &logs.join("chromium-profile")).await;
     let base = format!("http://{}", stack.supervisor.http);
     client.goto(&format!("{base}/")).await.expect("the console");
@@ -383,6 +381,27 @@ async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
         .expect("type");
     click(&client, "login-submit").await;
     find(&client, "streams-table").await;
+    (driver, client, base)
+}
+
+/// The stream page draws the coverage strip (`console/coverage.js`) of the last 24 hours with
+/// the counts the API gives, for a stream that ran a few seconds on the real worker and was
+/// stopped (so the counts no longer change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let logs = dir.path();
+    let stack = Stack::start(logs, "coverage-worker");
+    let api = &stack.supervisor.api;
+    let id = a_stream_that_ran(&stack, 3).await;
+    // Past the open end (timeout 1 s + 2 s): every slot of the run is judged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, ledger) = api.get(&format!("/streams/{id}/coverage")).await;
+    assert_eq!(status, 200, "{ledger}");
+    let counts = &ledger["counts"];
+    assert!(counts["stored"].as_u64().expect("a count") >= 3, "{ledger}");
+
+    let (_driver, client, base) = logged_in(logs, &stack).await;
     client
         .goto(&format!("{base}/#/streams/{id}"))
         .await
@@ -425,30 +444,10 @@ async fn the_warehouse_page_writes_todays_tables_and_follows_a_reparse() {
     let logs = dir.path();
     let stack = Stack::start(logs, "warehouse-worker");
     let api = &stack.supervisor.api;
-    let body = support::unlimited(support::iqair_stream(
-        &nearest_city(&stack.sim),
-        IQAIR_KEY,
-        1_000,
-    ));
-    let id = api.create_stream(&body).await["id"]
-        .as_str()
-        .expect("an id")
-        .to_owned();
-    api.results_at_least(&id, 2, Duration::from_secs(30)).await;
-    api.stop_and_settle(&id, Duration::from_secs(20)).await;
+    let id = a_stream_that_ran(&stack, 2).await;
     let results = api.result_count(&id).await;
 
-    let (_driver, webdriver) = start_chromedriver(logs);
-    let client = browser(&webdriver, &logs.join("chromium-profile")).await;
-    let base = format!("http://{}", stack.supervisor.http);
-    client.goto(&format!("{base}/")).await.expect("the console");
-    find(&client, "login-token")
-        .await
-        .send_keys(API_TOKEN)
-        .await
-        .expect("type");
-    click(&client, "login-submit").await;
-    find(&client, "streams-table").await;
+    let (_driver, client, base) = logged_in(logs, &stack).await;
     click(&client, "nav-warehouse").await;
     shows(&client, "tables-table", "No Parquet file yet").await;
     shows(&client, "jobs-table", "No re-parse job yet").await;
