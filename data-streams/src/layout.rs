@@ -16,6 +16,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use objects::{Layout, ObjectKey, ObjectMeta, ObjectStore, StoreError};
@@ -58,11 +59,19 @@ pub enum MigrationError {
     },
 }
 
-/// Moves every legacy-layout object of every bucket the streams name.
+/// Moves every legacy-layout object of every bucket the streams name, at most
+/// `objects_per_second` a second (0: no limit).
 pub async fn migrate_layout(
     db: &Db,
     store: Arc<dyn ObjectStore>,
+    objects_per_second: u32,
 ) -> Result<MigrationReport, MigrationError> {
+    // One pace for all the moves in flight; missed ticks delay rather than burst.
+    let pace = (objects_per_second > 0).then(|| {
+        let mut interval = tokio::time::interval(Duration::from_secs(1) / objects_per_second);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::sync::Mutex::new(interval)
+    });
     let mut buckets: Vec<String> = db
         .list_streams()
         .await?
@@ -94,8 +103,12 @@ pub async fn migrate_layout(
         let done = AtomicU64::new(0);
         let outcomes: Vec<Result<Moved, MoveError>> = stream::iter(legacy)
             .map(|key| {
-                let (store, bucket, done) = (store.clone(), bucket.as_str(), &done);
+                let (store, bucket, done, pace) =
+                    (store.clone(), bucket.as_str(), &done, pace.as_ref());
                 async move {
+                    if let Some(pace) = pace {
+                        pace.lock().await.tick().await;
+                    }
                     let outcome = move_one(db, &*store, bucket, &key).await;
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if n % 1_000 == 0 {

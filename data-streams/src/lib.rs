@@ -267,10 +267,13 @@ impl Application {
 
 /// `data-streams migrate-layout`: connect as the supervisor does (its schema migrations
 /// included) and move every legacy-layout object ([`layout::migrate_layout`]).
-pub async fn migrate_layout(settings: &Settings) -> Result<layout::MigrationReport, StartupError> {
+pub async fn migrate_layout(
+    settings: &Settings,
+    objects_per_second: u32,
+) -> Result<layout::MigrationReport, StartupError> {
     let db = connect_db(settings).await?;
     let store = settings.store.open().await?;
-    layout::migrate_layout(&db, store)
+    layout::migrate_layout(&db, store, objects_per_second)
         .await
         .map_err(StartupError::Migration)
 }

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     common::init_tracing();
     let settings = Settings::parse();
-    if let Some(Command::MigrateLayout) = settings.command {
-        match data_streams::migrate_layout(&settings).await {
+    if let Some(Command::MigrateLayout { objects_per_second }) = settings.command {
+        match data_streams::migrate_layout(&settings, objects_per_second).await {
             Ok(report) => {
                 println!("{}", serde_json::to_string(&report)?);
                 std::process::exit(if report.failed == 0 { 0 } else { 1 });

@@ -105,7 +105,12 @@ pub enum Command {
     /// the new keys. Idempotent and resumable: run it again after a kill or a failure; safe
     /// beside a running supervisor. Prints what it did as JSON (the last line of
     /// stdout); exits 1 when an object could not be moved.
-    MigrateLayout,
+    MigrateLayout {
+        /// Most objects moved per second (0: no limit), so a migration beside a running
+        /// pipeline leaves the store its pace.
+        #[arg(long, env = "MIGRATE_LAYOUT_OBJECTS_PER_SECOND", default_value_t = 0)]
+        objects_per_second: u32,
+    },
 }
 
 impl Settings {

@@ -169,8 +169,10 @@ async fn killed_and_resumed(
     for fraction in [3, 3] {
         let before = count(&*store, Layout::Hive).await;
         let target = before + (referenced + UNREFERENCED) / fraction;
+        // Paced, so the kill lands part-way whatever the machine's speed (unpaced, a fast
+        // machine finished 150 objects on S3 between two looks).
         let mut child = command(&bin("data-streams"), &env)
-            .arg("migrate-layout")
+            .args(["migrate-layout", "--objects-per-second", "100"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
