@@ -181,6 +181,8 @@ fn start_config() -> StreamConfig {
         bucket_name: "results".into(),
         params: BTreeMap::new(),
         rate_limit: RateLimit::COMMUNITY,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
 
@@ -203,6 +205,11 @@ fn result_pool() -> Vec<Event> {
                 size: 1_234,
                 sha256: format!("{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15),
                 measurement: None,
+                run_id: uuid::Uuid::now_v7(),
+                page: 0,
+                records: None,
+                attempts: 1,
+                ends_run: true,
             })
         })
         .collect()

@@ -126,6 +126,8 @@ fn config(i: usize, endpoint: &str) -> StreamConfig {
         .into_iter()
         .collect(),
         rate_limit: RateLimit::UNLIMITED,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
 
@@ -198,7 +200,8 @@ async fn accept(listener: &TcpListener, seen: Arc<Seen>) -> anyhow::Result<LinkH
                         Event::RunFailed(_) => {
                             seen.failures.fetch_add(1, Ordering::Relaxed);
                         }
-                        Event::WorkerAvailable { .. } => {}
+                        // IQAir runs are single fetches: no run reports.
+                        Event::WorkerAvailable { .. } | Event::Run(_) => {}
                     }
                 }
                 next = incoming.try_recv().ok();

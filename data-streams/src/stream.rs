@@ -531,6 +531,8 @@ impl From<&StreamRow> for StreamConfig {
             bucket_name: spec.bucket_name.clone(),
             params,
             rate_limit: spec.rate_limit,
+            source: String::new(),
+            window_start_ms: None,
         }
     }
 }

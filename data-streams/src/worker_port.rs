@@ -287,6 +287,7 @@ async fn collect(
             match event {
                 Event::Results(r) => batch.results.push(r),
                 Event::RunFailed(f) => batch.failures.push(f),
+                Event::Run(_) => {}
                 Event::WorkerAvailable { .. } => {}
             }
         }

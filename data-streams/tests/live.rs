@@ -129,6 +129,9 @@ async fn a_result_reaches_its_subscriber_after_the_commit_and_a_replay_is_not_ne
         class: FailureClass::Timeout,
         message: "no complete answer within 100 ms".into(),
         stream_stopped: false,
+        scheduled_at_ms: T0 + 6_000,
+        started_at_ms: T0 + 6_000,
+        attempts: 1,
     };
     raw.link
         .event(3, Event::RunFailed(failure.clone()))

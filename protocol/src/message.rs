@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use catalogue::iqair::Measurement;
 
 /// Version of the wire format. A peer with another version is rejected during the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Everything that crosses the link, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +180,14 @@ pub struct StreamConfig {
     /// from one shared budget; when their configured limits differ, the strictest applies per
     /// window (the smallest non-zero limit).
     pub rate_limit: RateLimit,
+    /// The source's own description of what to call, as JSON text (`HTTP_JSON`: `request`,
+    /// `pagination`, `records`, `max_pages`, `page_concurrency`, `job`; see
+    /// `catalogue::http_json::Spec`); empty for sources that need none (IQAir).
+    pub source: String,
+    /// Where the next run's incremental window starts, ms since the Unix epoch: the end of the
+    /// last window the supervisor has stored, or the stream's `start_at`. `None`: one schedule
+    /// period before the slot. The worker keeps its own later value while it runs the stream.
+    pub window_start_ms: Option<i64>,
 }
 
 /// Calls allowed per API key: in any 61 s (a sliding minute), per UTC calendar day and per UTC
@@ -241,6 +249,11 @@ pub enum Event {
         running: Vec<RunningStream>,
         last: bool,
     },
+    /// `data-streams:run` — how a run of several steps (pages, an async job, a sweep) stands:
+    /// sent when it starts, when its job changes state, and when it ends. A single-fetch run
+    /// sends none: its one [`Event::Results`] (with `ends_run`) or [`Event::RunFailed`] says
+    /// it all.
+    Run(Box<RunReport>),
 }
 
 impl Event {
@@ -273,6 +286,7 @@ impl Event {
             Event::Results(_) => "data-streams:results",
             Event::RunFailed(_) => "data-streams:run_failed",
             Event::WorkerAvailable { .. } => "data-streams:worker_available",
+            Event::Run(_) => "data-streams:run",
         }
     }
 }
@@ -299,6 +313,17 @@ pub struct ResultRecord {
     /// The parsed reading; `None` when the response held no reading. Boxed: it is most of the
     /// record's size, and events are moved through channels and queues many times.
     pub measurement: Option<Box<Measurement>>,
+    /// The run this object belongs to (UUIDv7, made when the run started).
+    pub run_id: Uuid,
+    /// The page of the run this object holds, from 0 (a single-fetch run has page 0 only).
+    pub page: u32,
+    /// How many records the page holds, where the source says where its records are.
+    pub records: Option<u64>,
+    /// Calls the run made up to and including this object's (retries count).
+    pub attempts: u32,
+    /// This object ends its run (a single-fetch run): the supervisor records the run as
+    /// stored from this record alone.
+    pub ends_run: bool,
 }
 
 /// A run that produced no object, and why.
@@ -314,6 +339,126 @@ pub struct RunFailure {
     pub message: String,
     /// True when the worker stopped the stream because of it (bad or expired key).
     pub stream_stopped: bool,
+    /// When the schedule meant the run to start, and when it did, ms since the Unix epoch.
+    pub scheduled_at_ms: i64,
+    pub started_at_ms: i64,
+    /// Calls the run made (0: none, e.g. the key's budget was used up).
+    pub attempts: u32,
+}
+
+/// How a run of several steps stands ([`Event::Run`]); the supervisor keeps one row per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// UUIDv7, made when the run started; every page's [`ResultRecord::run_id`].
+    pub run_id: Uuid,
+    pub stream_id: Uuid,
+    /// The slot (tick) the run is for, and when it started, ms since the Unix epoch.
+    pub scheduled_at_ms: i64,
+    pub started_at_ms: i64,
+    /// When it ended; `None` while it runs.
+    pub finished_at_ms: Option<i64>,
+    pub status: RunStatus,
+    /// Calls made so far (pages, retries, job polls and token requests).
+    pub attempts: u32,
+    /// Pages stored so far, records in them (where the source says where records are) and
+    /// their bytes.
+    pub pages: u32,
+    pub records: Option<u64>,
+    pub bytes: u64,
+    /// The incremental window the run covers: `[start, end)` in ms since the Unix epoch.
+    pub window: Option<RunWindow>,
+    /// The async job's states so far, oldest first.
+    pub job: Vec<JobStep>,
+    /// Why it failed (status `failed`) or was cut short (`truncated`). Never a key.
+    pub class: Option<FailureClass>,
+    pub message: Option<String>,
+    /// True when the worker stopped the stream because of it (bad or expired key).
+    pub stream_stopped: bool,
+}
+
+/// A run's `[start, end)` window, ms since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunWindow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RunStatus {
+    /// Fetching pages (or sweeping cities).
+    Running,
+    /// Its async job is submitted and waits in the API's queue.
+    Queued,
+    /// Its async job is being worked on by the API.
+    Processing,
+    /// Done: every page is stored (and referenced).
+    Stored,
+    /// Ended without all of its data; the pages stored so far stay referenced.
+    Failed,
+    /// Stopped at `max_pages` with more to fetch: what was fetched is stored.
+    Truncated,
+}
+
+impl RunStatus {
+    /// The lower-case name stored in the database and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Queued => "queued",
+            RunStatus::Processing => "processing",
+            RunStatus::Stored => "stored",
+            RunStatus::Failed => "failed",
+            RunStatus::Truncated => "truncated",
+        }
+    }
+
+    /// Whether the run is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Stored | RunStatus::Failed | RunStatus::Truncated
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One state of an async report job, and when the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStep {
+    pub state: JobState,
+    pub at_ms: i64,
+}
+
+/// The states of an async report job: `queued → processing → success | failed → downloaded`,
+/// and `resubmitted` when the first submission passed its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Processing,
+    Success,
+    Failed,
+    Downloaded,
+    Resubmitted,
+}
+
+impl JobState {
+    /// The lower-case name shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Processing => "processing",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+            JobState::Downloaded => "downloaded",
+            JobState::Resubmitted => "resubmitted",
+        }
+    }
 }
 
 /// The class of a failed run (DESIGN.md "Failures").
@@ -376,6 +521,8 @@ mod tests {
             bucket_name: "results".into(),
             params: BTreeMap::new(),
             rate_limit: RateLimit::COMMUNITY,
+            source: String::new(),
+            window_start_ms: None,
         };
         let printed = format!("{:?} {:?}", cfg, Call::Start(cfg.clone()));
         assert!(!printed.contains("super-secret-value"), "{printed}");

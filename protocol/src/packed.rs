@@ -80,6 +80,8 @@ mod tests {
             .into_iter()
             .collect(),
             rate_limit: RateLimit::COMMUNITY,
+            source: String::new(),
+            window_start_ms: None,
         }
     }
 

@@ -92,6 +92,8 @@ fn stream_config() -> impl Strategy<Value = StreamConfig> {
                     bucket_name: "results".into(),
                     params: params.into_iter().collect::<BTreeMap<_, _>>(),
                     rate_limit: protocol::RateLimit::COMMUNITY,
+                    source: String::new(),
+                    window_start_ms: None,
                 }
             },
         )
@@ -144,6 +146,11 @@ fn event() -> impl Strategy<Value = Event> {
                         size,
                         sha256: "0".repeat(64),
                         measurement,
+                        run_id: uuid::Uuid::now_v7(),
+                        page: 0,
+                        records: None,
+                        attempts: 1,
+                        ends_run: true,
                     })
                 }
             ),
@@ -156,6 +163,9 @@ fn event() -> impl Strategy<Value = Event> {
                     class,
                     message,
                     stream_stopped,
+                    scheduled_at_ms: at_ms,
+                    started_at_ms: at_ms,
+                    attempts: 1,
                 })
             }
         ),

@@ -7,9 +7,9 @@ use protocol::codec;
 use protocol::handshake::{self, WorkerIdentity};
 use protocol::link::{self, Incoming, LinkConfig};
 use protocol::{
-    Call, Challenge, Connection, Event, FailureClass, Frame, Hello, Measurement, ProtocolError,
-    Reject, Reply, ResultRecord, RunFailure, RunningStream, Schedule, StreamConfig, Welcome,
-    PROTOCOL_VERSION,
+    Call, Challenge, Connection, Event, FailureClass, Frame, Hello, JobState, JobStep, Measurement,
+    ProtocolError, Reject, Reply, ResultRecord, RunFailure, RunReport, RunStatus, RunWindow,
+    RunningStream, Schedule, StreamConfig, Welcome, PROTOCOL_VERSION,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +34,8 @@ fn config() -> StreamConfig {
         bucket_name: "results".into(),
         params,
         rate_limit: protocol::RateLimit::COMMUNITY,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
 
@@ -99,7 +101,44 @@ fn every_frame() -> Vec<Frame> {
                     ws: Some(4.54),
                     ..Measurement::default()
                 })),
+                run_id: result_id,
+                page: 0,
+                records: None,
+                attempts: 1,
+                ends_run: true,
             }),
+        },
+        Frame::Event {
+            seq: 3,
+            event: Event::Run(Box::new(RunReport {
+                run_id: Uuid::now_v7(),
+                stream_id,
+                scheduled_at_ms: 1_763_799_999_000,
+                started_at_ms: 1_763_799_999_012,
+                finished_at_ms: Some(1_763_800_000_500),
+                status: RunStatus::Truncated,
+                attempts: 12,
+                pages: 10,
+                records: Some(500),
+                bytes: 40_960,
+                window: Some(RunWindow {
+                    start_ms: 1_763_799_099_000,
+                    end_ms: 1_763_799_999_000,
+                }),
+                job: vec![
+                    JobStep {
+                        state: JobState::Queued,
+                        at_ms: 1_763_799_999_100,
+                    },
+                    JobStep {
+                        state: JobState::Downloaded,
+                        at_ms: 1_763_800_000_400,
+                    },
+                ],
+                class: None,
+                message: Some("max_pages (10) reached with more to fetch".into()),
+                stream_stopped: false,
+            })),
         },
         Frame::Event {
             seq: 2,
@@ -110,6 +149,9 @@ fn every_frame() -> Vec<Frame> {
                 class: FailureClass::RateLimited,
                 message: "call_per_minute_limit_reached".into(),
                 stream_stopped: false,
+                scheduled_at_ms: 1,
+                started_at_ms: 1,
+                attempts: 1,
             }),
         },
         Frame::Event {

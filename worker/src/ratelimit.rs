@@ -279,6 +279,14 @@ impl KeyBudgets {
         entry.blocked_until = Some(entry.blocked_until.map_or(until, |t| t.max(until)));
     }
 
+    /// The API said when calls may resume (`Retry-After`, `X-RateLimit-Reset`): block the key
+    /// until then, whatever budget is left (a later block already in place stays).
+    pub fn block_until(&self, secret_key: &SecretKey, until: Instant) {
+        let mut state = self.state();
+        let entry = state.keys.entry(secret_key.fingerprint()).or_default();
+        entry.blocked_until = Some(entry.blocked_until.map_or(until, |t| t.max(until)));
+    }
+
     /// Until when the key backs off after a limit answer, if it does.
     pub fn blocked_until(&self, secret_key: &SecretKey) -> Option<Instant> {
         let state = self.state();

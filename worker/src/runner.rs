@@ -2,18 +2,26 @@
 //! timeout), store the raw bytes untouched, and queue the reference — or the classified failure —
 //! for the supervisor.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use objects::{ObjectKey, ObjectMeta, ObjectStore, StoreError};
-use protocol::{Event, FailureClass, ResultRecord, RunFailure, StreamConfig};
+use protocol::{
+    Event, FailureClass, JobState, JobStep, Measurement, ResultRecord, RunFailure, RunReport,
+    RunStatus, RunWindow, Schedule, StreamConfig,
+};
 use rand::Rng;
 use tokio::time::{timeout_at, Instant};
 use uuid::Uuid;
 
-use crate::adapters::{Adapters, FetchRequest, Retry};
+use crate::adapters::{
+    AdapterError, Adapters, CallBudget, FetchRequest, PageSink, PagedAdapter, PagedRun, Retry,
+};
 use crate::clock::Clock;
 use crate::outbox::Outbox;
 use crate::ratelimit::KeyBudgets;
@@ -25,12 +33,18 @@ pub enum RunOutcome {
     Stored(ResultRecord),
     /// No object; the failure is queued.
     Failed(RunFailure),
+    /// A run of several steps ended (stored, truncated or failed); its report is queued.
+    Paged(Box<RunReport>),
 }
 
 impl RunOutcome {
     /// Whether the stream must stop (a bad or expired key waits for a person).
     pub fn stops_stream(&self) -> bool {
-        matches!(self, RunOutcome::Failed(f) if f.stream_stopped)
+        match self {
+            RunOutcome::Failed(f) => f.stream_stopped,
+            RunOutcome::Paged(report) => report.stream_stopped,
+            RunOutcome::Stored(_) => false,
+        }
     }
 }
 
@@ -97,6 +111,9 @@ pub struct Runner {
     /// Per-key call budgets and rate-limit backoff, shared by every stream on this worker.
     budgets: KeyBudgets,
     retry: RetryPolicy,
+    /// Where each paged stream's next window starts (ms): the end of its last stored window
+    /// here. The supervisor's `window_start_ms` may be older (events in flight); the later wins.
+    windows: Mutex<HashMap<Uuid, i64>>,
 }
 
 impl Runner {
@@ -108,6 +125,7 @@ impl Runner {
             outbox,
             budgets: KeyBudgets::new(Clock::System),
             retry: RetryPolicy::default(),
+            windows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -125,6 +143,27 @@ impl Runner {
     /// The stream no longer runs here: its limit stops counting towards its key's budget.
     pub fn forget(&self, stream_id: Uuid) {
         self.budgets.forget_stream(stream_id);
+        self.windows().remove(&stream_id);
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, i64>> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The incremental window of a run of `cfg` for the slot at `slot_ms`: from the end of the
+    /// last stored window (this worker's, or the supervisor's), else one schedule period
+    /// before the slot, to the slot.
+    pub fn window_for(&self, cfg: &StreamConfig, slot_ms: i64) -> RunWindow {
+        let known = self.windows().get(&cfg.stream_id).copied();
+        let start = match (known, cfg.window_start_ms) {
+            (Some(a), Some(b)) => a.max(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => slot_ms - period_ms(&cfg.schedule, slot_ms),
+        };
+        RunWindow {
+            start_ms: start.min(slot_ms),
+            end_ms: slot_ms,
+        }
     }
 
     /// Run once, for the tick due at `scheduled` (now, or a moment ago), and queue the
@@ -136,6 +175,14 @@ impl Runner {
             scheduled_at_ms: started_at_ms - lag.as_millis() as i64,
             started_at_ms,
         };
+        if let Some(paged) = self
+            .adapters
+            .get(&cfg.adapter)
+            .as_deref()
+            .and_then(|adapter| adapter.paged(cfg))
+        {
+            return self.run_paged(paged, cfg, tick).await;
+        }
         let outcome = self.attempt(cfg, tick).await;
         let event = match &outcome {
             RunOutcome::Stored(record) => Event::Results(record.clone()),
@@ -148,6 +195,7 @@ impl Runner {
                 );
                 Event::RunFailed(failure.clone())
             }
+            RunOutcome::Paged(report) => Event::Run(report.clone()),
         };
         self.outbox.push(event);
         outcome
@@ -155,14 +203,20 @@ impl Runner {
 
     async fn attempt(&self, cfg: &StreamConfig, tick: Tick) -> RunOutcome {
         let deadline = Instant::now() + Duration::from_millis(cfg.timeout_ms.max(1));
+        let run_id = Uuid::now_v7();
+        // Calls made: a permit taken is a call made.
+        let calls = AtomicU32::new(0);
         let fail = |class, message: String, stream_stopped| {
             RunOutcome::Failed(RunFailure {
-                run_id: Uuid::now_v7(),
+                run_id,
                 stream_id: cfg.stream_id,
                 at_ms: Utc::now().timestamp_millis(),
                 class,
                 message,
                 stream_stopped,
+                scheduled_at_ms: tick.scheduled_at_ms,
+                started_at_ms: tick.started_at_ms,
+                attempts: calls.load(Ordering::Relaxed),
             })
         };
 
@@ -192,6 +246,7 @@ impl Runner {
                 };
                 return fail(FailureClass::RateLimited, message, false);
             }
+            calls.fetch_add(1, Ordering::Relaxed);
             let request = FetchRequest {
                 endpoint: &cfg.endpoint,
                 secret_key: &cfg.secret_key,
@@ -270,7 +325,105 @@ impl Runner {
             size,
             sha256,
             measurement: fetched.measurement.map(Box::new),
+            run_id,
+            page: 0,
+            records: None,
+            attempts: calls.load(Ordering::Relaxed),
+            ends_run: true,
         })
+    }
+
+    /// A run of several steps: the adapter drives it through a [`PagedRun`]; this records it.
+    async fn run_paged(
+        &self,
+        paged: &dyn PagedAdapter,
+        cfg: &StreamConfig,
+        tick: Tick,
+    ) -> RunOutcome {
+        let deadline = Instant::now() + Duration::from_millis(cfg.timeout_ms.max(1));
+        let run_id = Uuid::now_v7();
+        let window = self.window_for(cfg, tick.scheduled_at_ms);
+        let report = RunReport {
+            run_id,
+            stream_id: cfg.stream_id,
+            scheduled_at_ms: tick.scheduled_at_ms,
+            started_at_ms: tick.started_at_ms,
+            finished_at_ms: None,
+            status: RunStatus::Running,
+            attempts: 0,
+            pages: 0,
+            records: None,
+            bytes: 0,
+            window: Some(window),
+            job: Vec::new(),
+            class: None,
+            message: None,
+            stream_stopped: false,
+        };
+        self.outbox.push(Event::Run(Box::new(report.clone())));
+        let record = RunRecord {
+            runner: self,
+            cfg,
+            tick,
+            deadline,
+            report: Mutex::new(report),
+            calls: AtomicU32::new(0),
+        };
+        let run = PagedRun {
+            cfg,
+            run_id,
+            slot_ms: tick.scheduled_at_ms,
+            window,
+            deadline,
+            budget: &record,
+            sink: &record,
+        };
+        let ended = match timeout_at(deadline, paged.run(run)).await {
+            Ok(ended) => ended,
+            Err(_) => Err(AdapterError::new(
+                FailureClass::Timeout,
+                format!("the run did not end within {} ms", cfg.timeout_ms),
+                Retry::NextTick,
+            )),
+        };
+        let mut report = record.report().clone();
+        report.attempts = record.calls.load(Ordering::Relaxed);
+        report.finished_at_ms = Some(Utc::now().timestamp_millis());
+        match ended {
+            Ok(end) => {
+                report.status = if end.truncated {
+                    RunStatus::Truncated
+                } else {
+                    RunStatus::Stored
+                };
+                report.message = end.note;
+                // The next run starts where this one ended, stored or truncated (a truncated
+                // run says so on its record; fetching the same window again would truncate
+                // again).
+                let mut windows = self.windows();
+                let next = windows.entry(cfg.stream_id).or_insert(window.end_ms);
+                *next = (*next).max(window.end_ms);
+            }
+            Err(err) => {
+                if let Retry::RateLimited(scope) = err.retry {
+                    self.budgets.block(&cfg.secret_key, &scope);
+                }
+                tracing::warn!(
+                    stream_id = %cfg.stream_id,
+                    %run_id,
+                    class = %err.class,
+                    pages = report.pages,
+                    "run failed: {}", err.message
+                );
+                report.status = RunStatus::Failed;
+                report.stream_stopped = err.retry == Retry::StopStream;
+                report.class = Some(err.class);
+                report.message = Some(err.message);
+            }
+        }
+        let report = Box::new(report);
+        self.outbox.push(Event::Run(report.clone()));
+        RunOutcome::Paged(report)
     }
 
     async fn put_with_retry(
@@ -313,6 +466,170 @@ impl Runner {
             last = Some(err);
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// One schedule period before `slot_ms`: the interval, or the gap between the cron slot and
+/// the one after it.
+fn period_ms(schedule: &Schedule, slot_ms: i64) -> i64 {
+    match schedule {
+        Schedule::Interval { millis } => i64::try_from(*millis).unwrap_or(i64::MAX),
+        Schedule::Cron { expr } => protocol::schedule::parse_cron(expr)
+            .ok()
+            .zip(DateTime::from_timestamp_millis(slot_ms))
+            .and_then(|(cron, slot)| protocol::schedule::next_after(&cron, slot))
+            .map_or(60_000, |next| (next.timestamp_millis() - slot_ms).max(1)),
+    }
+}
+
+/// A paged run as it goes: its record, its calls, and the sink and budget its adapter uses.
+struct RunRecord<'a> {
+    runner: &'a Runner,
+    cfg: &'a StreamConfig,
+    tick: Tick,
+    deadline: Instant,
+    report: Mutex<RunReport>,
+    calls: AtomicU32,
+}
+
+impl RunRecord<'_> {
+    fn report(&self) -> std::sync::MutexGuard<'_, RunReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn store_page(
+        &self,
+        page: u32,
+        body: Bytes,
+        records: Option<u64>,
+        measurement: Option<Measurement>,
+    ) -> Result<(), AdapterError> {
+        let cfg = self.cfg;
+        let result_id = Uuid::now_v7();
+        let fetched_at = fetch_time(result_id);
+        let key = ObjectKey::new(
+            &cfg.adapter,
+            cfg.stream_id,
+            fetched_at.date_naive(),
+            result_id,
+        )
+        .to_string();
+        let sha256 = objects::sha256_hex(&body);
+        let meta = ObjectMeta {
+            stream_id: cfg.stream_id.to_string(),
+            fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sha256: sha256.clone(),
+        };
+        let size = body.len() as u64;
+        self.runner
+            .put_with_retry(&cfg.bucket_name, &key, body, &meta, self.deadline)
+            .await
+            .map_err(|err| {
+                AdapterError::new(FailureClass::Storage, err.to_string(), Retry::NextTick)
+            })?;
+        let run_id = {
+            let mut report = self.report();
+            report.pages += 1;
+            report.bytes += size;
+            if let Some(n) = records {
+                report.records = Some(report.records.unwrap_or(0) + n);
+            }
+            report.run_id
+        };
+        self.runner.outbox.push(Event::Results(ResultRecord {
+            result_id,
+            stream_id: cfg.stream_id,
+            adapter: cfg.adapter.clone(),
+            bucket: cfg.bucket_name.clone(),
+            key,
+            fetched_at_ms: fetched_at.timestamp_millis(),
+            scheduled_at_ms: self.tick.scheduled_at_ms,
+            started_at_ms: self.tick.started_at_ms,
+            size,
+            sha256,
+            measurement: measurement.map(Box::new),
+            run_id,
+            page,
+            records,
+            attempts: self.calls.load(Ordering::Relaxed),
+            ends_run: false,
+        }));
+        Ok(())
+    }
+
+    async fn take_permit(&self) -> Result<(), AdapterError> {
+        let cfg = self.cfg;
+        loop {
+            let denied =
+                match self
+                    .runner
+                    .budgets
+                    .acquire(cfg.stream_id, &cfg.secret_key, cfg.rate_limit)
+                {
+                    Ok(()) => {
+                        self.calls.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(denied) => denied,
+                };
+            let until = match &denied {
+                crate::ratelimit::Denied::Backoff { until } => *until,
+                crate::ratelimit::Denied::Budget { next_at, .. } => {
+                    let wait = (*next_at - Utc::now()).to_std().unwrap_or_default();
+                    Instant::now() + wait
+                }
+            };
+            if until >= self.deadline {
+                return Err(AdapterError::new(
+                    FailureClass::RateLimited,
+                    format!("{}; the run's time ends first", denied.message()),
+                    Retry::NextTick,
+                ));
+            }
+            // Wake a little after the window frees, and look again.
+            tokio::time::sleep_until(until + Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl CallBudget for RunRecord<'_> {
+    fn permit(&self) -> BoxFuture<'_, Result<(), AdapterError>> {
+        Box::pin(self.take_permit())
+    }
+
+    fn block_until(&self, until: Instant) {
+        self.runner.budgets.block_until(&self.cfg.secret_key, until);
+    }
+}
+
+impl PageSink for RunRecord<'_> {
+    fn store(
+        &self,
+        page: u32,
+        body: Bytes,
+        records: Option<u64>,
+        measurement: Option<Measurement>,
+    ) -> BoxFuture<'_, Result<(), AdapterError>> {
+        Box::pin(self.store_page(page, body, records, measurement))
+    }
+
+    fn job_state(&self, state: JobState) {
+        let snapshot = {
+            let mut report = self.report();
+            report.job.push(JobStep {
+                state,
+                at_ms: Utc::now().timestamp_millis(),
+            });
+            report.status = match state {
+                JobState::Queued | JobState::Resubmitted => RunStatus::Queued,
+                JobState::Processing => RunStatus::Processing,
+                // Downloading, or done downloading: the run's end says the rest.
+                JobState::Success | JobState::Downloaded | JobState::Failed => RunStatus::Running,
+            };
+            report.attempts = self.calls.load(Ordering::Relaxed);
+            report.clone()
+        };
+        self.runner.outbox.push(Event::Run(Box::new(snapshot)));
     }
 }
 

@@ -61,6 +61,8 @@ fn stream(key: &str, every_ms: u64, rate_limit: RateLimit) -> StreamConfig {
         bucket_name: "results".into(),
         params: BTreeMap::new(),
         rate_limit,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
 

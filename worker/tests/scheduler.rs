@@ -59,6 +59,8 @@ fn config(schedule: Schedule, timeout_ms: u64) -> StreamConfig {
         bucket_name: "results".into(),
         params: BTreeMap::new(),
         rate_limit: protocol::RateLimit::UNLIMITED,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
 

@@ -280,6 +280,9 @@ async fn a_stale_auth_failure_does_not_fail_a_stream_another_worker_runs() {
                 class: FailureClass::Auth,
                 message: "incorrect_api_key".to_owned(),
                 stream_stopped: true,
+                scheduled_at_ms: now,
+                started_at_ms: now,
+                attempts: 1,
             }),
         )
         .await

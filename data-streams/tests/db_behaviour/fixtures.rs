@@ -60,5 +60,8 @@ pub fn failure(stream_id: Uuid, at_ms: i64, class: FailureClass, message: &str) 
         class,
         message: message.to_owned(),
         stream_stopped: class == FailureClass::Auth,
+        scheduled_at_ms: at_ms,
+        started_at_ms: at_ms,
+        attempts: 1,
     }
 }

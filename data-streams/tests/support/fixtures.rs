@@ -104,6 +104,11 @@ pub fn result_with_id(
         size: 1234,
         sha256: "ab".repeat(32),
         measurement: measurement.map(Box::new),
+        run_id: uuid::Uuid::now_v7(),
+        page: 0,
+        records: None,
+        attempts: 1,
+        ends_run: true,
     }
 }
 

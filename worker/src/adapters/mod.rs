@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use common::SecretKey;
 use futures::future::BoxFuture;
-use protocol::{FailureClass, Measurement};
+use protocol::{FailureClass, Measurement, StreamConfig};
 
 pub mod iqair;
+pub mod paged;
 
 pub use iqair::IqAir;
+pub use paged::{CallBudget, PageSink, PagedAdapter, PagedRun, RunEnd};
 
 /// What a fetch needs.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +98,13 @@ pub trait Adapter: Send + Sync + 'static {
     /// Fetches once. There is no timeout inside: the caller wraps the whole run in the stream's
     /// timeout and drops this future when it fires.
     fn fetch<'a>(&'a self, req: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, AdapterError>>;
+
+    /// The paged form of a run of `cfg`, when a run of it takes several steps (pages, an async
+    /// job, a sweep); `None` (the default): a run is one [`Adapter::fetch`].
+    fn paged(&self, cfg: &StreamConfig) -> Option<&dyn PagedAdapter> {
+        let _ = cfg;
+        None
+    }
 }
 
 /// The adapters of this build, by name.
