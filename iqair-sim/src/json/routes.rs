@@ -11,9 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::data::{self, parse_count, DEFAULT_PER_PAGE, MAX_PER_PAGE};
+use super::data::{self, parse_count, Item, DEFAULT_PER_PAGE, MAX_PER_PAGE};
 use super::error::ApiError;
 use super::jobs::JobStatus;
 use super::JsonSimState;
@@ -80,19 +81,67 @@ fn page_params(params: &Params) -> Result<(u64, u64), ApiError> {
     ))
 }
 
+/// `{"data"}`: `/items` and `/items/link`. (The answers are typed rather than `json!` so
+/// items go to the wire in their field order without an intermediate `Value`.)
+#[derive(Serialize)]
+struct Items {
+    data: Vec<Item>,
+}
+
+/// `{"data", "meta"}`: `/items/page` and job results.
+#[derive(Serialize)]
+struct Paged {
+    data: Vec<Item>,
+    meta: PageMeta,
+}
+
+#[derive(Serialize)]
+struct PageMeta {
+    page: u64,
+    per_page: u64,
+    total_pages: u64,
+    total: u64,
+}
+
+/// `{"data", "total"}`: `/items/offset`.
+#[derive(Serialize)]
+struct Offset {
+    data: Vec<Item>,
+    total: u64,
+}
+
+/// `{"data", "meta": {"next_cursor"}}`: `/items/cursor`.
+#[derive(Serialize)]
+struct Cursored {
+    data: Vec<Item>,
+    meta: CursorMeta,
+}
+
+#[derive(Serialize)]
+struct CursorMeta {
+    next_cursor: Option<String>,
+}
+
+/// `{"data", "next"}`: `/items/next`.
+#[derive(Serialize)]
+struct WithNext {
+    data: Vec<Item>,
+    next: Option<String>,
+}
+
 /// `{"data", "meta": {"page", "per_page", "total_pages", "total"}}` for page `page` of `window`.
 fn page_answer(state: &JsonSimState, window: &Range<u64>, page: u64, per_page: u64) -> Response {
     let ids = data::page_of(window, page, per_page);
     let total = window.end - window.start;
-    Json(json!({
-        "data": state.inner.dataset.items(ids),
-        "meta": {
-            "page": page,
-            "per_page": per_page,
-            "total_pages": data::total_pages(total, per_page),
-            "total": total,
+    Json(Paged {
+        data: state.inner.dataset.items(ids),
+        meta: PageMeta {
+            page,
+            per_page,
+            total_pages: data::total_pages(total, per_page),
+            total,
         },
-    }))
+    })
     .into_response()
 }
 
@@ -147,7 +196,10 @@ pub(crate) async fn all_items(
     let params = params(query)?;
     let window = query_window(&state, &params)?;
     state.page_delay().await;
-    Ok(Json(json!({"data": state.inner.dataset.items(window)})).into_response())
+    Ok(Json(Items {
+        data: state.inner.dataset.items(window),
+    })
+    .into_response())
 }
 
 /// `GET /{auth}/items/page?page&per_page`.
@@ -228,10 +280,10 @@ pub(crate) async fn offset(
     let start = window.start.saturating_add(offset).min(window.end);
     let end = start.saturating_add(limit).min(window.end);
     state.page_delay().await;
-    Ok(Json(json!({
-        "data": state.inner.dataset.items(start..end),
-        "total": window.end - window.start,
-    }))
+    Ok(Json(Offset {
+        data: state.inner.dataset.items(start..end),
+        total: window.end - window.start,
+    })
     .into_response())
 }
 
@@ -262,10 +314,10 @@ pub(crate) async fn cursor(
     let end = start.saturating_add(limit).min(window.end);
     let next_cursor = (end < window.end).then(|| state.inner.cursors.encode(end));
     state.page_delay().await;
-    Ok(Json(json!({
-        "data": state.inner.dataset.items(start..end),
-        "meta": {"next_cursor": next_cursor},
-    }))
+    Ok(Json(Cursored {
+        data: state.inner.dataset.items(start..end),
+        meta: CursorMeta { next_cursor },
+    })
     .into_response())
 }
 
@@ -291,7 +343,10 @@ pub(crate) async fn link(
     };
     let ids = data::page_of(&window, page, per_page);
     state.page_delay().await;
-    let mut response = Json(json!({"data": state.inner.dataset.items(ids)})).into_response();
+    let mut response = Json(Items {
+        data: state.inner.dataset.items(ids),
+    })
+    .into_response();
     let link = HeaderValue::from_str(&link)
         .map_err(|_| ApiError::bad_request("the Host header cannot go into a Link header"))?;
     response.headers_mut().insert(header::LINK, link);
@@ -315,7 +370,11 @@ pub(crate) async fn next(
     };
     let ids = data::page_of(&window, page, per_page);
     state.page_delay().await;
-    Ok(Json(json!({"data": state.inner.dataset.items(ids), "next": next})).into_response())
+    Ok(Json(WithNext {
+        data: state.inner.dataset.items(ids),
+        next,
+    })
+    .into_response())
 }
 
 /// `POST /{auth}/reports` with an optional `{"from", "to"}`: `202 {"id", "status": "queued",
