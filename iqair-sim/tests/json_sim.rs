@@ -696,9 +696,10 @@ async fn report_jobs_go_queued_processing_success_and_page_their_result() {
         (early.status, &early.body["error"]),
         (409, &json!("not_ready"))
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Queued for 500 ms, processing until 1000 ms.
+    tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(poll().await.body["status"], "processing");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     let done = poll().await;
     assert_eq!(done.body["status"], "success");
     assert_eq!(

@@ -92,7 +92,7 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Everything json-sim is told at start. (No `Debug` with the secret: [`SecretKey`] prints `***`.)
+/// Everything json-sim is told at start. (`Debug` is safe: [`SecretKey`] prints `***`.)
 #[derive(Debug, Clone)]
 pub struct JsonSimConfig {
     /// The one credential of every auth kind.
