@@ -16,7 +16,8 @@ use protocol::handshake;
 use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
 use protocol::tls::TlsAcceptor;
 use protocol::{
-    Connection, Event, ProtocolError, Reply, ResultRecord, RunFailure, RunningStream, Welcome,
+    Connection, Event, ProtocolError, Reply, ResultRecord, RunFailure, RunReport, RunningStream,
+    Welcome,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -239,6 +240,8 @@ where
 struct Batch {
     results: Vec<ResultRecord>,
     failures: Vec<RunFailure>,
+    /// Reports of runs of several steps (pages, jobs, sweeps).
+    runs: Vec<RunReport>,
     /// The highest sequence number in the batch: what the ack after the commit covers.
     max_seq: u64,
     /// The `worker_available` list so far: it comes in parts, and is acted on whole. Not
@@ -248,12 +251,13 @@ struct Batch {
 
 impl Batch {
     fn len(&self) -> usize {
-        self.results.len() + self.failures.len()
+        self.results.len() + self.failures.len() + self.runs.len()
     }
 
     fn clear(&mut self) {
         self.results.clear();
         self.failures.clear();
+        self.runs.clear();
         self.max_seq = 0;
     }
 }
@@ -287,7 +291,7 @@ async fn collect(
             match event {
                 Event::Results(r) => batch.results.push(r),
                 Event::RunFailed(f) => batch.failures.push(f),
-                Event::Run(_) => {}
+                Event::Run(report) => batch.runs.push(*report),
                 Event::WorkerAvailable { .. } => {}
             }
         }
@@ -318,7 +322,7 @@ async fn persist(
     let mut wait = Duration::from_millis(100);
     loop {
         match supervisor
-            .persist(worker_id, &batch.results, &batch.failures)
+            .persist(worker_id, &batch.results, &batch.failures, &batch.runs)
             .await
         {
             Ok(stats) => {

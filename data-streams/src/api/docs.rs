@@ -170,6 +170,8 @@ mod tests {
             "/streams/{id}/results",
             "/streams/{id}/measurements",
             "/streams/{id}/failures",
+            "/streams/{id}/runs",
+            "/runs/{id}",
             "/results/{id}/raw",
             "/workers",
             "/reconciler",

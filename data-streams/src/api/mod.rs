@@ -11,6 +11,7 @@ mod jobs;
 mod live;
 mod reports;
 mod results;
+mod runs;
 mod streams;
 mod system;
 mod tables;
@@ -71,6 +72,8 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(results::list))
         .routes(routes!(results::measurements))
         .routes(routes!(results::failures))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::get))
         .routes(routes!(coverage::get))
         .routes(routes!(results::raw))
         .routes(routes!(reports::aqi))

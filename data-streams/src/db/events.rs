@@ -2,14 +2,15 @@
 //! references found by the reconciler), written in one transaction per batch.
 //!
 //! Lock order, the same in every batch, so concurrent batches on PostgreSQL cannot deadlock:
-//! streams (key share), results by id, measurements by (stream, ts), failures by run id, then
-//! the streams' bookkeeping columns by id. Everything is deduplicated and sorted in Rust first.
+//! streams (key share), results by id, measurements by (stream, place, ts), failures by run id,
+//! runs by id, then the streams' bookkeeping columns by id. Everything is deduplicated and
+//! sorted in Rust first.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use catalogue::Cell;
-use protocol::{Measurement, ResultRecord, RunFailure};
+use protocol::{Measurement, ResultRecord, RunFailure, RunReport, RunStatus};
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
@@ -30,8 +31,20 @@ const BOOKKEEPING: &str = "UPDATE streams SET \
           > (CASE WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) \
                THEN $3 ELSE last_error_at END) THEN NULL \
        WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) THEN $4 \
-       ELSE last_error END \
+       ELSE last_error END, \
+     window_end = CASE WHEN $5 IS NOT NULL AND (window_end IS NULL OR $5 > window_end) \
+       THEN $5 ELSE window_end END \
      WHERE id = $1";
+
+/// A run's row from its report: inserted, or brought up to date while the stored row is not
+/// final yet (a final row never goes back to running; a replayed report changes nothing).
+const UPSERT_RUN: &str = " ON CONFLICT (id) DO UPDATE SET \
+     finished_at = excluded.finished_at, status = excluded.status, \
+     attempts = excluded.attempts, pages = excluded.pages, records = excluded.records, \
+     bytes = excluded.bytes, window_start = excluded.window_start, \
+     window_end = excluded.window_end, job = excluded.job, class = excluded.class, \
+     message = excluded.message, stream_stopped = excluded.stream_stopped \
+     WHERE runs.finished_at IS NULL";
 
 /// A row of `results`, from a worker's report or from the reconciler.
 struct RefRow<'a> {
@@ -45,18 +58,138 @@ struct RefRow<'a> {
     started_at: Option<i64>,
     size: i64,
     sha256: &'a str,
+    /// The run the object belongs to and its page in it; `None` for references the reconciler
+    /// found (the run is not known).
+    run: Option<(Uuid, i64)>,
 }
 
-/// A reading ready to insert: its identity (stream, pollution ts) and where it came from.
+/// A reading ready to insert: its identity (stream, place, pollution ts) and where it came
+/// from.
 struct ReadingRow<'a> {
     stream_id: Uuid,
+    place: String,
     ts: i64,
     result_id: Uuid,
     reading: &'a Measurement,
 }
 
-/// A reading to write: its stream, pollution ts, result, and the reading.
-pub(super) type ReadingToWrite<'a> = (Uuid, i64, Uuid, &'a Measurement);
+/// A reading to write: its stream, place, pollution ts, result, and the reading.
+pub(super) type ReadingToWrite<'a> = (Uuid, &'a str, i64, Uuid, &'a Measurement);
+
+/// Where a reading was taken, as its identity names it: `country/state/city` ('' for a part
+/// the reading leaves out). One stream may read many places (an IQAir sweep).
+pub(crate) fn place_of(reading: &Measurement) -> String {
+    format!(
+        "{}/{}/{}",
+        reading.country.as_deref().unwrap_or(""),
+        reading.state.as_deref().unwrap_or(""),
+        reading.city.as_deref().unwrap_or("")
+    )
+}
+
+/// The failure a failed run's report stands for (same run id: one failure per run).
+pub fn failure_of(r: &RunReport) -> RunFailure {
+    RunFailure {
+        run_id: r.run_id,
+        stream_id: r.stream_id,
+        at_ms: r.finished_at_ms.unwrap_or(r.started_at_ms),
+        class: r.class.unwrap_or(protocol::FailureClass::Api),
+        message: r.message.clone().unwrap_or_default(),
+        stream_stopped: r.stream_stopped,
+        scheduled_at_ms: r.scheduled_at_ms,
+        started_at_ms: r.started_at_ms,
+        attempts: r.attempts,
+    }
+}
+
+/// A run's row, from a single-fetch run's result or failure, or from a report.
+struct RunRow<'a> {
+    id: Uuid,
+    stream_id: Uuid,
+    scheduled_at: i64,
+    started_at: i64,
+    finished_at: Option<i64>,
+    status: &'static str,
+    attempts: i64,
+    pages: i64,
+    records: Option<i64>,
+    bytes: i64,
+    window: Option<(i64, i64)>,
+    job: Option<String>,
+    class: Option<&'static str>,
+    message: Option<&'a str>,
+    stream_stopped: bool,
+}
+
+impl<'a> RunRow<'a> {
+    fn stored(r: &'a ResultRecord) -> Self {
+        RunRow {
+            id: r.run_id,
+            stream_id: r.stream_id,
+            scheduled_at: r.scheduled_at_ms,
+            started_at: r.started_at_ms,
+            finished_at: Some(r.fetched_at_ms),
+            status: RunStatus::Stored.as_str(),
+            attempts: i64::from(r.attempts),
+            pages: 1,
+            records: r.records.map(size_i64),
+            bytes: size_i64(r.size),
+            window: None,
+            job: None,
+            class: None,
+            message: None,
+            stream_stopped: false,
+        }
+    }
+
+    fn failed(f: &'a RunFailure) -> Self {
+        RunRow {
+            id: f.run_id,
+            stream_id: f.stream_id,
+            scheduled_at: f.scheduled_at_ms,
+            started_at: f.started_at_ms,
+            finished_at: Some(f.at_ms),
+            status: RunStatus::Failed.as_str(),
+            attempts: i64::from(f.attempts),
+            pages: 0,
+            records: None,
+            bytes: 0,
+            window: None,
+            job: None,
+            class: Some(f.class.as_str()),
+            message: Some(&f.message),
+            stream_stopped: f.stream_stopped,
+        }
+    }
+
+    fn reported(r: &'a RunReport) -> Self {
+        let job = (!r.job.is_empty()).then(|| {
+            let steps: Vec<serde_json::Value> = r
+                .job
+                .iter()
+                .map(|step| serde_json::json!({"state": step.state.as_str(), "at": step.at_ms}))
+                .collect();
+            serde_json::Value::Array(steps).to_string()
+        });
+        RunRow {
+            id: r.run_id,
+            stream_id: r.stream_id,
+            scheduled_at: r.scheduled_at_ms,
+            started_at: r.started_at_ms,
+            finished_at: r.finished_at_ms,
+            status: r.status.as_str(),
+            attempts: i64::from(r.attempts),
+            pages: i64::from(r.pages),
+            records: r.records.map(size_i64),
+            bytes: size_i64(r.bytes),
+            window: r.window.map(|w| (w.start_ms, w.end_ms)),
+            job,
+            class: r.class.map(|c| c.as_str()),
+            message: r.message.as_deref(),
+            stream_stopped: r.stream_stopped,
+        }
+    }
+}
 
 /// The catalogue's reading columns, in storage order.
 pub(super) fn reading_columns() -> Vec<&'static str> {
@@ -68,6 +201,8 @@ pub(super) fn reading_columns() -> Vec<&'static str> {
 struct Bookkeeping<'a> {
     newest_result_at: Option<i64>,
     newest_failure: Option<(i64, Uuid, &'a str)>,
+    /// The end of the newest window a run stored (stored or truncated).
+    window_end: Option<i64>,
 }
 
 /// An object size as stored; no object reaches 8 EiB, so the clamp never bites.
@@ -81,17 +216,25 @@ struct PreparedBatch<'a> {
     refs: Vec<RefRow<'a>>,
     readings: Vec<ReadingRow<'a>>,
     failures: Vec<&'a RunFailure>,
-    /// Every stream named by a result or a failure, ascending.
+    /// Runs: from single-fetch results and failures, and the newest report of each run.
+    runs: Vec<RunRow<'a>>,
+    /// Stored windows, per run: (stream, window end).
+    windows: Vec<(Uuid, i64)>,
+    /// Every stream named by a result, a failure or a run, ascending.
     stream_ids: Vec<Uuid>,
     stats: PersistStats,
 }
 
 impl<'a> PreparedBatch<'a> {
-    fn new(results: &'a [ResultRecord], failures: &'a [RunFailure]) -> Self {
+    fn new(
+        results: &'a [ResultRecord],
+        failures: &'a [RunFailure],
+        reports: &'a [RunReport],
+    ) -> Self {
         let mut stats = PersistStats::default();
 
         let mut refs: BTreeMap<Uuid, &ResultRecord> = BTreeMap::new();
-        let mut readings: BTreeMap<(Uuid, i64), ReadingRow<'a>> = BTreeMap::new();
+        let mut readings: BTreeMap<(Uuid, String, i64), ReadingRow<'a>> = BTreeMap::new();
         for record in results {
             match refs.entry(record.result_id) {
                 Entry::Occupied(_) => {
@@ -109,13 +252,15 @@ impl<'a> PreparedBatch<'a> {
                 stats.measurements_without_ts += 1;
                 continue;
             };
-            match readings.entry((record.stream_id, ts)) {
+            let place = place_of(reading);
+            match readings.entry((record.stream_id, place.clone(), ts)) {
                 Entry::Occupied(_) => {
                     stats.measurements_duplicate += 1;
                 }
                 Entry::Vacant(slot) => {
                     slot.insert(ReadingRow {
                         stream_id: record.stream_id,
+                        place,
                         ts,
                         result_id: record.result_id,
                         reading,
@@ -134,10 +279,42 @@ impl<'a> PreparedBatch<'a> {
             }
         }
 
+        // A run's newest report wins, a final one over any that is not.
+        let mut newest_reports: BTreeMap<Uuid, &RunReport> = BTreeMap::new();
+        for report in reports {
+            match newest_reports.entry(report.run_id) {
+                Entry::Vacant(slot) => {
+                    slot.insert(report);
+                }
+                Entry::Occupied(mut slot) => {
+                    if report.status.is_final() || !slot.get().status.is_final() {
+                        slot.insert(report);
+                    }
+                }
+            }
+        }
+        let mut runs: BTreeMap<Uuid, RunRow<'a>> = BTreeMap::new();
+        for r in refs.values().filter(|r| r.ends_run) {
+            runs.insert(r.run_id, RunRow::stored(r));
+        }
+        for f in unique_failures.values() {
+            runs.entry(f.run_id).or_insert_with(|| RunRow::failed(f));
+        }
+        let mut windows = Vec::new();
+        for report in newest_reports.values() {
+            if matches!(report.status, RunStatus::Stored | RunStatus::Truncated) {
+                if let Some(window) = report.window {
+                    windows.push((report.stream_id, window.end_ms));
+                }
+            }
+            runs.insert(report.run_id, RunRow::reported(report));
+        }
+
         let stream_ids: BTreeSet<Uuid> = refs
             .values()
             .map(|r| r.stream_id)
             .chain(unique_failures.values().map(|f| f.stream_id))
+            .chain(runs.values().map(|r| r.stream_id))
             .collect();
 
         PreparedBatch {
@@ -153,10 +330,13 @@ impl<'a> PreparedBatch<'a> {
                     started_at: Some(r.started_at_ms),
                     size: size_i64(r.size),
                     sha256: &r.sha256,
+                    run: Some((r.run_id, i64::from(r.page))),
                 })
                 .collect(),
             readings: readings.into_values().collect(),
             failures: unique_failures.into_values().collect(),
+            runs: runs.into_values().collect(),
+            windows,
             stream_ids: stream_ids.into_iter().collect(),
             stats,
         }
@@ -168,6 +348,9 @@ impl<'a> PreparedBatch<'a> {
         self.refs.retain(|r| known.contains(&r.stream_id));
         self.failures.retain(|f| known.contains(&f.stream_id));
         self.readings.retain(|m| known.contains(&m.stream_id));
+        self.runs.retain(|r| known.contains(&r.stream_id));
+        self.windows
+            .retain(|(stream_id, _)| known.contains(stream_id));
         self.stream_ids.retain(|id| known.contains(id));
         let after = self.refs.len() + self.failures.len();
         self.stats.skipped_unknown_stream += (before - after) as u64;
@@ -189,6 +372,10 @@ impl<'a> PreparedBatch<'a> {
             {
                 entry.newest_failure = Some(candidate);
             }
+        }
+        for &(stream_id, end) in &self.windows {
+            let entry = per_stream.entry(stream_id).or_default();
+            entry.window_end = entry.window_end.max(Some(end));
         }
         per_stream
     }
@@ -227,7 +414,7 @@ impl Tx {
             let ids: Vec<Uuid> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(
                     "INSERT INTO results (id, stream_id, bucket, key, fetched_at, scheduled_at, \
-                     started_at, size, sha256, status, created_at) ",
+                     started_at, size, sha256, status, created_at, run_id, page) ",
                 );
                 query.push_values(chunk, |mut row, r| {
                     row.push_bind(r.id)
@@ -240,7 +427,9 @@ impl Tx {
                         .push_bind(r.size)
                         .push_bind(r.sha256)
                         .push_bind(status)
-                        .push_bind(now);
+                        .push_bind(now)
+                        .push_bind(r.run.map(|(run_id, _)| run_id))
+                        .push_bind(r.run.map(|(_, page)| page));
                 });
                 query.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
                 query.build_query_scalar().fetch_all(&mut **tx).await?
@@ -250,58 +439,59 @@ impl Tx {
         Ok(inserted)
     }
 
-    /// Inserts readings, the first per (stream, ts) winning; returns the (stream, ts) of the new
-    /// ones.
-    async fn insert_readings(
-        &mut self,
-        rows: &[ReadingRow<'_>],
-    ) -> Result<Vec<(Uuid, i64)>, DbError> {
+    /// Inserts readings, the first per (stream, place, ts) winning; returns the result ids of
+    /// the new ones.
+    async fn insert_readings(&mut self, rows: &[ReadingRow<'_>]) -> Result<Vec<Uuid>, DbError> {
         let rows: Vec<ReadingToWrite<'_>> = rows
             .iter()
-            .map(|m| (m.stream_id, m.ts, m.result_id, m.reading))
+            .map(|m| (m.stream_id, m.place.as_str(), m.ts, m.result_id, m.reading))
             .collect();
         self.write_readings(
             &rows,
             i64::from(catalogue::iqair::PARSER_VERSION),
-            " ON CONFLICT (stream_id, ts) DO NOTHING",
+            " ON CONFLICT (stream_id, place, ts) DO NOTHING",
         )
         .await
     }
 
     /// Writes readings with `parser_version`: the identity, then the catalogue's columns bound
     /// from each reading's cells, `on_conflict` saying what a row already there gets (the event
-    /// path keeps it, a re-parse replaces it when it owns it). Returns the (stream, ts) of the
-    /// rows written. No (stream, ts) may repeat within `rows` (PostgreSQL refuses to touch a
-    /// row twice in one statement).
+    /// path keeps it, a re-parse replaces it when it owns it). Returns the result ids of the
+    /// rows written. No (stream, place, ts) may repeat within `rows` (PostgreSQL refuses to
+    /// touch a row twice in one statement).
     pub(super) async fn write_readings(
         &mut self,
         rows: &[ReadingToWrite<'_>],
         parser_version: i64,
         on_conflict: &str,
-    ) -> Result<Vec<(Uuid, i64)>, DbError> {
+    ) -> Result<Vec<Uuid>, DbError> {
         let head = format!(
-            "INSERT INTO measurements (stream_id, ts, result_id, parser_version, {}) ",
+            "INSERT INTO measurements (stream_id, place, ts, result_id, parser_version, {}) ",
             reading_columns().join(", ")
         );
         let mut written = Vec::new();
         for chunk in rows.chunks(CHUNK_ROWS) {
-            let keys: Vec<(Uuid, i64)> = dispatch!(Tx, self, |tx, DB| {
+            let keys: Vec<Uuid> = dispatch!(Tx, self, |tx, DB| {
                 let mut query = QueryBuilder::<DB>::new(&head);
-                query.push_values(chunk, |mut row, (stream_id, ts, result_id, reading)| {
-                    row.push_bind(*stream_id)
-                        .push_bind(*ts)
-                        .push_bind(*result_id)
-                        .push_bind(parser_version);
-                    for cell in reading.cells() {
-                        match cell {
-                            Cell::Text(v) => row.push_bind(v),
-                            Cell::Real(v) => row.push_bind(v),
-                            Cell::TimeMs(v) => row.push_bind(v),
-                        };
-                    }
-                });
-                query.push(on_conflict).push(" RETURNING stream_id, ts");
-                query.build_query_as().fetch_all(&mut **tx).await?
+                query.push_values(
+                    chunk,
+                    |mut row, (stream_id, place, ts, result_id, reading)| {
+                        row.push_bind(*stream_id)
+                            .push_bind(*place)
+                            .push_bind(*ts)
+                            .push_bind(*result_id)
+                            .push_bind(parser_version);
+                        for cell in reading.cells() {
+                            match cell {
+                                Cell::Text(v) => row.push_bind(v),
+                                Cell::Real(v) => row.push_bind(v),
+                                Cell::TimeMs(v) => row.push_bind(v),
+                            };
+                        }
+                    },
+                );
+                query.push(on_conflict).push(" RETURNING result_id");
+                query.build_query_scalar().fetch_all(&mut **tx).await?
             });
             written.extend(keys);
         }
@@ -333,6 +523,42 @@ impl Tx {
         Ok(inserted)
     }
 
+    /// Records runs: single-fetch runs once (idempotent on the run id), reported runs brought
+    /// up to date until they are final.
+    async fn upsert_runs(&mut self, runs: &[RunRow<'_>]) -> Result<(), DbError> {
+        // Rows per statement: 15 binds each, under SQLite's 32,766 and PostgreSQL's 65,535.
+        for chunk in runs.chunks(1_000) {
+            dispatch!(Tx, self, |tx, DB| {
+                let mut query = QueryBuilder::<DB>::new(
+                    "INSERT INTO runs (id, stream_id, scheduled_at, started_at, finished_at, \
+                     status, attempts, pages, records, bytes, window_start, window_end, job, \
+                     class, message, stream_stopped) ",
+                );
+                query.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.id)
+                        .push_bind(r.stream_id)
+                        .push_bind(r.scheduled_at)
+                        .push_bind(r.started_at)
+                        .push_bind(r.finished_at)
+                        .push_bind(r.status)
+                        .push_bind(r.attempts)
+                        .push_bind(r.pages)
+                        .push_bind(r.records)
+                        .push_bind(r.bytes)
+                        .push_bind(r.window.map(|w| w.0))
+                        .push_bind(r.window.map(|w| w.1))
+                        .push_bind(r.job.as_deref())
+                        .push_bind(r.class)
+                        .push_bind(r.message)
+                        .push_bind(r.stream_stopped);
+                });
+                query.push(UPSERT_RUN);
+                query.build().execute(&mut **tx).await?;
+            });
+        }
+        Ok(())
+    }
+
     /// Moves each stream's `last_result_at`/`last_error` forward, streams in ascending order.
     async fn bookkeeping(
         &mut self,
@@ -349,6 +575,7 @@ impl Tx {
                     .bind(book.newest_result_at)
                     .bind(failure_at)
                     .bind(failure_message)
+                    .bind(book.window_end)
                     .execute(&mut **tx)
                     .await?;
             });
@@ -386,7 +613,31 @@ impl Db {
         results: &[ResultRecord],
         failures: &[RunFailure],
     ) -> Result<Persisted, DbError> {
-        let mut batch = PreparedBatch::new(results, failures);
+        self.persist_runs(results, failures, &[]).await
+    }
+
+    /// [`Db::persist_batch`] with the reports of runs of several steps: each run's row is
+    /// brought up to date (never back from final), and a stored run's window end moves the
+    /// stream's `window_end` forward, in the same transaction.
+    pub async fn persist_runs(
+        &self,
+        results: &[ResultRecord],
+        failures: &[RunFailure],
+        reports: &[RunReport],
+    ) -> Result<Persisted, DbError> {
+        // A run of several steps that failed is a failed run like any other: in the failures
+        // (the coverage ledger, the stream's last error, the live channel) as well.
+        let failed: Vec<RunFailure> = reports
+            .iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .map(failure_of)
+            .collect();
+        let failures: std::borrow::Cow<'_, [RunFailure]> = if failed.is_empty() {
+            std::borrow::Cow::Borrowed(failures)
+        } else {
+            std::borrow::Cow::Owned(failures.iter().cloned().chain(failed).collect())
+        };
+        let mut batch = PreparedBatch::new(results, &failures, reports);
         if batch.stream_ids.is_empty() {
             return Ok(Persisted {
                 stats: batch.stats,
@@ -400,6 +651,7 @@ impl Db {
         let new_results = tx.insert_refs(&batch.refs, "ok", now).await?;
         let new_readings = tx.insert_readings(&batch.readings).await?;
         let new_failures = tx.insert_failures(&batch.failures).await?;
+        tx.upsert_runs(&batch.runs).await?;
         tx.bookkeeping(batch.bookkeeping()).await?;
         tx.commit().await?;
 
@@ -427,6 +679,7 @@ impl Db {
         let mut unique: BTreeMap<Uuid, RefRow<'_>> = BTreeMap::new();
         for r in refs {
             unique.entry(r.id).or_insert(RefRow {
+                run: None,
                 id: r.id,
                 stream_id: r.stream_id,
                 bucket: &r.bucket,

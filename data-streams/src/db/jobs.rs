@@ -372,7 +372,7 @@ impl Db {
         Ok(rows)
     }
 
-    /// Writes a page of a re-parse in ONE transaction: the readings (first per (stream, ts)
+    /// Writes a page of a re-parse in ONE transaction: the readings (first per (stream, place, ts)
     /// wins: a row is inserted where none is, and replaced only when it came from the same
     /// result), then the job's cursor and counters. `readings` come in result order and may
     /// repeat a (stream, ts). Readings of streams deleted meanwhile are dropped and counted as
@@ -389,7 +389,7 @@ impl Db {
             what: format!("job {job_id}'s error counts cannot be written as JSON: {e}"),
         })?;
         let tail = format!(
-            " ON CONFLICT (stream_id, ts) DO UPDATE SET parser_version = excluded.parser_version, {} \
+            " ON CONFLICT (stream_id, place, ts) DO UPDATE SET parser_version = excluded.parser_version, {} \
              WHERE measurements.result_id = excluded.result_id",
             reading_columns()
                 .iter()
@@ -410,22 +410,27 @@ impl Db {
         // One statement cannot touch a row twice (PostgreSQL refuses), so a page whose results
         // repeat a (stream, ts) is written in rounds: every first occurrence, then every second,
         // and so on, each round in lock order; result order is kept within each key.
-        let mut rounds: Vec<Vec<&ParsedReading>> = Vec::new();
-        let mut seen: BTreeMap<(Uuid, i64), usize> = BTreeMap::new();
+        let mut rounds: Vec<Vec<(&ParsedReading, String)>> = Vec::new();
+        let mut seen: BTreeMap<(Uuid, String, i64), usize> = BTreeMap::new();
         for reading in kept {
-            let n = seen.entry((reading.stream_id, reading.ts)).or_insert(0);
+            let place = super::events::place_of(&reading.reading);
+            let n = seen
+                .entry((reading.stream_id, place.clone(), reading.ts))
+                .or_insert(0);
             if rounds.len() <= *n {
                 rounds.push(Vec::new());
             }
-            rounds[*n].push(reading);
+            rounds[*n].push((reading, place));
             *n += 1;
         }
         let mut written = 0_i64;
         for mut round in rounds {
-            round.sort_by_key(|r| (r.stream_id, r.ts));
+            round.sort_by(|(a, a_place), (b, b_place)| {
+                (a.stream_id, a_place, a.ts).cmp(&(b.stream_id, b_place, b.ts))
+            });
             let rows: Vec<ReadingToWrite<'_>> = round
                 .iter()
-                .map(|r| (r.stream_id, r.ts, r.result_id, &r.reading))
+                .map(|(r, place)| (r.stream_id, place.as_str(), r.ts, r.result_id, &r.reading))
                 .collect();
             written += tx.write_readings(&rows, parser_version, &tail).await?.len() as i64;
         }

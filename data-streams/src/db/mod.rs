@@ -22,6 +22,7 @@ mod postgres;
 mod reads;
 mod reports;
 mod row;
+mod runs;
 mod sqlite;
 mod streams;
 mod tables;
@@ -29,11 +30,13 @@ mod workers;
 
 pub use coverage::FailureMark;
 pub use error::{redact_url, DbError};
+pub use events::failure_of;
 pub use jobs::{JobRow, JobScope, JobState, PageProgress, PageWritten, ParsedReading, RefToParse};
 pub use model::{
     FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
 };
 pub use reports::{BucketFigures, GroupBy, GroupFigures, GroupKey, ReportFilter};
+pub use runs::{JobStepRow, RunRow, RUN_STATUSES};
 pub use tables::{CellValue, DayWatermark, TableFile, TableRow, DAY_MS};
 
 /// Runs `$body` on whichever backend `$value` (a [`Db`] or a [`Tx`], named by `$enum`) holds,

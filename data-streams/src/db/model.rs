@@ -69,8 +69,8 @@ pub struct Persisted {
     pub stats: PersistStats,
     /// Result ids stored by this batch (not before).
     pub new_results: std::collections::HashSet<Uuid>,
-    /// (stream, ts) of the readings stored by this batch.
-    pub new_readings: std::collections::HashSet<(Uuid, i64)>,
+    /// Result ids whose readings this batch stored (not before).
+    pub new_readings: std::collections::HashSet<Uuid>,
     /// Run ids of the failed runs stored by this batch.
     pub new_failures: std::collections::HashSet<Uuid>,
 }
@@ -127,6 +127,10 @@ pub struct ResultRow {
     pub sha256: String,
     /// `ok` (reported by a worker) or `reconciled` (found in the bucket by the reconciler).
     pub status: String,
+    /// The run the object belongs to (`GET /runs/{id}`); `null` when the reconciler found it.
+    pub run_id: Option<Uuid>,
+    /// Its page in the run, from 0.
+    pub page: Option<i64>,
 }
 
 impl ResultRow {
@@ -143,6 +147,8 @@ impl ResultRow {
             size: i64::try_from(record.size).unwrap_or(i64::MAX),
             sha256: record.sha256.clone(),
             status: "ok".to_owned(),
+            run_id: Some(record.run_id),
+            page: Some(i64::from(record.page)),
         }
     }
 }

@@ -5,10 +5,10 @@ use uuid::Uuid;
 use super::{dispatch, Db, DbError, FailureRow, MeasurementRow, ResultRow};
 
 /// `SELECT <reference columns> FROM results <tail>`, for [`ResultRow`].
-fn select_results(tail: &str) -> String {
+pub(super) fn select_results(tail: &str) -> String {
     format!(
         "SELECT id, stream_id, bucket, key, fetched_at, scheduled_at, started_at, size, sha256, \
-         status FROM results {tail}"
+         status, run_id, page FROM results {tail}"
     )
 }
 
@@ -158,7 +158,7 @@ impl Db {
     /// A page of a stream's newest-first list: `sql` binds the stream (`$1`), `limit + 1`
     /// (`$2`; the extra row tells whether there is a next page) and, after a cursor, the last
     /// id of the previous page (`$3`).
-    async fn keyset_page<R>(
+    pub(super) async fn keyset_page<R>(
         &self,
         sql: &str,
         stream_id: Uuid,

@@ -16,7 +16,8 @@ use crate::stream::{StreamRow, StreamSpec, StreamState};
 /// The columns [`StreamRow`]'s `FromRow` reads.
 const STREAM_COLUMNS: &str = "id, adapter, endpoint, secret_key, interval_ms, cron, timeout_ms, \
      bucket_name, params, rate_per_minute, rate_per_day, rate_per_month, state, worker_id, \
-     generation, last_result_at, last_error, last_error_at, created_at, updated_at";
+     generation, last_result_at, last_error, last_error_at, created_at, updated_at, source, \
+     start_at, window_end";
 
 /// `SELECT <stream columns> FROM streams <tail>`.
 fn select_streams(tail: &str) -> String {
@@ -26,14 +27,20 @@ fn select_streams(tail: &str) -> String {
 // $2..$12 are the spec, bound by `bind_spec`.
 const INSERT_STREAM: &str = "INSERT INTO streams (id, adapter, endpoint, secret_key, \
      interval_ms, cron, timeout_ms, bucket_name, params, rate_per_minute, rate_per_day, \
-     rate_per_month, state, worker_id, generation, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $14) \
+     rate_per_month, state, worker_id, generation, created_at, updated_at, source, start_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $14, $15, \
+     $16) \
      RETURNING ";
 
-// An update sets the whole spec: the API validated the patched stream as a whole.
+// An update sets the whole spec: the API validated the patched stream as a whole. A new
+// `start_at` starts the windows over from it (a backfill); otherwise they go on.
 const UPDATE_STREAM: &str = "UPDATE streams SET adapter = $2, endpoint = $3, secret_key = $4, \
      interval_ms = $5, cron = $6, timeout_ms = $7, bucket_name = $8, params = $9, \
-     rate_per_minute = $10, rate_per_day = $11, rate_per_month = $12, updated_at = $13 \
+     rate_per_minute = $10, rate_per_day = $11, rate_per_month = $12, updated_at = $13, \
+     source = $14, \
+     window_end = CASE WHEN COALESCE(start_at, -1) <> COALESCE($15, -1) THEN NULL \
+       ELSE window_end END, \
+     start_at = $15 \
      WHERE id = $1 RETURNING ";
 
 // $3: error to record (or NULL); $4: clear last_error when no error is given.
@@ -72,6 +79,8 @@ struct SpecColumns<'a> {
     bucket_name: &'a str,
     params: String,
     rate: [i64; 3],
+    source: String,
+    start_at: Option<i64>,
 }
 
 impl<'a> SpecColumns<'a> {
@@ -87,6 +96,8 @@ impl<'a> SpecColumns<'a> {
             bucket_name: spec.bucket_name(),
             params: serde_json::Value::Object(spec.params().clone()).to_string(),
             rate: [rate.per_minute, rate.per_day, rate.per_month].map(i64::from),
+            source: serde_json::Value::Object(spec.source().clone()).to_string(),
+            start_at: spec.start_at_ms(),
         }
     }
 }
@@ -126,6 +137,8 @@ impl<'r, R: Row + StoredRow<'r>> FromRow<'r, R> for StreamRow {
             .map_err(|e| corrupt(format!("state: {e}")))?;
         let params = serde_json::from_str(&row.text("params")?)
             .map_err(|e| corrupt(format!("params is not a JSON object: {e}")))?;
+        let source = serde_json::from_str(&row.text("source")?)
+            .map_err(|e| corrupt(format!("source is not a JSON object: {e}")))?;
         let window = |column: &'r str| -> Result<u32, sqlx::Error> {
             let value = row.int(column)?;
             u32::try_from(value)
@@ -155,6 +168,8 @@ impl<'r, R: Row + StoredRow<'r>> FromRow<'r, R> for StreamRow {
             bucket_name: row.text("bucket_name")?,
             params,
             rate_limit,
+            source,
+            start_at_ms: row.int_or_null("start_at")?,
         };
         Ok(StreamRow {
             id,
@@ -167,6 +182,7 @@ impl<'r, R: Row + StoredRow<'r>> FromRow<'r, R> for StreamRow {
             last_error_at: row.int_or_null("last_error_at")?,
             created_at: row.int("created_at")?,
             updated_at: row.int("updated_at")?,
+            window_end_ms: row.int_or_null("window_end")?,
         })
     }
 }
@@ -187,6 +203,8 @@ impl Db {
             bind_spec(sqlx::query_as(&sql).bind(id), &c)
                 .bind(state.as_str())
                 .bind(now_ms)
+                .bind(c.source.as_str())
+                .bind(c.start_at)
                 .fetch_one(pool)
                 .await?
         });
@@ -228,6 +246,8 @@ impl Db {
         let row = dispatch!(Db, self, |pool| {
             bind_spec(sqlx::query_as(&sql).bind(id), &c)
                 .bind(now_ms)
+                .bind(c.source.as_str())
+                .bind(c.start_at)
                 .fetch_optional(pool)
                 .await?
         });

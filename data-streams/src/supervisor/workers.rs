@@ -1,7 +1,7 @@
 //! What the worker port reports: a worker connected or went away, what it runs, what it stored.
 
 use common::now_ms;
-use protocol::{LinkHandle, ResultRecord, RunFailure, RunningStream};
+use protocol::{LinkHandle, ResultRecord, RunFailure, RunReport, RunStatus, RunningStream};
 
 use super::Supervisor;
 use crate::db::{DbError, FailureRow, PersistStats, Persisted, ResultRow};
@@ -93,9 +93,26 @@ impl Supervisor {
         worker_id: &str,
         results: &[ResultRecord],
         failures: &[RunFailure],
+        reports: &[RunReport],
     ) -> Result<PersistStats, DbError> {
-        let persisted = self.inner.db.persist_batch(results, failures).await?;
-        self.announce_new(results, failures, &persisted);
+        let persisted = self
+            .inner
+            .db
+            .persist_runs(results, failures, reports)
+            .await?;
+        // A failed run of several steps is announced and acted on like a failed fetch (the
+        // database stored its failure too, under the same run id).
+        let failed: Vec<RunFailure> = reports
+            .iter()
+            .filter(|r| r.status == RunStatus::Failed)
+            .map(crate::db::failure_of)
+            .collect();
+        let failures: std::borrow::Cow<'_, [RunFailure]> = if failed.is_empty() {
+            std::borrow::Cow::Borrowed(failures)
+        } else {
+            std::borrow::Cow::Owned(failures.iter().cloned().chain(failed).collect())
+        };
+        self.announce_new(results, &failures, &persisted);
         for failure in failures.iter().filter(|f| f.stream_stopped) {
             self.stream_failed(
                 failure.stream_id,
@@ -121,7 +138,7 @@ impl Supervisor {
         {
             let measurement = record.measurement.as_deref().and_then(|m| {
                 let ts = m.ts_ms()?;
-                if !new.new_readings.contains(&(record.stream_id, ts)) {
+                if !new.new_readings.contains(&record.result_id) {
                     return None;
                 }
                 let mut json = serde_json::Map::new();

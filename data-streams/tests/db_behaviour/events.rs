@@ -51,6 +51,8 @@ pub async fn persist_events_stores_and_replay_inserts_nothing(db: Db) {
             size: 1234,
             sha256: "ab".repeat(32),
             status: "ok".to_owned(),
+            run_id: Some(first.run_id),
+            page: Some(0),
         })
     );
     assert_eq!(
