@@ -13,6 +13,7 @@ mod events;
 mod fixtures;
 mod harness;
 mod reports;
+mod runs;
 mod streams;
 
 crate::on_both_backends! {
@@ -60,6 +61,13 @@ crate::on_both_backends! {
             => coverage_of_a_cron_stream_counts_its_fire_times,
         crate::coverage::coverage_refuses_empty_and_oversized_windows
             => coverage_refuses_empty_and_oversized_windows,
+        crate::runs::single_fetch_runs_come_from_their_result_or_failure
+            => single_fetch_runs_come_from_their_result_or_failure,
+        crate::runs::reported_runs_go_forward_never_back => reported_runs_go_forward_never_back,
+        crate::runs::a_failed_report_is_a_failure_and_keeps_the_window
+            => a_failed_report_is_a_failure_and_keeps_the_window,
+        crate::runs::one_stream_reads_many_places_at_one_time
+            => one_stream_reads_many_places_at_one_time,
     ],
     crate::harness::with_url: [
         crate::streams::reconnect_keeps_data => reconnect_keeps_data,
