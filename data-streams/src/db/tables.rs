@@ -26,6 +26,8 @@ pub enum CellValue {
 pub struct TableRow {
     pub bucket: String,
     pub stream_id: Uuid,
+    /// The reading's place (`country/state/city`): with the stream and ts, its identity.
+    pub place: String,
     pub ts: i64,
     pub result_id: Uuid,
     pub parser_version: i64,
@@ -104,7 +106,7 @@ where
         .iter()
         .enumerate()
         .map(|(i, column)| {
-            let at = i + 5;
+            let at = i + 6;
             Ok(match column.kind {
                 ColumnKind::Text => CellValue::Text(row.try_get(at)?),
                 ColumnKind::Real => CellValue::Real(row.try_get(at)?),
@@ -118,41 +120,48 @@ where
         result_id: row.try_get(2)?,
         parser_version: row.try_get(3)?,
         bucket: row.try_get(4)?,
+        place: row.try_get(5)?,
         cells,
     })
 }
 
 impl Db {
     /// Up to `limit` readings of `adapter`'s streams with `from_ms <= ts < to_ms`, in (stream,
-    /// ts) order, after the reading `after` (stream, ts) when given: keyset pages over the
-    /// primary key, so readings added meanwhile never shift the pages still to come.
+    /// place, ts) order, after the reading `after` (stream, place, ts) when given: keyset pages
+    /// over the primary key, so readings added meanwhile never shift the pages still to come.
     #[tracing::instrument(level = "debug", skip_all, fields(adapter = adapter, from_ms = from_ms))]
     pub async fn table_rows_page(
         &self,
         adapter: &str,
         columns: &[Column],
         (from_ms, to_ms): (i64, i64),
-        after: Option<(Uuid, i64)>,
+        after: Option<(Uuid, &str, i64)>,
         limit: i64,
     ) -> Result<Vec<TableRow>, DbError> {
         let names: Vec<String> = columns.iter().map(|c| format!("m.{}", c.name)).collect();
         let after_clause = if after.is_some() {
-            "AND (m.stream_id > $4 OR (m.stream_id = $5 AND m.ts > $6)) "
+            "AND (m.stream_id > $4 OR (m.stream_id = $5 AND (m.place > $6 \
+             OR (m.place = $7 AND m.ts > $8)))) "
         } else {
             ""
         };
-        let limit_param = if after.is_some() { "$7" } else { "$4" };
+        let limit_param = if after.is_some() { "$9" } else { "$4" };
         let sql = format!(
-            "SELECT m.stream_id, m.ts, m.result_id, m.parser_version, s.bucket_name, {} \
+            "SELECT m.stream_id, m.ts, m.result_id, m.parser_version, s.bucket_name, m.place, {} \
              FROM measurements m JOIN streams s ON s.id = m.stream_id \
              WHERE s.adapter = $1 AND m.ts >= $2 AND m.ts < $3 {after_clause}\
-             ORDER BY m.stream_id, m.ts LIMIT {limit_param}",
+             ORDER BY m.stream_id, m.place, m.ts LIMIT {limit_param}",
             names.join(", ")
         );
         let rows = dispatch!(Db, self, |pool| {
             let mut query = sqlx::query(&sql).bind(adapter).bind(from_ms).bind(to_ms);
-            if let Some((stream_id, ts)) = after {
-                query = query.bind(stream_id).bind(stream_id).bind(ts);
+            if let Some((stream_id, place, ts)) = after {
+                query = query
+                    .bind(stream_id)
+                    .bind(stream_id)
+                    .bind(place)
+                    .bind(place)
+                    .bind(ts);
             }
             query
                 .bind(limit.max(1))

@@ -233,7 +233,7 @@ impl Tables {
 
         // Every bucket's file is built in memory from pages of the day's readings.
         let mut files: BTreeMap<String, DayFile> = BTreeMap::new();
-        let mut after: Option<(Uuid, i64)> = None;
+        let mut after: Option<(Uuid, String, i64)> = None;
         loop {
             let page = self
                 .db
@@ -241,12 +241,14 @@ impl Tables {
                     adapter,
                     source.reading_columns(),
                     day_bounds(day),
-                    after,
+                    after
+                        .as_ref()
+                        .map(|(stream_id, place, ts)| (*stream_id, place.as_str(), *ts)),
                     PAGE_ROWS,
                 )
                 .await?;
             let Some(last) = page.last() else { break };
-            after = Some((last.stream_id, last.ts));
+            after = Some((last.stream_id, last.place.clone(), last.ts));
             let mut by_bucket: BTreeMap<&str, Vec<_>> = BTreeMap::new();
             for row in &page {
                 by_bucket.entry(row.bucket.as_str()).or_default().push(row);
