@@ -1,7 +1,9 @@
 // #/streams/{id}: one stream's configuration and status, its US AQI over the last 7 days with
 // the category bands, its coverage over the last 24 hours (coverage.js), its latest readings,
-// results (each raw object one click away) and failed runs. New results, readings and failures
-// arrive over the live channel. "Re-parse this stream" queues a job shown on #/warehouse.
+// results (each raw object one click away) and its runs (every run: when, how it ended, pages,
+// records, its window and async job; filterable by status, a failed run's reason shown). New
+// results, readings and runs arrive over the live channel. "Re-parse this stream" queues a job
+// shown on #/warehouse.
 
 import { get, post, query } from "./api.js";
 import * as live from "./live.js";
@@ -14,7 +16,7 @@ import { coverageStrip } from "./coverage.js";
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
 const RESULTS_PAGE = 20;
-/** Live rows kept in the results and failures tables; older ones stay a page away. */
+/** Live rows kept in the results table; older ones stay a page away. */
 const KEEP_ROWS = 200;
 /** How often the coverage strip is read again while the page is open. */
 const COVERAGE_REFRESH_MS = 30_000;
@@ -37,7 +39,11 @@ export async function render(main, route, ctx) {
   const readingsCount = h("span", { class: "muted small" });
   const resultsBody = h("tbody");
   const moreResults = h("button", { type: "button", class: "btn small", hidden: true, "data-test": "more-results" }, "Older results");
-  const failuresBody = h("tbody");
+  const runsBody = h("tbody");
+  const runsFilter = h("select", { class: "small", "data-test": "runs-filter", title: "Show runs with this status" },
+    ["", "stored", "failed", "truncated", "running"].map((v) => h("option", { value: v }, v || "all runs")));
+  const moreRuns = h("button", { type: "button", class: "btn small", hidden: true, "data-test": "more-runs" }, "Older runs");
+  let nextRuns = null;
   const coverageBox = h("div", { "data-test": "coverage" }, h("p", { class: "muted" }, "Loading…"));
   const reparseNote = h("span", { "data-test": "reparse-note" });
   const reparseButton = h("button", {
@@ -79,10 +85,15 @@ export async function render(main, route, ctx) {
             h("th", {}, "SHA-256"), h("th", {}, "Status"), h("th", {}, "Raw"))),
           resultsBody)),
         h("div", { class: "more" }, moreResults)),
-      card("Failed runs", { class: "card flush-table" },
-        h("div", { class: "scroll" }, h("table", { class: "table", "data-test": "failures" },
-          h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Class"), h("th", {}, "Message"))),
-          failuresBody)))));
+      card("Runs", { class: "card flush-table" },
+        h("div", { class: "card-tools" }, runsFilter),
+        h("div", { class: "scroll" }, h("table", { class: "table", "data-test": "runs" },
+          h("thead", {}, h("tr", {},
+            h("th", {}, "Slot"), h("th", {}, "Status"), h("th", { class: "num" }, "Pages"),
+            h("th", { class: "num" }, "Records"), h("th", { class: "num" }, "Size"), h("th", {}, "Took"),
+            h("th", {}, "Detail"))),
+          runsBody)),
+        h("div", { class: "more" }, moreRuns))));
 
   // ---- configuration and status ----
 
@@ -112,6 +123,11 @@ export async function render(main, route, ctx) {
         ? h("div", {}, Object.entries(s.params).map(([k, v]) => h("div", {}, h("span", { class: "muted" }, `${k} `), h("code", {}, String(v)))))
         : h("span", { class: "muted" }, "none")],
       ["Rate limit", `${limit(rl.per_minute, "min")} · ${limit(rl.per_day, "day")} · ${limit(rl.per_month, "month")}`],
+      ...["request", "pagination", "records", "max_pages", "page_concurrency", "job"]
+        .filter((k) => s[k] !== undefined && s[k] !== null)
+        .map((k) => [k.replace("_", " "), h("code", { class: "wrap", "data-test": `source-${k}` }, typeof s[k] === "object" ? JSON.stringify(s[k]) : String(s[k]))]),
+      ...(s.start_at ? [["Windows from", time(s.start_at)]] : []),
+      ...(s.window_end ? [["Next window from", time(s.window_end)]] : []),
       ["Worker", s.worker_id ? `${s.worker_id} (generation ${s.generation})` : h("span", { class: "muted" }, "none")],
       ["Last result", time(s.last_result_at, { relative: true })],
       ["Last error", s.last_error
@@ -194,12 +210,53 @@ export async function render(main, route, ctx) {
       }, "raw JSON ↗")));
   }
 
-  function failureRow(f) {
-    return h("tr", { "data-test": "failure", "data-id": f.run_id },
-      h("td", { class: "nowrap" }, time(f.at)),
-      h("td", {}, h("span", { class: "tag failure-class" }, f.class)),
-      h("td", { class: "message" }, f.message, f.stream_stopped ? h("div", { class: "tag stopped-tag" }, "stream stopped") : null));
+  function runRow(r) {
+    const tagClass = r.status === "failed" ? "failure-class" : r.status === "stored" ? "ok" : "reconciled";
+    const detail = [];
+    if (r.class) detail.push(h("span", { class: "tag failure-class" }, r.class), " ");
+    if (r.message) detail.push(h("span", { class: r.status === "failed" ? "error-text" : "muted" }, r.message));
+    if (r.window_start && r.window_end) {
+      detail.push(h("div", { class: "muted small" }, "window ", time(r.window_start), " → ", time(r.window_end)));
+    }
+    if (r.job && r.job.length) {
+      detail.push(h("div", { class: "muted small", "data-test": "run-job" }, "job: ", r.job.map((s) => s.state).join(" → ")));
+    }
+    if (r.stream_stopped) detail.push(h("div", { class: "tag stopped-tag" }, "stream stopped"));
+    return h("tr", { "data-test": "run", "data-id": r.id, "data-status": r.status },
+      h("td", { class: "nowrap" }, h("a", { href: `/runs/${r.id}`, target: "_blank", rel: "noopener", title: `run ${r.id}: its pages' references` }, time(r.scheduled_at))),
+      h("td", {}, h("span", { class: `tag ${tagClass}` }, r.status)),
+      h("td", { class: "num" }, num(r.pages)),
+      h("td", { class: "num" }, r.records == null ? "—" : num(r.records)),
+      h("td", { class: "num" }, bytes(r.bytes)),
+      h("td", { class: "nowrap" }, r.duration_ms == null ? "…" : duration(r.duration_ms), r.attempts > 1 ? h("div", { class: "muted small" }, `${r.attempts} calls`) : null),
+      h("td", { class: "message" }, detail.length ? detail : h("span", { class: "muted" }, "—")));
   }
+
+  async function loadRuns(after) {
+    const page = await get(`/streams/${encodeURIComponent(id)}/runs${query({ limit: RESULTS_PAGE, after, status: runsFilter.value || undefined })}`);
+    if (!ctx.alive) return;
+    if (!after) fill(runsBody);
+    for (const r of page.items) runsBody.append(runRow(r));
+    if (!runsBody.children.length) {
+      runsBody.append(h("tr", { class: "empty" }, h("td", { colspan: 7 }, runsFilter.value ? `No ${runsFilter.value} runs.` : "No runs yet.")));
+    }
+    nextRuns = page.next;
+    moreRuns.hidden = !nextRuns;
+  }
+  moreRuns.addEventListener("click", () => {
+    if (nextRuns) loadRuns(nextRuns).catch((err) => showError(err, "Runs"));
+  });
+  runsFilter.addEventListener("change", () => loadRuns().catch((err) => showError(err, "Runs")));
+  // Runs change as results and failures arrive: read the first page again, at most once a second.
+  let runsTimer = null;
+  const refreshRuns = () => {
+    if (runsTimer || nextRuns && runsBody.children.length > RESULTS_PAGE) return;
+    runsTimer = setTimeout(() => {
+      runsTimer = null;
+      loadRuns().catch((err) => showError(err, "Runs"));
+    }, 1000);
+  };
+  ctx.onCleanup(() => clearTimeout(runsTimer));
 
   const prepend = (body, rowEl) => {
     const empty = body.querySelector("tr.empty");
@@ -211,8 +268,6 @@ export async function render(main, route, ctx) {
       // The API pages by "older than this id".
       nextResults = body.lastElementChild.dataset.id;
       moreResults.hidden = false;
-    } else if (body === failuresBody) {
-      while (body.children.length > KEEP_ROWS) body.lastElementChild.remove();
     }
   };
 
@@ -245,7 +300,7 @@ export async function render(main, route, ctx) {
       get(base),
       get(`${base}/measurements${query({ from: since, limit: 10000 })}`),
       loadResults(),
-      get(`${base}/failures${query({ limit: 50 })}`),
+      loadRuns(),
       get("/workers"),
       loadCoverage(),
     ]);
@@ -273,17 +328,12 @@ export async function render(main, route, ctx) {
       showError(c.reason, "Coverage");
       fill(coverageBox, h("p", { class: "muted" }, "The coverage could not be loaded."));
     }
-    if (f.status === "fulfilled") {
-      fill(failuresBody, f.value.items.length ? f.value.items.map(failureRow)
-        : h("tr", { class: "empty" }, h("td", { colspan: 3 }, "No failed runs.")));
-    } else {
-      showError(f.reason, "Failed runs");
-    }
+    if (f.status === "rejected") showError(f.reason, "Runs");
     return true;
   }
 
   function addMeasurement(m) {
-    if (measurements.some((x) => x.ts === m.ts)) return;
+    if (measurements.some((x) => x.ts === m.ts && x.city === m.city && x.state === m.state)) return;
     measurements.push(m);
     measurements.sort((a, b) => Date.parse(a.ts) - Date.parse(b.ts));
     const cutoff = Date.now() - WEEK_MS;
@@ -326,8 +376,9 @@ export async function render(main, route, ctx) {
       if (!has(resultsBody, msg.result.id)) prepend(resultsBody, resultRow(msg.result));
       if (stream) showStream({ ...stream, last_result_at: msg.result.fetched_at });
       if (msg.measurement) addMeasurement(msg.measurement);
+      refreshRuns();
     } else if (msg.type === "failure") {
-      if (!has(failuresBody, msg.failure.run_id)) prepend(failuresBody, failureRow(msg.failure));
+      refreshRuns();
       if (stream) showStream({ ...stream, last_error: msg.failure.message, last_error_at: msg.failure.at });
     }
   }
