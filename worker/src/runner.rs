@@ -114,6 +114,17 @@ pub struct Runner {
     /// Where each paged stream's next window starts (ms): the end of its last stored window
     /// here. The supervisor's `window_start_ms` may be older (events in flight); the later wins.
     windows: Mutex<HashMap<Uuid, i64>>,
+    /// Per paged stream whose last run failed: the window it started at and the SHA-256 of
+    /// each page it stored. The next run covers that window again (a failed run stores no
+    /// window); a page byte-identical to one stored then is not stored twice.
+    carried: Mutex<HashMap<Uuid, Carried>>,
+}
+
+/// What a failed paged run leaves for the next run of its window.
+#[derive(Debug, Clone, Default)]
+struct Carried {
+    window_start_ms: i64,
+    pages: HashMap<u32, String>,
 }
 
 impl Runner {
@@ -126,6 +137,7 @@ impl Runner {
             budgets: KeyBudgets::new(Clock::System),
             retry: RetryPolicy::default(),
             windows: Mutex::new(HashMap::new()),
+            carried: Mutex::new(HashMap::new()),
         }
     }
 
@@ -144,6 +156,11 @@ impl Runner {
     pub fn forget(&self, stream_id: Uuid) {
         self.budgets.forget_stream(stream_id);
         self.windows().remove(&stream_id);
+        self.carried().remove(&stream_id);
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Carried>> {
+        self.carried.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, i64>> {
@@ -361,6 +378,12 @@ impl Runner {
             stream_stopped: false,
         };
         self.outbox.push(Event::Run(Box::new(report.clone())));
+        let known = self
+            .carried()
+            .remove(&cfg.stream_id)
+            .filter(|c| c.window_start_ms == window.start_ms)
+            .map(|c| c.pages)
+            .unwrap_or_default();
         let record = RunRecord {
             runner: self,
             cfg,
@@ -368,6 +391,9 @@ impl Runner {
             deadline,
             report: Mutex::new(report),
             calls: AtomicU32::new(0),
+            known,
+            stored: Mutex::new(HashMap::new()),
+            reused: AtomicU32::new(0),
         };
         let run = PagedRun {
             cfg,
@@ -389,6 +415,13 @@ impl Runner {
         let mut report = record.report().clone();
         report.attempts = record.calls.load(Ordering::Relaxed);
         report.finished_at_ms = Some(Utc::now().timestamp_millis());
+        let reused = record.reused.load(Ordering::Relaxed);
+        let reused_note = (reused > 0).then(|| {
+            format!(
+                "{reused} page(s) identical to what the failed run of this window stored were \
+                 not stored again"
+            )
+        });
         match ended {
             Ok(end) => {
                 report.status = if end.truncated {
@@ -396,7 +429,10 @@ impl Runner {
                 } else {
                     RunStatus::Stored
                 };
-                report.message = end.note;
+                report.message = match (end.note, reused_note) {
+                    (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                    (a, b) => a.or(b),
+                };
                 // The next run starts where this one ended, stored or truncated (a truncated
                 // run says so on its record; fetching the same window again would truncate
                 // again).
@@ -419,6 +455,16 @@ impl Runner {
                 report.stream_stopped = err.retry == Retry::StopStream;
                 report.class = Some(err.class);
                 report.message = Some(err.message);
+                // The next run covers this window again: what was stored stays known.
+                let mut pages = record.known.clone();
+                pages.extend(record.stored_pages().drain());
+                self.carried().insert(
+                    cfg.stream_id,
+                    Carried {
+                        window_start_ms: window.start_ms,
+                        pages,
+                    },
+                );
             }
         }
         let report = Box::new(report);
@@ -490,11 +536,21 @@ struct RunRecord<'a> {
     deadline: Instant,
     report: Mutex<RunReport>,
     calls: AtomicU32,
+    /// Pages the failed run before stored for the same window: page → SHA-256.
+    known: HashMap<u32, String>,
+    /// Pages this run stored: page → SHA-256.
+    stored: Mutex<HashMap<u32, String>>,
+    /// Pages not stored again because `known` had them byte for byte.
+    reused: AtomicU32,
 }
 
 impl RunRecord<'_> {
     fn report(&self) -> std::sync::MutexGuard<'_, RunReport> {
         self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stored_pages(&self) -> std::sync::MutexGuard<'_, HashMap<u32, String>> {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn store_page(
@@ -505,6 +561,12 @@ impl RunRecord<'_> {
         measurement: Option<Measurement>,
     ) -> Result<(), AdapterError> {
         let cfg = self.cfg;
+        let sha256 = objects::sha256_hex(&body);
+        if self.known.get(&page) == Some(&sha256) {
+            // Stored (and referenced) by the failed run of this window already.
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let result_id = Uuid::now_v7();
         let fetched_at = fetch_time(result_id);
         let key = ObjectKey::new(
@@ -514,7 +576,6 @@ impl RunRecord<'_> {
             result_id,
         )
         .to_string();
-        let sha256 = objects::sha256_hex(&body);
         let meta = ObjectMeta {
             stream_id: cfg.stream_id.to_string(),
             fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
