@@ -75,6 +75,7 @@ mod admin;
 mod api;
 mod cities;
 mod faults;
+pub mod json;
 mod limits;
 mod reading;
 
