@@ -22,8 +22,9 @@ use crate::adapters::{AdapterError, Retry};
 /// Longest excerpt of an answer's body quoted in a message.
 const MAX_EXCERPT_CHARS: usize = 160;
 
-/// One request to make, before credentials.
-#[derive(Debug, Clone)]
+/// One request to make, before credentials. (`Debug` by hand: the token request's form holds
+/// the client secret, and a URL the API gave may hold the key.)
+#[derive(Clone)]
 pub(super) struct Call {
     /// What it is, for messages: `page 3`, `the job submission`.
     pub what: String,
@@ -36,6 +37,34 @@ pub(super) struct Call {
     /// A form body instead (the OAuth2 token request).
     pub form: Option<Vec<(&'static str, String)>>,
     pub kind: CallKind,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("what", &self.what)
+            .field("method", &self.method)
+            // Without the query: a next-page URL the API gave may echo the key.
+            .field(
+                "url",
+                &format_args!(
+                    "{}{}",
+                    self.url.origin().ascii_serialization(),
+                    self.url.path()
+                ),
+            )
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field(
+                "form",
+                &self
+                    .form
+                    .as_ref()
+                    .map(|form| form.iter().map(|(name, _)| *name).collect::<Vec<_>>()),
+            )
+            .field("kind", &self.kind)
+            .finish()
+    }
 }
 
 /// Who the call is for, which decides the credentials and what a refusal means.

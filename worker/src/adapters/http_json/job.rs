@@ -35,11 +35,14 @@ impl Ctx<'_> {
             if submission > 0 {
                 report(JobState::Resubmitted);
             }
-            let status_url = self.submit(job).await?;
+            let (status_url, queued) = self.submit(job).await?;
             if submission == 0 {
                 report(JobState::Queued);
             }
-            match self.poll(job, &status_url, &mut report).await? {
+            match self
+                .poll(job, &status_url, queued.as_deref(), &mut report)
+                .await?
+            {
                 Polled::Done(url) => {
                     result = Some(url);
                     break;
@@ -69,8 +72,9 @@ impl Ctx<'_> {
         Ok(end)
     }
 
-    /// Submits the job; answers the URL of its status.
-    async fn submit(&self, job: &Job) -> Result<Url, AdapterError> {
+    /// Submits the job; answers the URL of its status, and the status the submission's answer
+    /// gave (at `status_pointer`), if any: the API's word for "queued".
+    async fn submit(&self, job: &Job) -> Result<(Url, Option<String>), AdapterError> {
         let submit = &job.submit;
         let values = self.values(1, 0, None);
         let stop =
@@ -126,19 +130,26 @@ impl Ctx<'_> {
         };
         let answer = self.call(&call).await?;
         let json = self.json_of(&answer.url, &answer.body)?;
-        self.url_at(
+        let status_url = self.url_at(
             &json,
             &job.status_url_pointer,
             "job.status_url_pointer",
             &answer.url,
-        )
+        )?;
+        Ok((
+            status_url,
+            json.pointer(&job.status_pointer).and_then(status_text),
+        ))
     }
 
     /// Polls the status every `poll_interval` until it is done, failed, or past the deadline.
+    /// Any other status is `processing`, but for `queued` (the submission's own status), which
+    /// leaves the job where it was.
     async fn poll(
         &self,
         job: &Job,
         status_url: &Url,
+        queued: Option<&str>,
         report: &mut impl FnMut(JobState),
     ) -> Result<Polled, AdapterError> {
         let late_at = Instant::now() + Duration::from_millis(job.deadline);
@@ -161,11 +172,9 @@ impl Ctx<'_> {
             };
             let answer = self.call(&call).await?;
             let json = self.json_of(&answer.url, &answer.body)?;
-            let status = match json.pointer(&job.status_pointer) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Number(n)) => n.to_string(),
-                Some(Value::Bool(b)) => b.to_string(),
-                _ => {
+            let status = match json.pointer(&job.status_pointer).and_then(status_text) {
+                Some(status) => status,
+                None => {
                     return Err(self.invalid(
                         &answer.url,
                         format!(
@@ -198,7 +207,9 @@ impl Ctx<'_> {
                     Retry::NextTick,
                 ));
             }
-            report(JobState::Processing);
+            if queued != Some(status.as_str()) {
+                report(JobState::Processing);
+            }
         }
     }
 
@@ -234,5 +245,15 @@ impl Ctx<'_> {
                 format!("has no usable URL at {field} ({pointer}): {err}"),
             )
         })
+    }
+}
+
+/// A status as text: a string, or a number or boolean written out.
+fn status_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
