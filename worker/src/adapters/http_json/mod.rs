@@ -173,7 +173,7 @@ impl<'r> Ctx<'r> {
         })
     }
 
-    /// The values of the run's templates for page `index` with its position values.
+    /// The values of the run's templates for a page at `page`, `offset` and `cursor`.
     fn values(&self, page: u64, offset: u64, cursor: Option<String>) -> TemplateValues {
         TemplateValues {
             window_start_ms: self.run.window.start_ms,
