@@ -10,6 +10,7 @@
 //! A new source is a module here (name, rules, parser) plus a line in [`SOURCES`], and its fetch
 //! in the worker's adapters: nothing else in either service names a source.
 
+pub mod http_json;
 pub mod iqair;
 pub mod reading;
 
@@ -25,6 +26,22 @@ pub trait Source: Sync {
     /// Every problem with a stream's `params` for this source, each a sentence naming the
     /// parameter (empty: the parameters are fine).
     fn check_params(&self, params: &Map<String, Value>) -> Vec<String>;
+
+    /// Every problem with the stream's description of what to call (the fields of
+    /// [`http_json::FIELDS`] the user gave; absent fields are absent), each a sentence naming
+    /// the field. By default a source takes none of them, so each one given is a problem.
+    fn check_source(&self, source: &Map<String, Value>) -> Vec<String> {
+        source
+            .keys()
+            .map(|field| {
+                format!(
+                    "adapter {} takes no `{field}` (only {} does); remove it",
+                    self.name(),
+                    http_json::NAME
+                )
+            })
+            .collect()
+    }
 
     /// The version of the parser that turns this source's raw objects into readings. Bumped
     /// whenever the same bytes would parse differently.
@@ -43,7 +60,7 @@ pub trait Source: Sync {
 }
 
 /// Every source of this build.
-pub static SOURCES: &[&dyn Source] = &[&iqair::IqAir];
+pub static SOURCES: &[&dyn Source] = &[&iqair::IqAir, &http_json::HttpJson];
 
 /// The source called `name` (exact, case-sensitive), if this build has it.
 pub fn source(name: &str) -> Option<&'static dyn Source> {
@@ -61,13 +78,34 @@ mod tests {
 
     #[test]
     fn names_are_exact_and_unique() {
-        assert_eq!(names(), ["IQAIR_DAILY"]);
+        assert_eq!(names(), ["IQAIR_DAILY", "HTTP_JSON"]);
         assert!(source("IQAIR_DAILY").is_some());
+        assert!(source("HTTP_JSON").is_some());
+        assert!(source("http_json").is_none());
         assert!(source("iqair_daily").is_none());
         assert!(source("OPENAQ").is_none());
         assert!(source("").is_none());
         let mut unique = names();
         unique.dedup();
         assert_eq!(unique.len(), SOURCES.len());
+    }
+
+    #[test]
+    fn only_http_json_takes_a_source_spec() {
+        let given: Map<String, Value> =
+            serde_json::from_str(r#"{"request": {"method": "GET"}, "max_pages": 3}"#).unwrap();
+        let iqair = source("IQAIR_DAILY").unwrap();
+        assert_eq!(
+            iqair.check_source(&given),
+            [
+                "adapter IQAIR_DAILY takes no `max_pages` (only HTTP_JSON does); remove it",
+                "adapter IQAIR_DAILY takes no `request` (only HTTP_JSON does); remove it",
+            ]
+        );
+        assert!(iqair.check_source(&Map::new()).is_empty());
+        let http = source("HTTP_JSON").unwrap();
+        assert!(http.check_source(&given).is_empty());
+        assert!(http.reading_columns().is_empty());
+        assert_eq!(http.parser_version(), 1);
     }
 }

@@ -73,7 +73,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Exponential backoff with full jitter: a random wait in [d/2, d] for attempt n.
-    fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .initial
             .saturating_mul(1u32 << attempt.min(16))

@@ -11,9 +11,11 @@ use common::SecretKey;
 use futures::future::BoxFuture;
 use protocol::{FailureClass, Measurement, StreamConfig};
 
+pub mod http_json;
 pub mod iqair;
 pub mod paged;
 
+pub use http_json::HttpJson;
 pub use iqair::IqAir;
 pub use paged::{CallBudget, PageSink, PagedAdapter, PagedRun, RunEnd};
 
@@ -156,7 +158,8 @@ pub fn registry(client: reqwest::Client) -> Adapters {
     let mut adapters = Adapters {
         by_name: HashMap::new(),
     };
-    adapters.insert(Arc::new(IqAir::new(client)));
+    adapters.insert(Arc::new(IqAir::new(client.clone())));
+    adapters.insert(Arc::new(HttpJson::new(client)));
     adapters
 }
 
@@ -167,9 +170,11 @@ mod tests {
     #[test]
     fn registry_covers_the_catalogue() {
         let adapters = registry(reqwest::Client::new());
-        assert_eq!(adapters.names(), vec!["IQAIR_DAILY".to_string()]);
+        assert_eq!(adapters.names(), ["HTTP_JSON", "IQAIR_DAILY"]);
         let iqair = adapters.get("IQAIR_DAILY").map(|a| a.name());
         assert_eq!(iqair, Some("IQAIR_DAILY"));
+        let http_json = adapters.get("HTTP_JSON").map(|a| a.name());
+        assert_eq!(http_json, Some("HTTP_JSON"));
         assert!(adapters.get("iqair_daily").is_none());
         let mut catalogue = catalogue::names();
         catalogue.sort_unstable();
