@@ -423,7 +423,7 @@ impl Draft {
         match catalogue::source(&self.adapter) {
             Some(source) => {
                 problems.extend(source.check_params(&self.params));
-                problems.extend(PENDING_check_source(&self.source));
+                problems.extend(source.check_source(&self.source));
                 if PENDING_sweep(&self.params) {
                     problems.push(
                         "params naming a country or state without a city (a sweep) need the \
@@ -1025,10 +1025,6 @@ mod tests {
     }
 }
 
-#[allow(non_snake_case)]
-fn PENDING_check_source(_s: &Map<String, Value>) -> Vec<String> {
-    Vec::new()
-}
 #[allow(non_snake_case)]
 fn PENDING_sweep(_s: &Map<String, Value>) -> bool {
     false
