@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use protocol::{FailureClass, Measurement, StreamConfig};
 
 pub mod iqair;
+pub mod iqair_sweep;
 pub mod paged;
 
 pub use iqair::IqAir;
