@@ -332,7 +332,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -342,9 +342,9 @@ fn thousands(n: u64) -> String {
 
 /// `15 minutes`, `1 minute`, `30 seconds`, `1,500 ms`.
 fn describe_ms(ms: u64) -> String {
-    if ms % MINUTE_MS == 0 {
+    if ms.is_multiple_of(MINUTE_MS) {
         plural(ms / MINUTE_MS, "minute", "minutes")
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         plural(ms / 1_000, "second", "seconds")
     } else {
         format!("{} ms", thousands(ms))
