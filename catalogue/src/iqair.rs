@@ -1,6 +1,7 @@
 //! IQAir AirVisual v2 (`IQAIR_DAILY`): the `city` and `nearest_city` answers, read leniently
 //! (fields come and go, numbers drift between integer and float, IQAIR.md §8) into a
-//! [`Measurement`], and the rules for a stream's parameters (a point or a place).
+//! [`Measurement`], the rules for a stream's parameters (a point, a place, or a sweep of a whole
+//! country or state), and the listing bodies a sweep discovers its cities from.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -182,14 +183,256 @@ pub fn check_params(params: &Map<String, Value>) -> Vec<String> {
             }
         }
     } else if place {
-        for key in ["city", "state", "country"] {
-            match params.get(key) {
+        // One city needs all three names; a sweep (no city) needs the country, and may narrow
+        // it to one state.
+        let required: &[&str] = if has("city") {
+            &["city", "state", "country"]
+        } else if has("state") {
+            &["state", "country"]
+        } else {
+            &["country"]
+        };
+        for key in required {
+            match params.get(*key) {
                 Some(Value::String(s)) if !s.trim().is_empty() => {}
                 _ => problems.push(format!("params.{key} must be a non-empty string")),
             }
         }
     }
     problems
+}
+
+/// The place a sweep covers: every city of a country, or of one state of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SweepScope {
+    /// The country, as the listing endpoints name it (e.g. `Poland`, `USA`).
+    pub country: String,
+    /// One state of it (e.g. `Lesser Poland Voivodeship`); `None`: every state.
+    pub state: Option<String>,
+}
+
+impl SweepScope {
+    /// `Poland`, or `Lesser Poland Voivodeship, Poland`: for messages.
+    pub fn describe(&self) -> String {
+        match &self.state {
+            Some(state) => format!("{state}, {}", self.country),
+            None => self.country.clone(),
+        }
+    }
+}
+
+/// Stream parameters as either service holds them: JSON values at the API, strings on the wire.
+pub trait ParamText {
+    /// Whether the parameter `name` is given at all, whatever its value.
+    fn has_param(&self, name: &str) -> bool;
+    /// The parameter `name` as text, when it is a string (on the wire, every value is).
+    fn param_text(&self, name: &str) -> Option<&str>;
+}
+
+impl ParamText for Map<String, Value> {
+    fn has_param(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+    fn param_text(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(Value::as_str)
+    }
+}
+
+impl ParamText for std::collections::BTreeMap<String, String> {
+    fn has_param(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+    fn param_text(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
+/// The sweep a stream's parameters ask for: `country` (and optionally `state`) without `city`
+/// and without `lat`/`lon`. `None` for one city, one point, the IP lookup, or parameters that
+/// [`check_params`] refuses (a blank country). An empty `state` means the whole country.
+pub fn sweep_scope(params: &impl ParamText) -> Option<SweepScope> {
+    let given = |name: &str| params.param_text(name).filter(|v| !v.trim().is_empty());
+    if ["city", "lat", "lon"]
+        .iter()
+        .any(|name| params.has_param(name))
+    {
+        return None;
+    }
+    Some(SweepScope {
+        country: given("country")?.to_string(),
+        state: given("state").map(str::to_string),
+    })
+}
+
+/// Whether `endpoint` is IQAir's `city` endpoint (its path ends with `/city`), the only one a
+/// sweep can use: `nearest_city` takes a point, not a name.
+pub fn is_city_endpoint(endpoint: &str) -> bool {
+    let path = endpoint_path(endpoint);
+    path.trim_end_matches('/').ends_with("/city")
+}
+
+/// The listing endpoints of IQAir v2 (IQAIR.md §2, §4): what a sweep discovers its cities with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listing {
+    /// `GET /v2/countries`: `[{"country": …}]`.
+    Countries,
+    /// `GET /v2/states?country=`: `[{"state": …}]`.
+    States,
+    /// `GET /v2/cities?state=&country=`: `[{"city": …}]`.
+    Cities,
+}
+
+impl Listing {
+    /// The endpoint's last path segment.
+    pub fn path(self) -> &'static str {
+        match self {
+            Listing::Countries => "countries",
+            Listing::States => "states",
+            Listing::Cities => "cities",
+        }
+    }
+
+    /// The key each entry of the listing names its item with.
+    pub fn field(self) -> &'static str {
+        match self {
+            Listing::Countries => "country",
+            Listing::States => "state",
+            Listing::Cities => "city",
+        }
+    }
+}
+
+/// The listing endpoint beside a stream's `city` endpoint: the trailing `city` segment replaced
+/// (`http://host/v2/city` → `http://host/v2/states`), any query kept. `None` when `endpoint` is
+/// not a `city` endpoint.
+pub fn listing_endpoint(endpoint: &str, listing: Listing) -> Option<String> {
+    if !is_city_endpoint(endpoint) {
+        return None;
+    }
+    let path = endpoint_path(endpoint);
+    let rest = &endpoint[path.len()..];
+    let base = path.trim_end_matches('/');
+    let base = &base[..base.len() - "city".len()];
+    Some(format!("{base}{}{rest}", listing.path()))
+}
+
+/// `endpoint` up to its query or fragment.
+fn endpoint_path(endpoint: &str) -> &str {
+    let end = endpoint.find(['?', '#']).unwrap_or(endpoint.len());
+    &endpoint[..end]
+}
+
+/// What a listing body says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingBody {
+    /// A success envelope whose `data` is an array: the names, in the API's order, each once
+    /// (entries without a string name are skipped).
+    Names(Vec<String>),
+    /// A fail envelope with its message, e.g. `country_not_found` or `incorrect_api_key`.
+    Fail(String),
+    /// Anything else; the reason, for an error message.
+    Unrecognised(String),
+}
+
+/// Reads a listing body (`{"status":"success","data":[{"state":"…"}, …]}`, IQAIR.md §4) for
+/// `listing`. Never panics, whatever the bytes.
+pub fn read_listing(body: &[u8], listing: Listing) -> ListingBody {
+    if let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body) {
+        let success = object
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("success"));
+        if let (true, Some(Value::Array(entries))) = (success, object.get("data")) {
+            let mut names: Vec<String> = Vec::with_capacity(entries.len());
+            for entry in entries {
+                if let Some(name) = entry.get(listing.field()).and_then(Value::as_str) {
+                    if !name.trim().is_empty() && !names.iter().any(|n| n == name) {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+            return ListingBody::Names(names);
+        }
+    }
+    match read_envelope(body) {
+        Envelope::Fail(message) => ListingBody::Fail(message),
+        Envelope::Unrecognised(reason) => ListingBody::Unrecognised(reason),
+        Envelope::Success(_) => ListingBody::Unrecognised(format!(
+            "success envelope without a {} listing: {}",
+            listing.path(),
+            excerpt(body)
+        )),
+    }
+}
+
+/// What an API fail message means, for callers that only need the broad kind (the worker's
+/// adapter keeps its own, finer classification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// A rate-limit window is used up (`call_per_*_limit_reached`, `too_many_requests`).
+    RateLimited(LimitWindow),
+    /// The key is wrong, expired or too weak (`incorrect_api_key`, `api_key_expired`,
+    /// `Forbidden`, `Payment Required`, `permission_denied…`, `feature_not_available`).
+    Auth,
+    /// `country_not_found`.
+    CountryNotFound,
+    /// `state_not_found` (also sent for a wrong country, IQAIR.md §6.2).
+    StateNotFound,
+    /// `city_not_found`.
+    CityNotFound,
+    /// Anything else.
+    Other,
+}
+
+/// Which window a limit message names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitWindow {
+    Second,
+    Minute,
+    Day,
+    Month,
+    /// Plain `call_limit_reached`.
+    Unknown,
+}
+
+/// Classifies a fail message lower-cased, by substring (IQAIR.md §8.1, §8.2).
+pub fn fail_kind(message: &str) -> FailKind {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("too_many_requests") || lower.contains("per_second") {
+        return FailKind::RateLimited(LimitWindow::Second);
+    }
+    if lower.contains("limit_reached") {
+        let window = if lower.contains("per_minute") {
+            LimitWindow::Minute
+        } else if lower.contains("per_day") {
+            LimitWindow::Day
+        } else if lower.contains("per_month") {
+            LimitWindow::Month
+        } else {
+            LimitWindow::Unknown
+        };
+        return FailKind::RateLimited(window);
+    }
+    const AUTH: &[&str] = &[
+        "incorrect_api_key",
+        "api_key_expired",
+        "forbidden",
+        "payment required",
+        "payment_required",
+        "permission_denied",
+        "feature_not_available",
+    ];
+    if AUTH.iter().any(|code| lower.contains(code)) {
+        FailKind::Auth
+    } else if lower.contains("country_not_found") {
+        FailKind::CountryNotFound
+    } else if lower.contains("state_not_found") {
+        FailKind::StateNotFound
+    } else if lower.contains("city_not_found") {
+        FailKind::CityNotFound
+    } else {
+        FailKind::Other
+    }
 }
 
 /// What an IQAir body is, before anyone decides what to do about it.
@@ -548,5 +791,210 @@ mod tests {
         }
         assert!(!check(json!({"city": "Los Angeles"})).is_empty());
         assert!(!check(json!({"lat": 1, "lon": 2, "city": "x"})).is_empty());
+    }
+
+    #[test]
+    fn a_country_or_a_state_of_it_is_a_sweep() {
+        let check = |v: Value| check_params(v.as_object().unwrap());
+        assert!(check(json!({"country": "Poland"})).is_empty());
+        assert!(
+            check(json!({"country": "Poland", "state": "Lesser Poland Voivodeship"})).is_empty()
+        );
+        // The messages of the one-city rules stay as they were.
+        assert_eq!(
+            check(json!({"city": "Krakow", "country": "Poland"})),
+            vec!["params.state must be a non-empty string"]
+        );
+        assert_eq!(
+            check(json!({"city": "Los Angeles"})),
+            vec![
+                "params.state must be a non-empty string",
+                "params.country must be a non-empty string"
+            ]
+        );
+        // A state names no country by itself; blank or non-string names are no names.
+        assert_eq!(
+            check(json!({"state": "Mazovia"})),
+            vec!["params.country must be a non-empty string"]
+        );
+        assert_eq!(
+            check(json!({"country": " "})),
+            vec!["params.country must be a non-empty string"]
+        );
+        assert_eq!(
+            check(json!({"country": "Poland", "state": ""})),
+            vec!["params.state must be a non-empty string"]
+        );
+        assert_eq!(
+            check(json!({"country": 48})),
+            vec!["params.country must be a non-empty string"]
+        );
+        assert_eq!(
+            check(json!({"country": "Poland", "lat": 50.06, "lon": 19.94})),
+            vec!["params: give lat/lon or city/state/country, not both"]
+        );
+    }
+
+    #[test]
+    fn sweep_scope_reads_both_forms_of_params() {
+        let json_params = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            sweep_scope(&json_params(json!({"country": "Poland"}))),
+            Some(SweepScope {
+                country: "Poland".into(),
+                state: None
+            })
+        );
+        let state = sweep_scope(&json_params(
+            json!({"country": "Poland", "state": "Lesser Poland Voivodeship"}),
+        ))
+        .unwrap();
+        assert_eq!(state.state.as_deref(), Some("Lesser Poland Voivodeship"));
+        assert_eq!(state.describe(), "Lesser Poland Voivodeship, Poland");
+        for not_a_sweep in [
+            json!({"city": "Krakow", "state": "Lesser Poland Voivodeship", "country": "Poland"}),
+            json!({"lat": 50.06, "lon": 19.94}),
+            json!({}),
+            json!({"state": "Mazovia"}),
+            json!({"country": ""}),
+            // A city of the wrong type is still a city, not a sweep.
+            json!({"country": "Poland", "city": 7}),
+        ] {
+            assert_eq!(
+                sweep_scope(&json_params(not_a_sweep.clone())),
+                None,
+                "{not_a_sweep}"
+            );
+        }
+        // On the wire every parameter is a string.
+        let wire = std::collections::BTreeMap::from([
+            ("country".to_string(), "Poland".to_string()),
+            ("state".to_string(), "Mazovia".to_string()),
+        ]);
+        assert_eq!(
+            sweep_scope(&wire),
+            Some(SweepScope {
+                country: "Poland".into(),
+                state: Some("Mazovia".into())
+            })
+        );
+        let blank_state = std::collections::BTreeMap::from([
+            ("country".to_string(), "Poland".to_string()),
+            ("state".to_string(), " ".to_string()),
+        ]);
+        assert_eq!(sweep_scope(&blank_state).and_then(|s| s.state), None);
+    }
+
+    #[test]
+    fn only_the_city_endpoint_can_sweep_and_its_listings_sit_beside_it() {
+        assert!(is_city_endpoint("http://api.airvisual.com/v2/city"));
+        assert!(is_city_endpoint("https://api.airvisual.com/v2/city/"));
+        assert!(is_city_endpoint("http://127.0.0.1:8090/v2/city?lang=en"));
+        assert!(!is_city_endpoint(
+            "http://api.airvisual.com/v2/nearest_city"
+        ));
+        assert!(!is_city_endpoint("http://api.airvisual.com/v2/cities"));
+        assert!(!is_city_endpoint("http://city/v2/nearest_city?x=/city"));
+        assert_eq!(
+            listing_endpoint("http://api.airvisual.com/v2/city", Listing::States).as_deref(),
+            Some("http://api.airvisual.com/v2/states")
+        );
+        assert_eq!(
+            listing_endpoint("http://127.0.0.1:8090/v2/city/?lang=en", Listing::Cities).as_deref(),
+            Some("http://127.0.0.1:8090/v2/cities?lang=en")
+        );
+        assert_eq!(
+            listing_endpoint("http://h/v2/nearest_city", Listing::States),
+            None
+        );
+    }
+
+    #[test]
+    fn listing_bodies_give_their_names_or_say_what_they_are() {
+        // PYAV's fixtures (IQAIR.md §4): names with spaces and dots, in the API's order.
+        let states = r#"{"status":"success","data":[{"state":"Lesser Poland Voivodeship"},{"state":"Mazovia"},{"state":"Silesia"}]}"#;
+        assert_eq!(
+            read_listing(states.as_bytes(), Listing::States),
+            ListingBody::Names(vec![
+                "Lesser Poland Voivodeship".into(),
+                "Mazovia".into(),
+                "Silesia".into()
+            ])
+        );
+        let cities = r#"{
+          "status": "success",
+          "data": [{"city": "Boulder"}, {"city": "U.S. Air Force Academy"}, {"city": "Boulder"},
+                   {"town": "x"}, {"city": 3}, {"city": ""}]
+        }"#;
+        assert_eq!(
+            read_listing(cities.as_bytes(), Listing::Cities),
+            ListingBody::Names(vec!["Boulder".into(), "U.S. Air Force Academy".into()])
+        );
+        let empty = r#"{"status":"success","data":[]}"#;
+        assert_eq!(
+            read_listing(empty.as_bytes(), Listing::Cities),
+            ListingBody::Names(vec![])
+        );
+        let fail = r#"{"status":"fail","data":{"message":"country_not_found"}}"#;
+        assert_eq!(
+            read_listing(fail.as_bytes(), Listing::States),
+            ListingBody::Fail("country_not_found".into())
+        );
+        let city_object = examples::SUCCESS_2026;
+        match read_listing(city_object.as_bytes(), Listing::Cities) {
+            ListingBody::Unrecognised(reason) => {
+                assert!(reason.contains("without a cities listing"), "{reason}")
+            }
+            other => panic!("a city answer is no listing: {other:?}"),
+        }
+        for body in ["", "<html>502</html>", r#""node not found""#, "[]"] {
+            assert!(
+                matches!(
+                    read_listing(body.as_bytes(), Listing::States),
+                    ListingBody::Unrecognised(_)
+                ),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fail_messages_fall_into_kinds() {
+        for (message, kind) in [
+            (
+                "call_per_minute_limit_reached",
+                FailKind::RateLimited(LimitWindow::Minute),
+            ),
+            (
+                "call_per_day_limit_reached",
+                FailKind::RateLimited(LimitWindow::Day),
+            ),
+            (
+                "call_per_month_limit_reached",
+                FailKind::RateLimited(LimitWindow::Month),
+            ),
+            (
+                "call_limit_reached",
+                FailKind::RateLimited(LimitWindow::Unknown),
+            ),
+            (
+                "too_many_requests",
+                FailKind::RateLimited(LimitWindow::Second),
+            ),
+            ("incorrect_api_key", FailKind::Auth),
+            ("api_key_expired", FailKind::Auth),
+            ("Forbidden", FailKind::Auth),
+            ("Payment Required", FailKind::Auth),
+            (
+                "permission_denied (you don't have access to this endpoint",
+                FailKind::Auth,
+            ),
+            ("country_not_found", FailKind::CountryNotFound),
+            ("state_not_found", FailKind::StateNotFound),
+            ("city_not_found", FailKind::CityNotFound),
+            ("no_nearest_city", FailKind::Other),
+        ] {
+            assert_eq!(fail_kind(message), kind, "{message}");
+        }
     }
 }

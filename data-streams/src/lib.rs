@@ -15,6 +15,7 @@ pub mod reparse;
 pub mod settings;
 pub mod stream;
 pub mod supervisor;
+pub mod sweep;
 pub mod tables;
 pub mod worker_port;
 

@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn the_city_table_parses() {
         let cities = parse_cities(include_str!("cities.csv")).expect("cities.csv parses");
-        assert_eq!(cities.len(), 73);
+        assert_eq!(cities.len(), 88);
         assert_eq!(cities[IP_MODE_CITY].name, "Los Angeles");
         assert!(cities
             .iter()

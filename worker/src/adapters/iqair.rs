@@ -4,53 +4,78 @@
 //! (retry, back off, stop the stream) is decided here.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
-use catalogue::iqair::{parse_measurement, read_envelope, Envelope};
+use catalogue::iqair::{is_city_endpoint, parse_measurement, read_envelope, sweep_scope, Envelope};
 use common::SecretKey;
 use futures::future::BoxFuture;
-use protocol::{FailureClass, Measurement};
+use protocol::{FailureClass, Measurement, StreamConfig};
 
-use super::{Adapter, AdapterError, FetchRequest, Fetched, RateLimitScope, Retry};
+use super::iqair_sweep::IqAirSweep;
+use super::{Adapter, AdapterError, FetchRequest, Fetched, PagedAdapter, RateLimitScope, Retry};
 
 pub use catalogue::iqair::NAME;
 
 /// The IQAir AirVisual v2 adapter (`city` and `nearest_city` endpoints; any other v2 endpoint's
-/// body is still stored, with no measurement).
+/// body is still stored, with no measurement). A `city` stream naming a country (or a state)
+/// without a city is a sweep: [`IqAirSweep`].
 #[derive(Debug, Clone)]
 pub struct IqAir {
     client: reqwest::Client,
+    /// Shared by clones, so every stream of the worker shares the discovered city lists.
+    sweep: Arc<IqAirSweep>,
 }
 
 impl IqAir {
     /// An adapter sending through `client` (which may carry a connect timeout, but should not
     /// carry a total timeout: the caller owns the run's timeout).
     pub fn new(client: reqwest::Client) -> Self {
-        IqAir { client }
+        IqAir {
+            sweep: Arc::new(IqAirSweep::new(client.clone())),
+            client,
+        }
+    }
+
+    /// The same adapter with sweeps listing their states and cities again once their lists are
+    /// older than `age` (default [`super::iqair_sweep::LIST_MAX_AGE`], a day; tests shorten
+    /// it). The lists discovered so far are dropped.
+    pub fn with_list_max_age(mut self, age: Duration) -> Self {
+        self.sweep = Arc::new(IqAirSweep::new(self.client.clone()).with_max_age(age));
+        self
     }
 
     async fn fetch_once(&self, req: FetchRequest<'_>) -> Result<Fetched, AdapterError> {
-        let url = request_url(&req)?;
-        let response = self
-            .client
-            .get(url)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|err| transport_error(err, req.secret_key))?;
-        let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| transport_error(err, req.secret_key))?;
-        tracing::debug!(status, bytes = body.len(), "iqair response");
-        match classify(status, &body) {
-            Ok(measurement) => Ok(Fetched { body, measurement }),
-            Err(mut err) => {
-                // The API has no reason to echo the key, but an error page might; the message
-                // ends up in the database and the HTTP API.
-                err.message = redact(&err.message, req.secret_key);
-                Err(err)
-            }
+        fetch(&self.client, req).await
+    }
+}
+
+/// One GET through `client`, classified ([`classify`]); what [`IqAir`] does for a run, and what
+/// a sweep does for each listing and each city.
+pub(crate) async fn fetch(
+    client: &reqwest::Client,
+    req: FetchRequest<'_>,
+) -> Result<Fetched, AdapterError> {
+    let url = request_url(&req)?;
+    let response = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|err| transport_error(err, req.secret_key))?;
+    let status = response.status().as_u16();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| transport_error(err, req.secret_key))?;
+    tracing::debug!(status, bytes = body.len(), "iqair response");
+    match classify(status, &body) {
+        Ok(measurement) => Ok(Fetched { body, measurement }),
+        Err(mut err) => {
+            // The API has no reason to echo the key, but an error page might; the message
+            // ends up in the database and the HTTP API.
+            err.message = redact(&err.message, req.secret_key);
+            Err(err)
         }
     }
 }
@@ -62,6 +87,12 @@ impl Adapter for IqAir {
 
     fn fetch<'a>(&'a self, req: FetchRequest<'a>) -> BoxFuture<'a, Result<Fetched, AdapterError>> {
         Box::pin(self.fetch_once(req))
+    }
+
+    /// A sweep: the `city` endpoint with a country (and perhaps a state) but no city.
+    fn paged(&self, cfg: &StreamConfig) -> Option<&dyn PagedAdapter> {
+        let sweep = is_city_endpoint(&cfg.endpoint) && sweep_scope(&cfg.params).is_some();
+        sweep.then_some(&*self.sweep as &dyn PagedAdapter)
     }
 }
 

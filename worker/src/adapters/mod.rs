@@ -13,6 +13,7 @@ use protocol::{FailureClass, Measurement, StreamConfig};
 
 pub mod http_json;
 pub mod iqair;
+pub mod iqair_sweep;
 pub mod paged;
 
 pub use http_json::HttpJson;
