@@ -241,6 +241,7 @@ impl Application {
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
             tables,
+            sweeps: std::sync::Arc::new(sweep::Sweeps::new()),
         };
         let app = api::router(state, settings.max_body_bytes);
         let http = self.http;

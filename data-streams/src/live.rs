@@ -43,7 +43,7 @@ pub enum LiveMessage<'a> {
     /// A stream was created, changed (config, state, assignment) or deleted (`stream: null`).
     Stream {
         stream_id: Uuid,
-        stream: Option<StreamView<'a>>,
+        stream: Option<Box<StreamView<'a>>>,
         deleted: bool,
     },
     /// A worker connected or went away: the status of its streams may have changed.

@@ -424,7 +424,9 @@ impl Draft {
             Some(source) => {
                 problems.extend(source.check_params(&self.params));
                 problems.extend(source.check_source(&self.source));
-                if PENDING_sweep(&self.params) {
+                if catalogue::iqair::sweep_scope(&self.params).is_some()
+                    && !catalogue::iqair::is_city_endpoint(&self.endpoint)
+                {
                     problems.push(
                         "params naming a country or state without a city (a sweep) need the \
                          `city` endpoint, e.g. http://api.airvisual.com/v2/city"
@@ -1023,9 +1025,4 @@ mod tests {
             "numbers travel as their JSON text"
         );
     }
-}
-
-#[allow(non_snake_case)]
-fn PENDING_sweep(_s: &Map<String, Value>) -> bool {
-    false
 }

@@ -32,6 +32,16 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A sweep its key cannot carry: 422 with the arithmetic.
+    #[error("{}", .0.message)]
+    SweepRefused(Box<crate::sweep::SweepRefusal>),
+    /// IQAir would not list a sweep's places: 422, or 503 with `Retry-After` when trying again
+    /// later may work.
+    #[error("{message}")]
+    SweepDiscovery {
+        message: String,
+        retry_after_s: Option<u64>,
+    },
     #[error("internal error")]
     Internal(#[source] Cause),
 }
@@ -49,6 +59,14 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::SweepRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "sweep_over_budget"),
+            ApiError::SweepDiscovery {
+                retry_after_s: Some(_),
+                ..
+            } => (StatusCode::SERVICE_UNAVAILABLE, "sweep_discovery"),
+            ApiError::SweepDiscovery { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "sweep_discovery")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -74,6 +92,19 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(message, problems) => {
                 json!({"code": code, "message": message, "problems": problems})
             }
+            ApiError::SweepRefused(refusal) => json!({
+                "code": code,
+                "message": refusal.message,
+                "window": refusal.window,
+                "calls": refusal.calls,
+                "limit": refusal.limit,
+                "budget": refusal.budget,
+                "interval_that_fits_ms": refusal.interval_that_fits_ms,
+            }),
+            ApiError::SweepDiscovery {
+                message,
+                retry_after_s,
+            } => json!({"code": code, "message": message, "retry_after_s": retry_after_s}),
             ApiError::Internal(cause) => {
                 // Logged once here; the caller learns nothing about internals.
                 tracing::error!("internal error: {}", common::error_chain(cause.as_ref()));
@@ -85,11 +116,37 @@ impl IntoResponse for ApiError {
             ApiError::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
-        (
+        let mut response = (
             status,
             axum::Json(json!({"error": error, "detail": detail})),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::SweepDiscovery {
+            retry_after_s: Some(secs),
+            ..
+        } = &self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*secs),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::sweep::SweepError> for ApiError {
+    fn from(err: crate::sweep::SweepError) -> Self {
+        match err {
+            crate::sweep::SweepError::Refused(refusal) => ApiError::SweepRefused(Box::new(refusal)),
+            crate::sweep::SweepError::Discovery {
+                message,
+                retry_after_s,
+            } => ApiError::SweepDiscovery {
+                message,
+                retry_after_s,
+            },
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The warehouse tables (Parquet files of the readings).
     pub tables: crate::tables::Tables,
+    /// Sweep planning: IQAir's listings counted (cached a day) when a sweep is created.
+    pub sweeps: std::sync::Arc<crate::sweep::Sweeps>,
 }
 
 /// The routes that need a token or a session, and the ones that do not, each with its part of

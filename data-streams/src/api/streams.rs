@@ -49,6 +49,7 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let start = input.start.unwrap_or(true);
     let spec = StreamSpec::parse(input)?;
+    plan_sweep(&state, &spec).await?;
     let row = state.supervisor.create(spec, start).await?;
     Ok((StatusCode::CREATED, shown(&state, &row)).into_response())
 }
@@ -104,8 +105,33 @@ pub(super) async fn update(
     ApiJson(update): ApiJson<StreamUpdate>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id, "stream")?;
+    // A sweep is checked against its key's budget as patched, before anything changes.
+    if let Some(current) = state.db.get_stream(id).await? {
+        let patched = current.spec.patched(update.clone())?;
+        plan_sweep(&state, &patched).await?;
+    }
     let row = state.supervisor.update(id, update).await?;
     Ok(shown(&state, &row))
+}
+
+/// For a sweep (an IQAir stream naming a country or state without a city): count its cities
+/// through IQAir's listings and refuse it when its key's limits cannot carry every city each
+/// run. Other streams pass untouched.
+async fn plan_sweep(state: &AppState, spec: &StreamSpec) -> Result<(), ApiError> {
+    if spec.adapter() != catalogue::iqair::NAME {
+        return Ok(());
+    }
+    state
+        .sweeps
+        .plan(
+            spec.endpoint(),
+            spec.secret_key(),
+            spec.params(),
+            spec.schedule(),
+            spec.rate_limit(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Stop a stream on its worker and delete it with its references, readings and failed runs.

@@ -96,7 +96,7 @@ impl Supervisor {
             Some(row.id),
             &LiveMessage::Stream {
                 stream_id: row.id,
-                stream: Some(row.view(&connected)),
+                stream: Some(Box::new(row.view(&connected))),
                 deleted: false,
             },
         );

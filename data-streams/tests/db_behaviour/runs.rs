@@ -35,13 +35,21 @@ pub async fn single_fetch_runs_come_from_their_result_or_failure(db: Db) {
     let s = stream(&db, T0).await;
     let stored = result(s.id, T0 + 1_000, Some(reading(T0, 40.0)));
     let failed = failure(s.id, T0 + 2_000, FailureClass::Http, "HTTP 502");
-    db.persist_runs(&[stored.clone()], &[failed.clone()], &[])
-        .await
-        .expect("persist");
+    db.persist_runs(
+        std::slice::from_ref(&stored),
+        std::slice::from_ref(&failed),
+        &[],
+    )
+    .await
+    .expect("persist");
     // A replay changes nothing.
-    db.persist_runs(&[stored.clone()], &[failed.clone()], &[])
-        .await
-        .expect("replay");
+    db.persist_runs(
+        std::slice::from_ref(&stored),
+        std::slice::from_ref(&failed),
+        &[],
+    )
+    .await
+    .expect("replay");
 
     let (runs, next) = db.list_runs(s.id, 10, None, None).await.expect("list");
     assert_eq!(next, None);
@@ -83,7 +91,7 @@ pub async fn reported_runs_go_forward_never_back(db: Db) {
     let s = stream(&db, T0).await;
     let run_id = v7(T0);
     let mut running = report(s.id, run_id, RunStatus::Running, 0);
-    db.persist_runs(&[], &[], &[running.clone()])
+    db.persist_runs(&[], &[], std::slice::from_ref(&running))
         .await
         .expect("running");
     let row = db.get_run(run_id).await.expect("get").expect("the run");
@@ -101,7 +109,7 @@ pub async fn reported_runs_go_forward_never_back(db: Db) {
             at_ms: T0 + 600,
         },
     ];
-    db.persist_runs(&[], &[], &[running.clone()])
+    db.persist_runs(&[], &[], std::slice::from_ref(&running))
         .await
         .expect("processing");
     let row = db.get_run(run_id).await.expect("get").expect("the run");
