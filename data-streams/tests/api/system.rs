@@ -26,7 +26,7 @@ async fn workers_lists_connected_workers_with_their_streams() {
     assert_eq!(w["connected"], true);
     assert_eq!(w["streams"], 1);
     assert_eq!(w["capacity"], 7);
-    assert_eq!(w["adapters"], json!(["IQAIR_DAILY"]));
+    assert_eq!(w["adapters"], json!(["HTTP_JSON", "IQAIR_DAILY"]));
     let last_seen = w["last_seen"].as_str().expect("last_seen");
     chrono::DateTime::parse_from_rfc3339(last_seen).expect("RFC 3339");
 
