@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults: builds, starts the IQAir simulator (or uses the real API
-# when IQAIR_API_KEY is set), data-streams and one worker, creates a demo stream, and prints where
-# to look. Ctrl-C stops everything it started.
+# when IQAIR_API_KEY is set), the generic JSON API simulator (json-sim, for the README's HTTP_JSON
+# examples), data-streams and one worker, creates a demo stream, and prints where to look. Ctrl-C
+# stops everything it started.
 #
 #   scripts/run-dev.sh                    # simulator, SQLite under ./data, objects under ./data/objects
 #   IQAIR_API_KEY=... scripts/run-dev.sh  # the real api.airvisual.com
@@ -14,6 +15,7 @@ PROFILE=${PROFILE:-dev}
 HTTP_ADDR=${DATA_STREAMS_HTTP_ADDR:-127.0.0.1:8080}
 WORKER_ADDR=${DATA_STREAMS_WORKER_ADDR:-127.0.0.1:7070}
 SIM_ADDR=${IQAIR_SIM_ADDR:-127.0.0.1:8090}
+JSON_SIM_ADDR=${JSON_SIM_ADDR:-127.0.0.1:8091}
 export DATA_STREAMS_HTTP_ADDR=$HTTP_ADDR DATA_STREAMS_WORKER_ADDR=$WORKER_ADDR
 mkdir -p data/logs
 
@@ -79,6 +81,10 @@ else
   INTERVAL=${DEMO_INTERVAL_MS:-15000}
 fi
 
+echo "==> starting json-sim on $JSON_SIM_ADDR (a paginated JSON API with auth and report jobs; secret 'sim-secret')"
+start json-sim env JSON_SIM_ADDR="$JSON_SIM_ADDR" "$bindir/json-sim"
+wait_for "http://$JSON_SIM_ADDR/none/items?until=2026-01-01" json-sim "${pids[-1]}"
+
 echo "==> starting data-streams and a worker"
 start data-streams "$bindir/data-streams"
 wait_for "http://$HTTP_ADDR/healthz" data-streams "${pids[-1]}"
@@ -106,6 +112,7 @@ cat <<EOF2
 ==> running. Demo stream $id fetches Berlin (new streams: every $((INTERVAL / 1000)) s).
 
     console        http://$HTTP_ADDR/   (the stream: http://$HTTP_ADDR/#/streams/$id)
+    json-sim       http://$JSON_SIM_ADDR   (the README's HTTP_JSON examples call it; routes: docs/json-sim.md)
     API docs       http://$HTTP_ADDR/docs   (OpenAPI: /openapi.json)
     API            http://$HTTP_ADDR   (health: /healthz, readiness: /readyz, metrics: /metrics)
     raw objects    ./data/objects/results/IQAIR_DAILY/stream_id=$id/dt=YYYY-MM-DD/<result_id>.json

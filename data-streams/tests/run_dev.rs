@@ -66,6 +66,7 @@ async fn the_readme_query_gives_one_row_per_fetch_of_a_fresh_run_dev() {
             format!("127.0.0.1:{}", free_port()),
         )
         .set("IQAIR_SIM_ADDR", format!("127.0.0.1:{}", free_port()))
+        .set("JSON_SIM_ADDR", format!("127.0.0.1:{}", free_port()))
         .set("DEMO_INTERVAL_MS", "2000")
         .unset("IQAIR_API_KEY")
         .unset("DATA_STREAMS_API_TOKEN")

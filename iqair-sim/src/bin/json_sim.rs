@@ -1,5 +1,5 @@
 //! `json-sim`: a generic paginated JSON API for tests, demos and benchmarks of the `HTTP_JSON`
-//! adapter (see `iqair_sim::json` and iqair-sim/JSON_SIM.md for routes, auth kinds, jobs,
+//! adapter (see `iqair_sim::json` and docs/json-sim.md for routes, auth kinds, jobs,
 //! rate limits, faults and the admin API).
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `HTTP_JSON` adapter. One dataset of items (`{"id", "updated_at", "name", "value"}`, item `i`
 //! updated at `epoch + i * step`), served under every common pagination style, behind every
 //! common auth kind, plus asynchronous report jobs, a global rate limit and injected faults.
-//! `iqair-sim/JSON_SIM.md` is the reference; in short:
+//! `docs/json-sim.md` is the reference; in short:
 //!
 //! # Data routes: `/{auth}/…`, `auth` ∈ `none`, `bearer`, `header`, `query`, `basic`, `oauth2`
 //!
@@ -422,7 +422,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         .with(
             "detail",
-            format!("{method} is not allowed on {}; see JSON_SIM.md", uri.path()),
+            format!("{method} is not allowed on {}; see docs/json-sim.md", uri.path()),
         )
         .into_response()
 }
