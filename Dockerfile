@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# One image, three binaries: `data-streams` (the default command), `worker` and `iqair-sim`.
+# One image, four binaries: `data-streams` (the default command), `worker`, and the two
+# simulators `iqair-sim` and `json-sim`.
 # docker-compose.yml runs every service the project builds from this image and picks the binary
 # with `command:`. data-streams/tests/compose.rs checks the shape of this file.
 #
@@ -49,7 +50,8 @@ COPY data-streams data-streams
 RUN --mount=type=cache,id=data-streams-target,target=/src/target,sharing=locked \
     cargo build --release --locked --offline -p data-streams -p worker -p iqair-sim --bins \
  && mkdir -p /out \
- && cp target/release/data-streams target/release/worker target/release/iqair-sim /out/
+ && cp target/release/data-streams target/release/worker target/release/iqair-sim \
+       target/release/json-sim /out/
 
 # --- runtime -------------------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -66,14 +68,14 @@ RUN groupadd --system --gid 10001 data-streams \
         --no-create-home --shell /usr/sbin/nologin data-streams \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/data-streams
 
-COPY --from=builder /out/data-streams /out/worker /out/iqair-sim /usr/local/bin/
+COPY --from=builder /out/data-streams /out/worker /out/iqair-sim /out/json-sim /usr/local/bin/
 
 # The embedded defaults (sqlite://data/..., file://data/objects) resolve under this directory,
 # which the service user owns; production settings point elsewhere (see deploy/README.md).
 WORKDIR /var/lib/data-streams
 USER 10001:10001
 
-# 8080: data-streams HTTP API, 7070: data-streams worker port, 8090: iqair-sim.
-EXPOSE 8080 7070 8090
+# 8080: data-streams HTTP API, 7070: data-streams worker port, 8090: iqair-sim, 8091: json-sim.
+EXPOSE 8080 7070 8090 8091
 
 CMD ["data-streams"]

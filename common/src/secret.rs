@@ -18,6 +18,22 @@ pub const REDACTED: &str = "***";
 #[derive(Clone)]
 pub struct SecretKey(SecretString);
 
+/// `text` percent-encoded as a URL query carries it (`form`: spaces as `+`, as forms do).
+fn percent_encode(text: &str, form: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else if form && byte == b' ' {
+            out.push('+');
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 impl SecretKey {
     /// Wraps `value`.
     pub fn new(value: impl Into<String>) -> Self {
@@ -32,6 +48,23 @@ impl SecretKey {
     /// True for an empty secret (an unset environment variable given as `X=`).
     pub fn is_empty(&self) -> bool {
         self.expose().is_empty()
+    }
+
+    /// `text` with this secret (raw, percent-encoded or form-encoded) replaced by `***`: for
+    /// messages that quote a URL or an answer that may carry it.
+    pub fn redacted(&self, text: &str) -> String {
+        let secret = self.expose();
+        // A one- or two-character secret would match ordinary words; real ones are longer.
+        if secret.len() < 3 {
+            return text.to_string();
+        }
+        let mut out = text.replace(secret, "***");
+        for encoded in [percent_encode(secret, false), percent_encode(secret, true)] {
+            if encoded != secret {
+                out = out.replace(&encoded, "***");
+            }
+        }
+        out
     }
 
     /// The key's identity in memory: the first 8 bytes of its SHA-256. Streams sharing a key

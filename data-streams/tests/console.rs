@@ -428,6 +428,25 @@ async fn the_stream_page_draws_the_coverage_strip_with_the_api_counts() {
         "return document.querySelectorAll('[data-test=coverage-bar] rect[data-outcome=stored]').length > 0;",
     )
     .await;
+    // The runs card lists the stream's newest runs as `GET /streams/{id}/runs` gives them.
+    let (status, runs) = api.get(&format!("/streams/{id}/runs?limit=20")).await;
+    assert_eq!(status, 200, "{runs}");
+    let stored = runs["items"]
+        .as_array()
+        .expect("a list of runs")
+        .iter()
+        .filter(|r| r["status"] == "stored")
+        .count();
+    assert!(stored >= 3, "{runs}");
+    until(
+        &client,
+        Duration::from_secs(10),
+        &format!("{stored} stored runs in the runs table"),
+        &format!(
+            "return document.querySelectorAll('[data-test=runs] tr[data-test=run][data-status=stored]').length === {stored};"
+        ),
+    )
+    .await;
     screenshot(&client, "coverage").await;
     client.close().await.expect("close the browser");
 }

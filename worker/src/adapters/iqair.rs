@@ -154,29 +154,7 @@ fn transport_error(err: reqwest::Error, secret_key: &SecretKey) -> AdapterError 
 
 /// Replaces the key (raw or percent-encoded) in `text` with `***`.
 fn redact(text: &str, secret_key: &SecretKey) -> String {
-    let secret_key = secret_key.expose();
-    // A one- or two-character key would match ordinary words; real keys are UUID-like.
-    if secret_key.len() < 3 {
-        return text.to_string();
-    }
-    let mut out = text.replace(secret_key, "***");
-    let encoded = percent_encode(secret_key);
-    if encoded != secret_key {
-        out = out.replace(&encoded, "***");
-    }
-    out
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    secret_key.redacted(text)
 }
 
 /// Classifies one response: by body first, whatever the status (IQAIR.md §6), then by status when

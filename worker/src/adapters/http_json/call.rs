@@ -423,32 +423,7 @@ pub(super) fn set_query(url: &mut Url, pairs: &[(String, String)]) {
 
 /// `text` with the secret (raw, percent-encoded or form-encoded) replaced by `***`.
 pub(super) fn redact(text: &str, secret: &SecretKey) -> String {
-    let secret = secret.expose();
-    // A one- or two-character secret would match ordinary words; real ones are longer.
-    if secret.len() < 3 {
-        return text.to_string();
-    }
-    let mut out = text.replace(secret, "***");
-    for encoded in [percent_encode(secret, false), percent_encode(secret, true)] {
-        if encoded != secret {
-            out = out.replace(&encoded, "***");
-        }
-    }
-    out
-}
-
-fn percent_encode(text: &str, form: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else if form && byte == b' ' {
-            out.push('+');
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    secret.redacted(text)
 }
 
 #[cfg(test)]
