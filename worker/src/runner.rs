@@ -308,21 +308,13 @@ impl Runner {
         };
 
         // Store the bytes exactly as received. The UUIDv7 carries the fetch time.
-        let result_id = Uuid::now_v7();
-        let fetched_at = fetch_time(result_id);
-        let key = ObjectKey::new(
-            &cfg.adapter,
-            cfg.stream_id,
-            fetched_at.date_naive(),
-            result_id,
-        )
-        .to_string();
         let sha256 = objects::sha256_hex(&fetched.body);
-        let meta = ObjectMeta {
-            stream_id: cfg.stream_id.to_string(),
-            fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            sha256: sha256.clone(),
-        };
+        let NewObject {
+            result_id,
+            fetched_at,
+            key,
+            meta,
+        } = NewObject::of(cfg, &sha256);
         let size = fetched.body.len() as u64;
         if let Err(err) = self
             .put_with_retry(&cfg.bucket_name, &key, fetched.body, &meta, deadline)
@@ -567,20 +559,12 @@ impl RunRecord<'_> {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let result_id = Uuid::now_v7();
-        let fetched_at = fetch_time(result_id);
-        let key = ObjectKey::new(
-            &cfg.adapter,
-            cfg.stream_id,
-            fetched_at.date_naive(),
+        let NewObject {
             result_id,
-        )
-        .to_string();
-        let meta = ObjectMeta {
-            stream_id: cfg.stream_id.to_string(),
-            fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            sha256: sha256.clone(),
-        };
+            fetched_at,
+            key,
+            meta,
+        } = NewObject::of(cfg, &sha256);
         let size = body.len() as u64;
         self.runner
             .put_with_retry(&cfg.bucket_name, &key, body, &meta, self.deadline)
@@ -691,6 +675,40 @@ impl PageSink for RunRecord<'_> {
             report.clone()
         };
         self.runner.outbox.push(Event::Run(Box::new(snapshot)));
+    }
+}
+
+/// A raw object about to be stored: its result id (a UUIDv7 of now, the fetch time), its key in
+/// the current layout, and its metadata.
+struct NewObject {
+    result_id: Uuid,
+    fetched_at: DateTime<Utc>,
+    key: String,
+    meta: ObjectMeta,
+}
+
+impl NewObject {
+    fn of(cfg: &StreamConfig, sha256: &str) -> Self {
+        let result_id = Uuid::now_v7();
+        let fetched_at = fetch_time(result_id);
+        let key = ObjectKey::new(
+            &cfg.adapter,
+            cfg.stream_id,
+            fetched_at.date_naive(),
+            result_id,
+        )
+        .to_string();
+        let meta = ObjectMeta {
+            stream_id: cfg.stream_id.to_string(),
+            fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sha256: sha256.to_owned(),
+        };
+        NewObject {
+            result_id,
+            fetched_at,
+            key,
+            meta,
+        }
     }
 }
 

@@ -422,7 +422,10 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
         .with(
             "detail",
-            format!("{method} is not allowed on {}; see docs/json-sim.md", uri.path()),
+            format!(
+                "{method} is not allowed on {}; see docs/json-sim.md",
+                uri.path()
+            ),
         )
         .into_response()
 }
