@@ -572,6 +572,8 @@ impl RunRecord<'_> {
             .map_err(|err| {
                 AdapterError::new(FailureClass::Storage, err.to_string(), Retry::NextTick)
             })?;
+        // Known to the next run of this window should this one fail.
+        self.stored_pages().insert(page, sha256.clone());
         let run_id = {
             let mut report = self.report();
             report.pages += 1;
