@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks side by side (BENCHMARKS.md): builds in release mode, then runs
 #
-#   scripts/bench.sh [protocol|pipeline|scale|live|all] [--quick]
+#   scripts/bench.sh [protocol|pipeline|scale|live|pages|all] [--quick]
 #
 #   protocol  our control link vs the NestJS TCP peer (../shared/peers/nestjs-tcp, or
 #             NESTJS_PEER_DIR) vs a bare length-delimited echo, same workload, same run
@@ -10,6 +10,8 @@
 #   scale     10,000 / 100,000 / 1,000,000 streams in one worker: RSS, start time, lag, restart
 #   live      the 1,000-stream pipeline with and without 1,000 WebSocket clients on GET /live:
 #             results/s, commit-to-client latency
+#   pages     one HTTP_JSON run of 1,000 pages against json-sim (20 ms a page) at
+#             page_concurrency 1, 4, 16, 64: duration, speed-up, the worker's RSS
 #
 # Prints `<system> <metric> <value>` lines and one `ratio` line per goal on stdout; progress on
 # stderr. Exits non-zero only when a run fails, never because of a figure.
@@ -20,9 +22,9 @@ cd "$(dirname "$0")/.."
 part=${1:-all}
 shift || true
 case $part in
-  protocol|pipeline|scale|live|all) ;;
-  -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|live|all)" >&2; exit 2 ;;
+  protocol|pipeline|scale|live|pages|all) ;;
+  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|live|pages|all)" >&2; exit 2 ;;
 esac
 
 echo "bench: cargo build --release" >&2
@@ -38,5 +40,7 @@ fi
 # The live benchmark holds 1,000 WebSocket connections on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-export BENCH_BIN_DIR=${BENCH_BIN_DIR:-$PWD/target/release}
-target/release/ds-bench "$part" "$@"
+# CARGO_TARGET_DIR, when set, is where cargo put the binaries.
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+export BENCH_BIN_DIR=${BENCH_BIN_DIR:-$target_dir/release}
+"$target_dir/release/ds-bench" "$part" "$@"

@@ -3,6 +3,7 @@
 //! per goal. No figure is asserted: the exit status is non-zero only when a run fails.
 
 mod live;
+mod pages;
 mod pipeline;
 mod procs;
 mod protocol_bench;
@@ -17,6 +18,7 @@ enum Part {
     Pipeline,
     Scale,
     Live,
+    Pages,
     All,
 }
 
@@ -26,7 +28,8 @@ struct Args {
     /// Which benchmark to run.
     #[arg(value_enum, default_value = "all")]
     part: Part,
-    /// Directory holding the release binaries (data-streams, worker, iqair-sim, s3-test-server).
+    /// Directory holding the release binaries (data-streams, worker, iqair-sim, json-sim,
+    /// s3-test-server).
     #[arg(long, env = "BENCH_BIN_DIR", default_value = "target/release")]
     bin_dir: std::path::PathBuf,
     /// Shorter runs (smaller counts) for a quick check of the harness itself.
@@ -38,7 +41,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ctx = procs::Context::new(args.bin_dir.clone(), args.quick)?;
     let parts = match args.part {
-        Part::All => vec![Part::Protocol, Part::Pipeline, Part::Scale, Part::Live],
+        Part::All => vec![
+            Part::Protocol,
+            Part::Pipeline,
+            Part::Scale,
+            Part::Live,
+            Part::Pages,
+        ],
         one => vec![one],
     };
     let outcome = parts.into_iter().try_for_each(|part| match part {
@@ -46,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Part::Pipeline => pipeline::run(&ctx),
         Part::Scale => scale::run(&ctx),
         Part::Live => live::run(&ctx),
+        Part::Pages => pages::run(&ctx),
         Part::All => unreachable!("expanded above"),
     });
     if outcome.is_err() || std::env::var_os("BENCH_KEEP_LOGS").is_some() {

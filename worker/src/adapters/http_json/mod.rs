@@ -8,6 +8,7 @@
 //! - [`paging`]: the pages of one listing.
 //! - [`job`]: submit, poll, then download.
 //! - [`link`]: the `Link` header.
+//! - [`sparse`]: a page's JSON without its records (counted, not built).
 //!
 //! The stream's secret goes only to the endpoint's own origin (and to the OAuth2 token URL):
 //! a next-page, status or result URL on another host (a pre-signed download, say) is called
@@ -18,6 +19,7 @@ mod call;
 mod job;
 pub mod link;
 mod paging;
+mod sparse;
 
 use catalogue::http_json::{Spec, Template, TemplateValues};
 use futures::future::BoxFuture;

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::call::{set_query, Answer, Call, CallKind};
 use super::link;
+use super::sparse::{self, AtRecords};
 use super::{Ctx, FirstPage};
 use crate::adapters::{AdapterError, Retry, RunEnd};
 
@@ -337,7 +338,7 @@ impl Ctx<'_> {
     /// A page's JSON, its records and its next link; an answer that is not JSON, or has no
     /// array where the records should be, is `invalid_body`.
     fn read_page(&self, answer: Answer) -> Result<Page, AdapterError> {
-        let json: Value = serde_json::from_slice(&answer.body).map_err(|err| {
+        let not_json = |err: serde_json::Error| {
             self.invalid(
                 &answer.url,
                 format!(
@@ -345,26 +346,36 @@ impl Ctx<'_> {
                     self.excerpt(&answer.body)
                 ),
             )
-        })?;
-        let records = match &self.spec.records {
-            Some(pointer) => match json.pointer(pointer) {
-                Some(Value::Array(items)) => Some(items.len() as u64),
-                Some(other) => {
-                    return Err(self.invalid(
-                        &answer.url,
-                        format!(
-                            "has {} at records ({pointer}), not the list of records",
-                            kind_of(other)
-                        ),
-                    ))
-                }
-                None => {
-                    return Err(
-                        self.invalid(&answer.url, format!("has nothing at records ({pointer})"))
-                    )
-                }
-            },
-            None => json.as_array().map(|items| items.len() as u64),
+        };
+        let records_at = self.spec.records.as_deref().unwrap_or("");
+        let (json, at) = if self.records_apart() {
+            sparse::parse(&answer.body, records_at).map_err(not_json)?
+        } else {
+            // A pagination pointer inside the records: the page is kept whole.
+            let json: Value = serde_json::from_slice(&answer.body).map_err(not_json)?;
+            let at = match json.pointer(records_at) {
+                None => AtRecords::Missing,
+                Some(Value::Array(items)) => AtRecords::List(items.len() as u64),
+                Some(other) => AtRecords::Other(other.clone()),
+            };
+            (json, at)
+        };
+        let records = match (&self.spec.records, at) {
+            (_, AtRecords::List(n)) => Some(n),
+            (Some(pointer), AtRecords::Other(other)) => {
+                return Err(self.invalid(
+                    &answer.url,
+                    format!(
+                        "has {} at records ({pointer}), not the list of records",
+                        kind_of(&other)
+                    ),
+                ))
+            }
+            (Some(pointer), AtRecords::Missing) => {
+                return Err(self.invalid(&answer.url, format!("has nothing at records ({pointer})")))
+            }
+            // No records pointer and a page that is not a list: its records are not counted.
+            (None, _) => None,
         };
         let link_next = link::next_target(
             answer
@@ -381,6 +392,24 @@ impl Ctx<'_> {
             url: answer.url,
             body: answer.body,
         })
+    }
+
+    /// No pointer of the pagination lies inside the records, so a page's records need not be
+    /// kept to read it ([`sparse`]).
+    fn records_apart(&self) -> bool {
+        let records = self.spec.records.as_deref().unwrap_or("");
+        let pointer = match &self.spec.pagination {
+            Pagination::Page {
+                total_pages_pointer,
+                ..
+            } => total_pages_pointer.as_deref(),
+            Pagination::Offset { total_pointer, .. } => total_pointer.as_deref(),
+            Pagination::Cursor { next_pointer, .. } | Pagination::NextUrl { next_pointer } => {
+                Some(next_pointer.as_str())
+            }
+            _ => None,
+        };
+        pointer.is_none_or(|p| !(p == records || p.starts_with(&format!("{records}/"))))
     }
 
     /// An answer from `url` that is not what the spec describes.
