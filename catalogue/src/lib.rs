@@ -12,6 +12,7 @@
 
 pub mod http_json;
 pub mod iqair;
+pub mod push;
 pub mod reading;
 
 use serde_json::{Map, Value};
@@ -60,7 +61,7 @@ pub trait Source: Sync {
 }
 
 /// Every source of this build.
-pub static SOURCES: &[&dyn Source] = &[&iqair::IqAir, &http_json::HttpJson];
+pub static SOURCES: &[&dyn Source] = &[&iqair::IqAir, &http_json::HttpJson, &push::Push];
 
 /// The source called `name` (exact, case-sensitive), if this build has it.
 pub fn source(name: &str) -> Option<&'static dyn Source> {
@@ -78,7 +79,8 @@ mod tests {
 
     #[test]
     fn names_are_exact_and_unique() {
-        assert_eq!(names(), ["IQAIR_DAILY", "HTTP_JSON"]);
+        assert_eq!(names(), ["IQAIR_DAILY", "HTTP_JSON", "PUSH"]);
+        assert!(source("PUSH").is_some());
         assert!(source("IQAIR_DAILY").is_some());
         assert!(source("HTTP_JSON").is_some());
         assert!(source("http_json").is_none());

@@ -8,6 +8,7 @@ pub mod api;
 pub mod console;
 pub mod coverage;
 pub mod db;
+pub mod ingest;
 pub mod layout;
 pub mod live;
 pub mod reconcile;
@@ -125,7 +126,8 @@ impl Application {
         }
         let http = bind(&settings.http_addr, "HTTP API").await?;
         let worker_port = bind(&settings.worker_addr, "worker port").await?;
-        let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days);
+        let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days)
+            .with_push_orphan_age(Duration::from_millis(settings.push_orphan_age_ms));
         let live = Live::new();
         let supervisor = Supervisor::new(
             db.clone(),
@@ -231,6 +233,7 @@ impl Application {
             ));
         }
 
+        let (store_for_ingest, live_for_ingest) = (self.store.clone(), self.live.clone());
         let state = api::AppState {
             supervisor: supervisor.clone(),
             db: db.clone(),
@@ -242,6 +245,12 @@ impl Application {
             metrics: metrics_handle(),
             tables,
             sweeps: std::sync::Arc::new(sweep::Sweeps::new()),
+            ingest: ingest::Ingest::new(
+                db.clone(),
+                store_for_ingest,
+                live_for_ingest,
+                settings.ingest_limits(),
+            ),
         };
         let app = api::router(state, settings.max_body_bytes);
         let http = self.http;

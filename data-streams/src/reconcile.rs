@@ -33,6 +33,9 @@ pub struct Findings {
     pub unlisted: u64,
     /// References in the listed window whose object is missing from the store.
     pub dangling: u64,
+    /// Objects of pushes whose reference never committed (the server stopped between the two),
+    /// now deleted.
+    pub push_orphans_removed: u64,
 }
 
 /// Why a pass stopped.
@@ -59,6 +62,8 @@ pub struct Reconciler {
     days: u32,
     soon: Arc<Notify>,
     last: Arc<Mutex<Option<LastPass>>>,
+    /// How old a push's intent must be before its object counts as abandoned.
+    push_orphan_age: Duration,
 }
 
 impl Reconciler {
@@ -69,7 +74,15 @@ impl Reconciler {
             days: days.max(1),
             soon: Arc::new(Notify::new()),
             last: Arc::default(),
+            push_orphan_age: Duration::from_secs(15 * 60),
         }
+    }
+
+    /// How old a push's intent must be before its object is deleted as abandoned (default 15
+    /// min: far longer than a batch takes to store and commit).
+    pub fn with_push_orphan_age(mut self, age: Duration) -> Self {
+        self.push_orphan_age = age;
+        self
     }
 
     /// Notified when a pass should come soon (a worker (re)connected).
@@ -115,8 +128,13 @@ impl Reconciler {
     pub async fn run_once(&self) -> Result<Findings, ReconcileError> {
         let mut findings = Findings::default();
         for stream in self.db.list_streams().await? {
-            self.stream(&stream, &mut findings).await?;
+            // A push stream's objects are referenced by the server that stores them, in the
+            // same request; one without a reference is an abandoned push (below), not news.
+            if !stream.spec.is_push() {
+                self.stream(&stream, &mut findings).await?;
+            }
         }
+        findings.push_orphans_removed = self.remove_push_orphans().await?;
         if findings.inserted > 0 {
             tracing::warn!(
                 inserted = findings.inserted,
@@ -127,6 +145,35 @@ impl Reconciler {
         metrics::gauge!("ds_reconciler_last_objects").set(findings.objects as f64);
         metrics::gauge!("ds_reconciler_last_dangling").set(findings.dangling as f64);
         Ok(findings)
+    }
+
+    /// Deletes the objects of pushes whose reference never committed: intents older than the
+    /// orphan age without a reference. Returns how many were deleted.
+    async fn remove_push_orphans(&self) -> Result<u64, DbError> {
+        let age = i64::try_from(self.push_orphan_age.as_millis()).unwrap_or(i64::MAX);
+        let intents = self.db.stale_push_intents(common::now_ms() - age).await?;
+        let ids: Vec<Uuid> = intents.iter().map(|(id, _, _)| *id).collect();
+        let referenced = self.db.existing_result_ids(&ids).await?;
+        let mut removed = 0;
+        for (id, bucket, key) in intents {
+            if !referenced.contains(&id) {
+                match self.store.delete(&bucket, &key).await {
+                    Ok(()) | Err(StoreError::NoSuchBucket { .. }) => removed += 1,
+                    Err(err) => {
+                        tracing::warn!(%id, "cannot delete the abandoned push object {bucket}/{key}: {err}");
+                        continue;
+                    }
+                }
+            }
+            self.db.forget_push_intent(id).await?;
+        }
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                "deleted pushed objects whose reference never committed"
+            );
+        }
+        Ok(removed)
     }
 
     async fn stream(&self, stream: &StreamRow, findings: &mut Findings) -> Result<(), DbError> {

@@ -74,6 +74,22 @@ pub struct Settings {
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Push ingestion: the longest line (record) accepted, in bytes.
+    #[arg(long, env = "INGEST_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
+    pub ingest_max_line_bytes: usize,
+    /// Push ingestion: the largest JSON (not NDJSON) body, in bytes; it is parsed whole.
+    #[arg(long, env = "INGEST_MAX_JSON_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub ingest_max_json_bytes: usize,
+    /// Push ingestion: bytes the requests of one stream may hold in memory at once.
+    #[arg(long, env = "INGEST_STREAM_INFLIGHT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub ingest_stream_inflight_bytes: usize,
+    /// Push ingestion: bytes all requests may hold in memory at once.
+    #[arg(long, env = "INGEST_TOTAL_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub ingest_total_inflight_bytes: usize,
+    /// Push ingestion: how old (ms) an object stored for a push whose reference never
+    /// committed must be before the reconciler deletes it.
+    #[arg(long, env = "PUSH_ORPHAN_AGE_MS", default_value_t = 15 * 60 * 1000)]
+    pub push_orphan_age_ms: u64,
     /// How often running streams without a worker are assigned, in ms.
     #[arg(long, env = "ASSIGN_INTERVAL_MS", default_value_t = 5_000)]
     pub assign_interval_ms: u64,
@@ -154,6 +170,17 @@ impl Settings {
         }
     }
 
+    /// The bounds of push ingestion.
+    pub fn ingest_limits(&self) -> crate::ingest::IngestLimits {
+        crate::ingest::IngestLimits {
+            max_line_bytes: self.ingest_max_line_bytes.max(1),
+            max_json_body_bytes: self.ingest_max_json_bytes.max(1),
+            stream_bytes: self.ingest_stream_inflight_bytes.max(1024),
+            total_bytes: self.ingest_total_inflight_bytes.max(1024),
+            ..crate::ingest::IngestLimits::default()
+        }
+    }
+
     /// One line of settings, secrets and database password redacted, for the start-up log.
     pub fn describe(&self) -> String {
         let (_, dev) = self.worker_token();
@@ -162,7 +189,8 @@ impl Settings {
              object_store_url={} create_buckets={} heartbeat_interval_ms={} heartbeat_timeout_ms={} \
              call_timeout_ms={} handshake_timeout_ms={} max_worker_connections={} max_frame_bytes={} max_body_bytes={} \
              assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} \
-             reparse_objects_per_second={}",
+             reparse_objects_per_second={} ingest_max_line_bytes={} ingest_max_json_bytes={} \
+             ingest_stream_inflight_bytes={} ingest_total_inflight_bytes={}",
             self.http_addr,
             self.worker_addr,
             match self.worker_tls() {
@@ -186,6 +214,10 @@ impl Settings {
             self.reconcile_interval_ms,
             self.reconcile_days,
             self.reparse_objects_per_second,
+            self.ingest_max_line_bytes,
+            self.ingest_max_json_bytes,
+            self.ingest_stream_inflight_bytes,
+            self.ingest_total_inflight_bytes,
         )
     }
 }

@@ -89,10 +89,13 @@ pub struct StreamInput {
     /// A source of the adapter catalogue, e.g. `IQAIR_DAILY`.
     #[schema(example = "IQAIR_DAILY")]
     pub adapter: String,
-    /// The API URL, without the key, e.g. `http://api.airvisual.com/v2/nearest_city`.
+    /// The API URL, without the key, e.g. `http://api.airvisual.com/v2/nearest_city`. Every
+    /// adapter but `PUSH` needs one.
+    #[serde(default)]
     #[schema(pattern = "^https?://[^/?#@]+")]
     pub endpoint: String,
-    /// The API key; never shown again (`***`).
+    /// The API key; never shown again (`***`). Every adapter but `PUSH` needs one.
+    #[serde(default = "no_secret")]
     #[schema(value_type = String, format = Password, min_length = 1, max_length = 256)]
     pub secret_key: SecretKey,
     /// Milliseconds between runs (1000 to 31 days); give this or `cron`.
@@ -142,6 +145,11 @@ pub struct StreamInput {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub job: Option<Value>,
+    /// `PUSH`: when pushed records become an object: `{"max_records", "max_bytes", "max_ms"}`
+    /// (defaults 10,000 records, 8 MiB, 5 s).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub batch: Option<Value>,
     /// Where the first incremental window (`{{window_start}}`) starts, RFC 3339; default one
     /// schedule period before the first run.
     #[serde(default)]
@@ -197,6 +205,11 @@ pub struct StreamUpdate {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub job: Option<Value>,
+    /// `PUSH`: when pushed records become an object: `{"max_records", "max_bytes", "max_ms"}`
+    /// (defaults 10,000 records, 8 MiB, 5 s).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub batch: Option<Value>,
     /// Where the first incremental window (`{{window_start}}`) starts, RFC 3339; default one
     /// schedule period before the first run.
     #[serde(default)]
@@ -248,17 +261,26 @@ struct Draft {
 }
 
 /// The source description's fields, in the order the API names them.
-pub const SOURCE_FIELDS: [&str; 6] = [
+pub const SOURCE_FIELDS: [&str; 7] = [
     "request",
     "pagination",
     "records",
     "max_pages",
     "page_concurrency",
     "job",
+    "batch",
 ];
 
+/// A `PUSH` stream's stored timeout: it makes no calls, but the column wants one.
+const PUSH_TIMEOUT_MS: u64 = DEFAULT_CRON_TIMEOUT_MS;
+
+/// An absent key (`PUSH` streams have none).
+fn no_secret() -> SecretKey {
+    SecretKey::new(String::new())
+}
+
 /// `base` with each field the request gave (a JSON `null` leaves a field as it was).
-fn source_with(mut base: Map<String, Value>, given: [Option<Value>; 6]) -> Map<String, Value> {
+fn source_with(mut base: Map<String, Value>, given: [Option<Value>; 7]) -> Map<String, Value> {
     for (name, value) in SOURCE_FIELDS.iter().zip(given) {
         if let Some(value) = value {
             base.insert((*name).to_owned(), value);
@@ -290,6 +312,7 @@ impl StreamSpec {
                     input.max_pages,
                     input.page_concurrency,
                     input.job,
+                    input.batch,
                 ],
             ),
             start_at: input.start_at,
@@ -299,6 +322,9 @@ impl StreamSpec {
 
     /// Apply an update to a valid spec and validate the result as a whole.
     pub fn patched(&self, update: StreamUpdate) -> Result<Self, Invalid> {
+        if update.adapter.as_deref().unwrap_or(&self.adapter) == catalogue::push::NAME {
+            return self.patched_push(update);
+        }
         let (interval, cron) = match (update.interval, update.cron) {
             (None, None) => (self.interval_ms(), self.cron().map(str::to_owned)),
             given => given,
@@ -336,11 +362,50 @@ impl StreamSpec {
                     update.max_pages,
                     update.page_concurrency,
                     update.job,
+                    update.batch,
                 ],
             ),
             start_at: update
                 .start_at
                 .or_else(|| self.start_at_ms.and_then(common::rfc3339_ms)),
+        }
+        .check()
+    }
+
+    /// [`StreamSpec::patched`] for a stream that is (or becomes) `PUSH`: only the update's own
+    /// schedule, timeout, budget and start count (a push stream stores none of its own).
+    fn patched_push(&self, update: StreamUpdate) -> Result<Self, Invalid> {
+        let was_push = self.adapter == catalogue::push::NAME;
+        Draft {
+            adapter: update.adapter.unwrap_or_else(|| self.adapter.clone()),
+            endpoint: update.endpoint.unwrap_or_else(|| self.endpoint.clone()),
+            secret_key: update.secret_key.unwrap_or_else(|| self.secret_key.clone()),
+            interval: update.interval,
+            cron: update.cron,
+            timeout: update.timeout,
+            bucket_name: update
+                .bucket_name
+                .unwrap_or_else(|| self.bucket_name.clone()),
+            params: update.params.unwrap_or_else(|| self.params.clone()),
+            rate_base: self.rate_limit,
+            rate_input: update.rate_limit,
+            source: source_with(
+                if was_push {
+                    self.source.clone()
+                } else {
+                    Map::new()
+                },
+                [
+                    update.request,
+                    update.pagination,
+                    update.records,
+                    update.max_pages,
+                    update.page_concurrency,
+                    update.job,
+                    update.batch,
+                ],
+            ),
+            start_at: update.start_at,
         }
         .check()
     }
@@ -411,6 +476,11 @@ impl StreamSpec {
         }
     }
 
+    /// A `PUSH` stream: nothing runs it; clients send it records.
+    pub fn is_push(&self) -> bool {
+        self.adapter == catalogue::push::NAME
+    }
+
     /// Where the first incremental window starts (ms since the Unix epoch), if the user said.
     pub fn start_at_ms(&self) -> Option<i64> {
         self.start_at_ms
@@ -419,6 +489,9 @@ impl StreamSpec {
 
 impl Draft {
     fn check(self) -> Result<StreamSpec, Invalid> {
+        if self.adapter == catalogue::push::NAME {
+            return self.check_push();
+        }
         let mut problems = Vec::new();
         match catalogue::source(&self.adapter) {
             Some(source) => {
@@ -441,6 +514,9 @@ impl Draft {
             )),
         }
         match url::Url::parse(&self.endpoint) {
+            Err(_) if self.endpoint.is_empty() => problems.push(
+                "endpoint is required: the API URL, e.g. http://api.airvisual.com/v2/city".into(),
+            ),
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                 if u.query_pairs().any(|(k, _)| k == "key") {
                     problems.push("endpoint must not carry the key; use secret_key".into());
@@ -520,6 +596,65 @@ impl Draft {
             }),
             _ => Err(Invalid(problems)),
         }
+    }
+    /// A `PUSH` stream: no endpoint, key, schedule, timeout, budget or window; a bucket, and
+    /// optionally a record schema and a batch policy. It is stored with `batch.max_ms` as its
+    /// interval (the table wants a schedule; nothing runs on it).
+    fn check_push(self) -> Result<StreamSpec, Invalid> {
+        use catalogue::Source as _;
+        let push = catalogue::push::Push;
+        let mut problems = push.check_params(&self.params);
+        problems.extend(push.check_source(&self.source));
+        if !self.endpoint.is_empty() {
+            problems.push(
+                "adapter PUSH takes no endpoint: records are sent to POST /streams/{id}/ingest"
+                    .into(),
+            );
+        }
+        if !self.secret_key.expose().is_empty() {
+            problems.push(
+                "adapter PUSH takes no secret_key: clients push with an ingest token \
+                 (POST /streams/{id}/tokens) or the API token"
+                    .into(),
+            );
+        }
+        if self.interval.is_some() || self.cron.is_some() {
+            problems.push(
+                "adapter PUSH takes no interval or cron: batch.max_ms says how long a record \
+                 waits before it is stored"
+                    .into(),
+            );
+        }
+        if self.timeout.is_some() {
+            problems.push("adapter PUSH takes no timeout: it makes no calls".into());
+        }
+        if self.rate_input.is_some() {
+            problems.push("adapter PUSH takes no rate_limit: it makes no calls".into());
+        }
+        if self.start_at.is_some() {
+            problems.push("adapter PUSH takes no start_at: it has no windows".into());
+        }
+        if let Err(e) = objects::validate_bucket_name(&self.bucket_name) {
+            problems.push(format!("bucket_name: {e}"));
+        }
+        if !problems.is_empty() {
+            return Err(Invalid(problems));
+        }
+        let batch = catalogue::push::Batch::of(&self.source);
+        Ok(StreamSpec {
+            adapter: self.adapter,
+            endpoint: String::new(),
+            secret_key: self.secret_key,
+            schedule: Schedule::Interval {
+                millis: batch.max_ms,
+            },
+            timeout_ms: PUSH_TIMEOUT_MS,
+            bucket_name: self.bucket_name,
+            params: self.params,
+            rate_limit: self.rate_base,
+            source: self.source,
+            start_at_ms: None,
+        })
     }
 }
 
@@ -634,6 +769,7 @@ impl StreamRow {
         match self.state {
             StreamState::Stopped => StreamStatus::Stopped,
             StreamState::Failed => StreamStatus::Failed,
+            StreamState::Running if self.spec.is_push() => StreamStatus::Running,
             StreamState::Running => match &self.worker_id {
                 Some(w) if connected.contains(w) => StreamStatus::Running,
                 _ => StreamStatus::Pending,
@@ -649,7 +785,7 @@ impl StreamRow {
             adapter: &spec.adapter,
             endpoint: &spec.endpoint,
             secret_key: &spec.secret_key,
-            interval: spec.interval_ms(),
+            interval: spec.interval_ms().filter(|_| !spec.is_push()),
             cron: spec.cron(),
             timeout: spec.timeout_ms,
             bucket_name: &spec.bucket_name,
@@ -669,6 +805,9 @@ impl StreamRow {
             max_pages: spec.source.get("max_pages"),
             page_concurrency: spec.source.get("page_concurrency"),
             job: spec.source.get("job"),
+            batch: spec
+                .is_push()
+                .then(|| catalogue::push::Batch::of(&spec.source)),
             start_at: spec.start_at_ms.map(Rfc3339),
             window_end: self.window_end_ms.map(Rfc3339),
         }
@@ -762,6 +901,10 @@ pub struct StreamView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub job: Option<&'a Value>,
+    /// `PUSH`: when pushed records become an object (the defaults filled in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub batch: Option<catalogue::push::Batch>,
     /// Where the first incremental window started.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub start_at: Option<Rfc3339>,

@@ -67,6 +67,18 @@ impl Auth {
         }
     }
 
+    /// No API token is configured: the API, the ingest routes included, is open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.token.is_none()
+    }
+
+    /// `token` is the API token (compared in constant time).
+    pub(crate) fn is_api_token(&self, token: &str) -> bool {
+        self.token.is_some_and(|expected| {
+            bool::from(SecretKey::new(token.trim()).digest().ct_eq(&expected))
+        })
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> String {
         // HMAC takes keys of any length.
         let mut mac = HmacSha256::new_from_slice(&self.session_key).expect("any key length");

@@ -118,6 +118,7 @@ pub(super) struct Coverage {
         (status = 200, description = "The ledger", body = Coverage),
         (status = 422, description = "`from` is not before `to`, or the window holds more than \
           100 000 slots of the stream's schedule", body = ErrorBody),
+        (status = 409, description = "A PUSH stream: it has no schedule to cover", body = ErrorBody),
         CommonErrors, NotFoundError,
     )
 )]
@@ -142,6 +143,12 @@ pub(super) async fn get(
         .get_stream(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("stream {id} not found")))?;
+    if stream.spec.is_push() {
+        return Err(ApiError::Conflict(format!(
+            "stream {id} is a PUSH stream: it has no schedule, so no slots to cover; \
+             GET /streams/{id}/results lists what was pushed"
+        )));
+    }
     let ledger = match coverage::for_stream(&state.db, &stream, from, to, now).await {
         Ok(ledger) => ledger,
         Err(CoverageError::Window(

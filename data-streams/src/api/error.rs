@@ -27,6 +27,8 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -42,6 +44,14 @@ pub enum ApiError {
         message: String,
         retry_after_s: Option<u64>,
     },
+    /// Come back later: the status (429, 409 or 503), a code, and `Retry-After`.
+    #[error("{message}")]
+    Busy {
+        status: StatusCode,
+        code: String,
+        message: String,
+        retry_after_s: u64,
+    },
     #[error("internal error")]
     Internal(#[source] Cause),
 }
@@ -54,6 +64,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
@@ -67,6 +78,7 @@ impl ApiError {
             ApiError::SweepDiscovery { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "sweep_discovery")
             }
+            ApiError::Busy { status, .. } => (*status, "busy"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -105,6 +117,12 @@ impl IntoResponse for ApiError {
                 message,
                 retry_after_s,
             } => json!({"code": code, "message": message, "retry_after_s": retry_after_s}),
+            ApiError::Busy {
+                code,
+                message,
+                retry_after_s,
+                ..
+            } => json!({"code": code, "message": message, "retry_after_s": retry_after_s}),
             ApiError::Internal(cause) => {
                 // Logged once here; the caller learns nothing about internals.
                 tracing::error!("internal error: {}", common::error_chain(cause.as_ref()));
@@ -123,6 +141,10 @@ impl IntoResponse for ApiError {
             .into_response();
         if let ApiError::SweepDiscovery {
             retry_after_s: Some(secs),
+            ..
+        }
+        | ApiError::Busy {
+            retry_after_s: secs,
             ..
         } = &self
         {

@@ -7,6 +7,7 @@ mod auth;
 mod coverage;
 pub mod docs;
 mod error;
+mod ingest;
 mod jobs;
 mod live;
 mod reports;
@@ -61,11 +62,18 @@ pub struct AppState {
     pub tables: crate::tables::Tables,
     /// Sweep planning: IQAir's listings counted (cached a day) when a sweep is created.
     pub sweeps: std::sync::Arc<crate::sweep::Sweeps>,
+    /// Push ingestion (`POST /streams/{id}/ingest`).
+    pub ingest: crate::ingest::Ingest,
 }
 
-/// The routes that need a token or a session, and the ones that do not, each with its part of
-/// the OpenAPI document.
-fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+/// The routes that need a token or a session, the ones that do not, and the ingest route (which
+/// checks its own credentials and is served without the body limit and timeout), each with its
+/// part of the OpenAPI document.
+fn routes() -> (
+    OpenApiRouter<AppState>,
+    OpenApiRouter<AppState>,
+    OpenApiRouter<AppState>,
+) {
     let protected = OpenApiRouter::new()
         .routes(routes!(streams::create, streams::list))
         .routes(routes!(streams::get, streams::update, streams::delete))
@@ -75,6 +83,8 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(results::measurements))
         .routes(routes!(results::failures))
         .routes(routes!(runs::list))
+        .routes(routes!(ingest::create_token, ingest::list_tokens))
+        .routes(routes!(ingest::revoke_token))
         .routes(routes!(runs::get))
         .routes(routes!(coverage::get))
         .routes(routes!(results::raw))
@@ -93,15 +103,17 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(auth::login, auth::session, auth::logout));
-    (protected, open)
+    let push = OpenApiRouter::new().routes(routes!(ingest::ingest));
+    (protected, open, push)
 }
 
 /// The OpenAPI 3.1 document of the whole API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (protected, open) = routes();
+    let (protected, open, push) = routes();
     let mut doc = docs::ApiDoc::openapi();
     doc.merge(protected.into_openapi());
     doc.merge(open.into_openapi());
+    doc.merge(push.into_openapi());
     doc
 }
 
@@ -118,7 +130,7 @@ async fn openapi_json() -> Response {
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let (protected, open) = routes();
+    let (protected, open, push) = routes();
     let protected: Router<AppState> = Router::from(protected).route_layer(
         middleware::from_fn_with_state(state.clone(), auth::require_auth),
     );
@@ -135,6 +147,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
+        // After the limit and the timeout: a push may be a never-ending NDJSON body, bounded
+        // by its own line and in-flight limits instead.
+        .merge(Router::from(push).layer(DefaultBodyLimit::disable()))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

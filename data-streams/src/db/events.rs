@@ -20,7 +20,7 @@ use super::{dispatch, Db, DbError, PersistStats, Persisted, ReconciledRef, Tx, C
 /// error), and clears `last_error` when the newest result is newer than the newest error. All
 /// as expressions over the row's current values (every `SET` reads the row as it was), so
 /// concurrent batches cannot lose an update; hence the repeated conditions.
-const BOOKKEEPING: &str = "UPDATE streams SET \
+pub(super) const BOOKKEEPING: &str = "UPDATE streams SET \
      last_result_at = CASE WHEN $2 IS NOT NULL AND (last_result_at IS NULL OR $2 > last_result_at) \
        THEN $2 ELSE last_result_at END, \
      last_error_at = CASE WHEN $3 IS NOT NULL AND (last_error_at IS NULL OR $3 > last_error_at) \

@@ -19,6 +19,7 @@ mod events;
 mod jobs;
 mod model;
 mod postgres;
+mod push;
 mod reads;
 mod reports;
 mod row;
@@ -35,6 +36,7 @@ pub use jobs::{JobRow, JobScope, JobState, PageProgress, PageWritten, ParsedRead
 pub use model::{
     FailureRow, MeasurementRow, PersistStats, Persisted, ReconciledRef, ResultRow, WorkerRow,
 };
+pub use push::{IngestRequest, PushCommit, PushObject, PushProgress, TokenRow};
 pub use reports::{BucketFigures, GroupBy, GroupFigures, GroupKey, ReportFilter};
 pub use runs::{JobStepRow, RunRow, RUN_STATUSES};
 pub use tables::{CellValue, DayWatermark, TableFile, TableRow, DAY_MS};

@@ -350,7 +350,8 @@ impl Db {
     #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
     pub async fn assignable_streams(&self, limit: i64) -> Result<Vec<StreamRow>, DbError> {
         let sql = select_streams(
-            "WHERE state = 'running' AND worker_id IS NULL ORDER BY created_at, id LIMIT $1",
+            "WHERE state = 'running' AND worker_id IS NULL AND adapter <> 'PUSH' \
+             ORDER BY created_at, id LIMIT $1",
         );
         let rows = dispatch!(Db, self, |pool| {
             sqlx::query_as(&sql)
