@@ -12,6 +12,7 @@ mod coverage;
 mod events;
 mod fixtures;
 mod harness;
+mod push;
 mod reports;
 mod runs;
 mod streams;
@@ -68,6 +69,12 @@ crate::on_both_backends! {
             => a_failed_report_is_a_failure_and_keeps_the_window,
         crate::runs::one_stream_reads_many_places_at_one_time
             => one_stream_reads_many_places_at_one_time,
+        crate::push::a_push_commits_its_reference_readings_intent_and_progress_together
+            => a_push_commits_its_reference_readings_intent_and_progress_together,
+        crate::push::push_streams_are_never_handed_to_a_worker
+            => push_streams_are_never_handed_to_a_worker,
+        crate::push::ingest_tokens_are_found_by_hash_until_revoked
+            => ingest_tokens_are_found_by_hash_until_revoked,
     ],
     crate::harness::with_url: [
         crate::streams::reconnect_keeps_data => reconnect_keeps_data,
