@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks side by side (BENCHMARKS.md): builds in release mode, then runs
 #
-#   scripts/bench.sh [protocol|pipeline|scale|live|pages|all] [--quick]
+#   scripts/bench.sh [protocol|pipeline|scale|live|pages|ingest|all] [--quick]
 #
 #   protocol  our control link vs the NestJS TCP peer (../shared/peers/nestjs-tcp, or
 #             NESTJS_PEER_DIR) vs a bare length-delimited echo, same workload, same run
@@ -12,6 +12,9 @@
 #             results/s, commit-to-client latency
 #   pages     one HTTP_JSON run of 1,000 pages against json-sim (20 ms a page) at
 #             page_concurrency 1, 4, 16, 64: duration, speed-up, the worker's RSS
+#   ingest    NDJSON pushed to a PUSH stream (200-byte and 10 KB records) against the same
+#             server discarding the same body (the ceiling): MB/s, records/s, server RSS,
+#             on SQLite + folder and PostgreSQL + S3; then one 1 GiB push: its RSS
 #
 # Prints `<system> <metric> <value>` lines and one `ratio` line per goal on stdout; progress on
 # stderr. Exits non-zero only when a run fails, never because of a figure.
@@ -22,9 +25,9 @@ cd "$(dirname "$0")/.."
 part=${1:-all}
 shift || true
 case $part in
-  protocol|pipeline|scale|live|pages|all) ;;
-  -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|live|pages|all)" >&2; exit 2 ;;
+  protocol|pipeline|scale|live|pages|ingest|all) ;;
+  -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+  *) echo "bench: unknown part '$part' (protocol|pipeline|scale|live|pages|ingest|all)" >&2; exit 2 ;;
 esac
 
 echo "bench: cargo build --release" >&2

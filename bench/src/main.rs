@@ -2,6 +2,7 @@
 //! same run and prints one line per figure, `<system> <metric> <value>`, then one `ratio` line
 //! per goal. No figure is asserted: the exit status is non-zero only when a run fails.
 
+mod ingest;
 mod live;
 mod pages;
 mod pipeline;
@@ -19,6 +20,7 @@ enum Part {
     Scale,
     Live,
     Pages,
+    Ingest,
     All,
 }
 
@@ -47,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             Part::Scale,
             Part::Live,
             Part::Pages,
+            Part::Ingest,
         ],
         one => vec![one],
     };
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Part::Scale => scale::run(&ctx),
         Part::Live => live::run(&ctx),
         Part::Pages => pages::run(&ctx),
+        Part::Ingest => ingest::run(&ctx),
         Part::All => unreachable!("expanded above"),
     });
     if outcome.is_err() || std::env::var_os("BENCH_KEEP_LOGS").is_some() {

@@ -298,7 +298,7 @@ impl BenchDb {
 }
 
 /// A fresh PostgreSQL database in the server of `BENCH_POSTGRES_URL`, dropped by [`drop_pg`].
-async fn create_pg() -> anyhow::Result<(String, String)> {
+pub(crate) async fn create_pg() -> anyhow::Result<(String, String)> {
     let admin = std::env::var("BENCH_POSTGRES_URL")?;
     let name = format!("ds_bench_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
@@ -311,7 +311,7 @@ async fn create_pg() -> anyhow::Result<(String, String)> {
     Ok((with_database(&admin, &name)?, name))
 }
 
-async fn drop_pg(name: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_pg(name: &str) -> anyhow::Result<()> {
     let admin = std::env::var("BENCH_POSTGRES_URL")?;
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -49,6 +49,9 @@ pub struct IngestLimits {
     pub total_bytes: usize,
     /// How long a store write may take, its retries included.
     pub put_deadline: Duration,
+    /// Serve `POST /ingest/void` (reads a body and discards it): the ceiling the ingest
+    /// benchmark compares with. Off unless `INGEST_BENCH_VOID_ROUTE=true`.
+    pub void_route: bool,
 }
 
 impl Default for IngestLimits {
@@ -59,6 +62,7 @@ impl Default for IngestLimits {
             stream_bytes: 64 * 1024 * 1024,
             total_bytes: 256 * 1024 * 1024,
             put_deadline: Duration::from_secs(60),
+            void_route: false,
         }
     }
 }

@@ -86,6 +86,10 @@ pub struct Settings {
     /// Push ingestion: bytes all requests may hold in memory at once.
     #[arg(long, env = "INGEST_TOTAL_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub ingest_total_inflight_bytes: usize,
+    /// Serve `POST /ingest/void`, which reads a body and discards it: the ceiling of
+    /// `scripts/bench.sh ingest`. Never needed in production.
+    #[arg(long, env = "INGEST_BENCH_VOID_ROUTE", default_value_t = false)]
+    pub ingest_bench_void_route: bool,
     /// Push ingestion: how old (ms) an object stored for a push whose reference never
     /// committed must be before the reconciler deletes it.
     #[arg(long, env = "PUSH_ORPHAN_AGE_MS", default_value_t = 15 * 60 * 1000)]
@@ -177,6 +181,7 @@ impl Settings {
             max_json_body_bytes: self.ingest_max_json_bytes.max(1),
             stream_bytes: self.ingest_stream_inflight_bytes.max(1024),
             total_bytes: self.ingest_total_inflight_bytes.max(1024),
+            void_route: self.ingest_bench_void_route,
             ..crate::ingest::IngestLimits::default()
         }
     }

@@ -652,3 +652,37 @@ pub(super) async fn revoke_token(
         )))
     }
 }
+
+/// `POST /ingest/void` (only with `INGEST_BENCH_VOID_ROUTE=true`): reads the body and discards
+/// it, counting bytes and lines, behind the same credentials as a push. The ingest benchmark's
+/// ceiling: the same server reading the same body and doing nothing with it.
+pub(super) async fn void(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    use futures::StreamExt as _;
+    if !state.auth.is_open()
+        && !headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| state.auth.is_api_token(t))
+    {
+        return ApiError::Unauthorized("the void route takes the API token".into()).into_response();
+    }
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => {
+                bytes += chunk.len() as u64;
+                lines += memchr::memchr_iter(b'\n', &chunk).count() as u64;
+            }
+            Err(err) => {
+                return ApiError::bad(format!("the body could not be read: {err}")).into_response()
+            }
+        }
+    }
+    Json(json!({"bytes": bytes, "lines": lines})).into_response()
+}

@@ -130,6 +130,7 @@ async fn openapi_json() -> Response {
 
 /// The whole HTTP app.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let void_route = state.ingest.limits().void_route;
     let (protected, open, push) = routes();
     let protected: Router<AppState> = Router::from(protected).route_layer(
         middleware::from_fn_with_state(state.clone(), auth::require_auth),
@@ -150,6 +151,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         // After the limit and the timeout: a push may be a never-ending NDJSON body, bounded
         // by its own line and in-flight limits instead.
         .merge(Router::from(push).layer(DefaultBodyLimit::disable()))
+        .merge(if void_route {
+            Router::new()
+                .route("/ingest/void", axum::routing::post(ingest::void))
+                .layer(DefaultBodyLimit::disable())
+        } else {
+            Router::new()
+        })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
