@@ -286,7 +286,12 @@ export async function render(main, route, ctx) {
     if (nextResults) loadResults(nextResults).catch((err) => showError(err, "Results"));
   });
 
+  // A push stream has no schedule, so no slots to cover (the API answers 409).
+  let pushed = false;
+  const noSchedule = () => fill(coverageBox, h("p", { class: "muted", "data-test": "no-coverage" },
+    "A push stream has no schedule: its coverage is what was pushed (Results below)."));
   async function loadCoverage() {
+    if (pushed) return noSchedule();
     const ledger = await get(`/streams/${encodeURIComponent(id)}/coverage`);
     if (ctx.alive) fill(coverageBox, coverageStrip(ledger));
   }
@@ -313,6 +318,7 @@ export async function render(main, route, ctx) {
       return false;
     }
     showStream(s.value);
+    pushed = s.value.adapter === "PUSH";
     if (w.status === "fulfilled") {
       adapters = [...new Set(["IQAIR_DAILY", ...w.value.flatMap((x) => x.adapters || [])])];
     }
@@ -324,7 +330,9 @@ export async function render(main, route, ctx) {
       showError(m.reason, "Readings");
       fill(chartBox, h("div", { class: "empty-chart" }, "The readings could not be loaded."));
     }
-    if (c.status === "rejected") {
+    if (pushed) {
+      noSchedule();
+    } else if (c.status === "rejected") {
       showError(c.reason, "Coverage");
       fill(coverageBox, h("p", { class: "muted" }, "The coverage could not be loaded."));
     }

@@ -63,6 +63,7 @@ export function streamActions(stream, { onChanged, onDeleted, adapters, streams,
 }
 
 export function schedule(stream) {
+  if (stream.adapter === "PUSH") return "pushed";
   if (stream.cron) return h("span", {}, "cron ", h("code", {}, stream.cron));
   if (stream.interval != null) return `every ${duration(stream.interval)}`;
   return "—";
