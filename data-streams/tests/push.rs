@@ -11,7 +11,9 @@
 //! 5. ingest tokens open only their stream's ingest route, and revoking one closes it;
 //! 6. the server SIGKILLed mid-request: every acknowledged line is stored once, and no object
 //!    without a reference is left once the reconciler has passed;
-//! 7. a stream's in-flight bound answers 429 with `Retry-After`.
+//! 7. a stream's in-flight bound answers 429 with `Retry-After`;
+//! 8. on PostgreSQL + S3, a store that stops taking bytes stops the client (TCP backpressure,
+//!    not buffering), the server's memory stays bounded, and the push ends whole once it is back.
 
 mod support;
 
@@ -697,4 +699,111 @@ async fn a_stream_over_its_in_flight_bound_answers_429_with_retry_after() {
         .ingest(&id, "application/x-ndjson", "{\"n\": 2}\n", None, None)
         .await;
     assert_eq!(status, 202, "{answer}");
+}
+
+/// The server's resident memory, from `/proc`.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_stops_the_client_and_the_server_holds_no_more() {
+    // PostgreSQL + S3, the store behind a proxy that can stop carrying bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = support::TestDatabase::create("ds_push");
+    let s3 = objects::test_server::S3TestServer::start();
+    let proxy = support::TcpProxy::start(s3.endpoint.trim_start_matches("http://").to_owned());
+    let mut env = supervisor_env(&database.url, "s3://");
+    for (name, value) in s3.env() {
+        env = env.set(name, value);
+    }
+    env = env.set("AWS_ENDPOINT_URL", format!("http://{}", proxy.address));
+    let supervisor = Supervisor::start(dir.path(), &env);
+    let pid = supervisor.proc.child.id();
+    let api = supervisor.api.clone();
+    let (status, stream) = api
+        .post(
+            "/streams",
+            &json!({"adapter": "PUSH", "bucket_name": BUCKET, "batch": {"max_bytes": 1048576}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{stream}");
+    let id = stream["id"].as_str().unwrap().to_owned();
+
+    // 96 MiB of 1 KB lines, counted as the client hands them to the connection.
+    let line = format!("{{\"pad\": \"{}\"}}\n", "x".repeat(1024 - 12));
+    let chunk = Bytes::from(line.repeat(1024));
+    let chunks = 96u64;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let body = {
+        let (sent, chunk) = (sent.clone(), chunk.clone());
+        futures::stream::iter(0..chunks).map(move |_| {
+            sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok::<Bytes, std::io::Error>(chunk.clone())
+        })
+    };
+    // A client of its own: the shared one gives up after 30 s, and this push waits out the stall.
+    let push = tokio::spawn(
+        reqwest::Client::new()
+            .post(api.url(&format!("/streams/{id}/ingest")))
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/x-ndjson")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    );
+    let sent_now = || sent.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(Duration::from_secs(30), "the push flowing", || async {
+        (sent_now() >= 8 << 20).then_some(())
+    })
+    .await;
+
+    // The store stops: after the buffers between the two fill, the client cannot send.
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sent_now();
+    let mut peak_rss: f64 = 0.0;
+    for _ in 0..30 {
+        peak_rss = peak_rss.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = sent_now() - before;
+    eprintln!(
+        "stalled store: the client had sent {before} bytes; {during} more in 3 s of stall; \
+         server RSS peak {peak_rss:.1} MiB"
+    );
+    assert!(
+        during <= 1 << 20,
+        "the client sent {during} bytes in 3 s while the store took nothing"
+    );
+    assert!(
+        before < chunks * chunk.len() as u64,
+        "the whole body went through before the stall"
+    );
+    assert!(
+        peak_rss < 150.0,
+        "the server held {peak_rss:.0} MiB while stalled"
+    );
+
+    // The store is back: the push finishes and every line is stored once.
+    proxy.thaw();
+    let response = tokio::time::timeout(Duration::from_secs(120), push)
+        .await
+        .expect("the push ends once the store is back")
+        .expect("the task")
+        .expect("an answer");
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["accepted"], chunks * 1024, "{answer}");
+    let results = api.all_results(&id).await;
+    let size: u64 = results.iter().map(|r| r["size"].as_u64().unwrap()).sum();
+    assert_eq!(size, chunks * chunk.len() as u64, "every byte stored once");
+    eprintln!("stalled store: {} objects after the thaw", results.len());
+    drop(supervisor);
 }
