@@ -33,7 +33,7 @@ esac
 echo "bench: cargo build --release" >&2
 cargo build --release --workspace --bins --features objects/test-server >&2
 
-if [[ $part == pipeline || $part == all ]]; then
+if [[ $part == pipeline || $part == ingest || $part == all ]]; then
   state=$(mktemp -t ds-pg-state.XXXXXX)
   trap 'bash scripts/pg-stop.sh "$state"' EXIT
   BENCH_POSTGRES_URL=$(DS_PG_STATE="$state" bash scripts/pg.sh)

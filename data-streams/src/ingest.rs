@@ -7,10 +7,11 @@
 //! `batch.max_bytes`, when its first line has waited `batch.max_ms`, and at the end of the
 //! request. Each object is stored, then its reference (with its readings, and the request's
 //! progress when it has an `Idempotency-Key`) is committed in one transaction; only then is it
-//! acknowledged. While a batch is being stored and committed the body is not read, so a slow
-//! store or database slows the client down through TCP instead of filling memory.
+//! acknowledged. One batch is stored and committed (by a task of its own) while the next is
+//! read; the one after waits for it, so a slow store or database slows the client down through
+//! TCP instead of filling memory.
 //!
-//! What a request may hold in memory is reserved when it starts (its batch's `max_bytes` plus
+//! What a request may hold in memory is reserved when it starts (two batches' `max_bytes` plus
 //! the longest line): from the stream's bound (else `429`) and from the server's (else `503`),
 //! both with `Retry-After`.
 //!
@@ -182,12 +183,14 @@ impl Ingest {
         self.limits
     }
 
-    /// Reserves what a request of `stream` may hold (its batch's bytes and a line), or says
-    /// which bound is full.
+    /// Reserves what a request of `stream` may hold (two batches: the one being read and the
+    /// one being stored; and a line), or says which bound is full.
     pub fn reserve(&self, stream: &StreamRow) -> Result<Reservation, IngestError> {
         let batch = catalogue::push::Batch::of(&stream.spec.source);
+        // The batch being read, the batch in flight, and a line.
         let want = usize::try_from(batch.max_bytes)
             .unwrap_or(usize::MAX)
+            .saturating_mul(2)
             .saturating_add(self.limits.max_line_bytes)
             .min(self.limits.stream_bytes)
             .min(self.limits.total_bytes);
@@ -285,7 +288,17 @@ struct Run<'a> {
     skip_lines: u64,
     progress: Progress,
     batch: Batch,
-    bucket_checked: bool,
+    /// The batch being stored and committed while the next one is read (at most one).
+    inflight: Option<tokio::task::JoinHandle<Result<Flushed, IngestError>>>,
+}
+
+/// What a stored and committed batch adds to its request's progress.
+struct Flushed {
+    result_id: Uuid,
+    records: u64,
+    last_line: u64,
+    readings: u64,
+    bytes: u64,
 }
 
 /// The lines waiting to become an object.
@@ -310,7 +323,7 @@ impl<'a> Run<'a> {
             skip_lines,
             progress: resume.progress,
             batch: Batch::default(),
-            bucket_checked: false,
+            inflight: None,
         }
     }
 
@@ -335,26 +348,32 @@ impl<'a> Run<'a> {
         let mut line = 1u64;
         let mut offset = 0u64;
         loop {
-            let next = match self.deadline() {
-                Some(deadline) => tokio::select! {
-                    chunk = body.next() => Some(chunk),
-                    _ = tokio::time::sleep_until(deadline) => None,
-                },
-                None => Some(body.next().await),
+            let deadline = self.deadline();
+            let step = tokio::select! {
+                chunk = body.next() => Step::Chunk(chunk),
+                _ = sleep_until_some(deadline), if deadline.is_some() => Step::Due,
+                done = async { self.inflight.as_mut().expect("checked").await },
+                    if self.inflight.is_some() => Step::Settled(done),
             };
-            let chunk = match next {
+            let chunk = match step {
                 // The batch's time is up.
-                None => {
+                Step::Due => {
                     self.flush(acked).await?;
                     continue;
                 }
-                Some(None) => break,
-                Some(Some(Err(err))) => {
+                // The batch in flight is committed: acknowledged now, not at the next batch.
+                Step::Settled(done) => {
+                    self.inflight = None;
+                    self.apply(joined(done), acked)?;
+                    continue;
+                }
+                Step::Chunk(None) => break,
+                Step::Chunk(Some(Err(err))) => {
                     // What arrived whole is kept; the line cut short is not.
-                    self.flush(acked).await?;
+                    self.finish(acked).await?;
                     return Err(IngestError::Body(err.to_string()));
                 }
-                Some(Some(Ok(chunk))) => chunk,
+                Step::Chunk(Some(Ok(chunk))) => chunk,
             };
             let mut rest = chunk;
             while !rest.is_empty() {
@@ -368,7 +387,7 @@ impl<'a> Run<'a> {
                             pending.split().freeze()
                         };
                         if text.len() > max_line {
-                            self.flush(acked).await?;
+                            self.finish(acked).await?;
                             return Err(IngestError::LineTooLong {
                                 line,
                                 offset,
@@ -384,7 +403,7 @@ impl<'a> Run<'a> {
                         pending.extend_from_slice(&rest);
                         rest.clear();
                         if pending.len() > max_line {
-                            self.flush(acked).await?;
+                            self.finish(acked).await?;
                             return Err(IngestError::LineTooLong {
                                 line,
                                 offset,
@@ -400,7 +419,7 @@ impl<'a> Run<'a> {
             let text = pending.split().freeze();
             self.line(line, offset, text, acked).await?;
         }
-        self.flush(acked).await
+        self.finish(acked).await
     }
 
     async fn json(
@@ -439,7 +458,7 @@ impl<'a> Run<'a> {
             let offset = (text.as_ptr() as usize).saturating_sub(body.as_ptr() as usize) as u64;
             self.line(index as u64 + 1, offset, line, acked).await?;
         }
-        self.flush(acked).await
+        self.finish(acked).await
     }
 
     /// One line: checked, then added to the batch (which is stored first when the line would
@@ -455,7 +474,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         if text.len() > self.ingest.limits.max_line_bytes {
-            self.flush(acked).await?;
+            self.finish(acked).await?;
             return Err(IngestError::LineTooLong {
                 line,
                 offset,
@@ -471,7 +490,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
-            self.flush(acked).await?;
+            self.finish(acked).await?;
             return Err(IngestError::Malformed {
                 line,
                 offset,
@@ -504,11 +523,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Stores the batch as one object and commits its reference; then acknowledges it.
+    /// Hands the batch to a task that stores it as one object and commits its reference, once
+    /// the batch before it is committed (its acknowledgement first, so they stay in order).
+    /// Reading goes on while the task runs; the next flush waits for it.
     async fn flush(
         &mut self,
         acked: &mut (dyn FnMut(&Progress) + Send),
     ) -> Result<(), IngestError> {
+        self.settle(acked).await?;
         if self.batch.records == 0 {
             if self.batch.last_line > self.progress.acked_through_line {
                 self.progress.acked_through_line = self.batch.last_line;
@@ -516,159 +538,254 @@ impl<'a> Run<'a> {
             self.batch = Batch::default();
             return Ok(());
         }
-        let batch = std::mem::take(&mut self.batch);
-        let stream = self.stream;
+        let job = FlushJob {
+            ingest: self.ingest.clone(),
+            stream_id: self.stream.id,
+            bucket: self.stream.spec.bucket_name().to_owned(),
+            key: self.key.clone(),
+            accepted_before: self.progress.accepted,
+            result_ids_before: self.progress.result_ids.clone(),
+            batch: std::mem::take(&mut self.batch),
+        };
+        self.inflight = Some(tokio::spawn(job.run()));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and acknowledges it.
+    async fn settle(
+        &mut self,
+        acked: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<(), IngestError> {
+        match self.inflight.take() {
+            Some(task) => self.apply(joined(task.await), acked),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes what is left and waits for it: everything read is committed (or the error says
+    /// why not).
+    async fn finish(
+        &mut self,
+        acked: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<(), IngestError> {
+        self.flush(acked).await?;
+        self.settle(acked).await
+    }
+
+    /// A committed batch moves the progress and is acknowledged.
+    fn apply(
+        &mut self,
+        done: Result<Flushed, IngestError>,
+        acked: &mut (dyn FnMut(&Progress) + Send),
+    ) -> Result<(), IngestError> {
+        let flushed = done?;
+        self.progress.accepted += flushed.records;
+        self.progress.acked_through_line = flushed.last_line;
+        self.progress.result_ids.push(flushed.result_id);
+        self.progress.readings += flushed.readings;
+        metrics::counter!("ds_ingest_records_total").increment(flushed.records);
+        metrics::counter!("ds_ingest_bytes_total").increment(flushed.bytes);
+        metrics::counter!("ds_ingest_objects_total").increment(1);
+        acked(&self.progress);
+        Ok(())
+    }
+}
+
+/// What the read loop waits for next.
+enum Step<E> {
+    Chunk(Option<Result<Bytes, E>>),
+    Due,
+    Settled(Result<Result<Flushed, IngestError>, tokio::task::JoinError>),
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A flush task's outcome; a task that panicked failed its batch.
+fn joined(
+    done: Result<Result<Flushed, IngestError>, tokio::task::JoinError>,
+) -> Result<Flushed, IngestError> {
+    done.unwrap_or_else(|err| {
+        Err(IngestError::Database(format!(
+            "the task storing a batch failed: {err}"
+        )))
+    })
+}
+
+/// One batch on its way to the store and the database.
+struct FlushJob {
+    ingest: Ingest,
+    stream_id: Uuid,
+    bucket: String,
+    key: Option<String>,
+    accepted_before: u64,
+    result_ids_before: Vec<Uuid>,
+    batch: Batch,
+}
+
+impl FlushJob {
+    /// Intent, put, one commit (reference, readings, progress), then the live message.
+    async fn run(self) -> Result<Flushed, IngestError> {
+        let FlushJob {
+            ingest,
+            stream_id,
+            bucket,
+            key: idempotency_key,
+            accepted_before,
+            mut result_ids_before,
+            batch,
+        } = self;
         let result_id = Uuid::now_v7();
         let fetched_ms = objects::uuid_time_ms(result_id).unwrap_or_else(common::now_ms);
         let fetched_at = chrono::DateTime::from_timestamp_millis(fetched_ms).unwrap_or_default();
-        let date = fetched_at.date_naive();
-        let key = ObjectKey::new(catalogue::push::NAME, stream.id, date, result_id).to_string();
+        let key = ObjectKey::new(
+            catalogue::push::NAME,
+            stream_id,
+            fetched_at.date_naive(),
+            result_id,
+        )
+        .to_string();
         let body = batch.bytes.freeze();
         let sha256 = objects::sha256_hex(&body);
         let meta = ObjectMeta {
-            stream_id: stream.id.to_string(),
+            stream_id: stream_id.to_string(),
             fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sha256: sha256.clone(),
         };
-        let bucket = stream.spec.bucket_name();
-        let db = &self.ingest.db;
-        db.push_intent(result_id, bucket, &key, common::now_ms())
+        let db = &ingest.db;
+        db.push_intent(result_id, &bucket, &key, common::now_ms())
             .await
             .map_err(|e| IngestError::Database(e.to_string()))?;
-        self.put(bucket, &key, body.clone(), &meta).await?;
+        put(&ingest, &bucket, &key, body.clone(), &meta).await?;
         let object = PushObject {
             result_id,
-            stream_id: stream.id,
-            bucket: bucket.to_owned(),
+            stream_id,
+            bucket: bucket.clone(),
             key: key.clone(),
-            fetched_at: fetched_at.timestamp_millis(),
-            received_at: batch
-                .first_at
-                .map_or(fetched_at.timestamp_millis(), |(_, ms)| ms),
+            fetched_at: fetched_ms,
+            received_at: batch.first_at.map_or(fetched_ms, |(_, ms)| ms),
             size: body.len() as i64,
-            sha256: sha256.clone(),
+            sha256,
         };
-        let mut result_ids = self.progress.result_ids.clone();
-        result_ids.push(result_id);
-        let accepted = self.progress.accepted + batch.records;
-        let progress = self.key.as_deref().map(|key| PushProgress {
+        result_ids_before.push(result_id);
+        let accepted = accepted_before + batch.records;
+        let progress = idempotency_key.as_deref().map(|key| PushProgress {
             idempotency_key: key,
             lines: batch.last_line as i64,
             accepted: accepted as i64,
-            result_ids: &result_ids,
+            result_ids: &result_ids_before,
         });
-        let committed = db.commit_push(&object, &batch.readings, progress).await;
-        let readings = match committed {
+        let readings = match db.commit_push(&object, &batch.readings, progress).await {
             Ok(PushCommit::Stored { readings }) => readings,
             Ok(PushCommit::NoStream) => {
-                self.forget(bucket, &key, result_id).await;
+                forget(&ingest, &bucket, &key, result_id).await;
                 return Err(IngestError::StreamGone);
             }
             Err(err) => {
                 // Not referenced: the object must go too (or the reconciler removes it later).
-                self.forget(bucket, &key, result_id).await;
+                forget(&ingest, &bucket, &key, result_id).await;
                 return Err(IngestError::Database(err.to_string()));
             }
         };
-        self.progress.accepted = accepted;
-        self.progress.acked_through_line = batch.last_line;
-        self.progress.result_ids = result_ids;
-        self.progress.readings += readings;
-        metrics::counter!("ds_ingest_records_total").increment(batch.records);
-        metrics::counter!("ds_ingest_bytes_total").increment(body.len() as u64);
-        metrics::counter!("ds_ingest_objects_total").increment(1);
-        self.announce(&object);
-        acked(&self.progress);
-        Ok(())
+        announce(&ingest.live, &object);
+        Ok(Flushed {
+            result_id,
+            records: batch.records,
+            last_line: batch.last_line,
+            readings,
+            bytes: body.len() as u64,
+        })
     }
+}
 
-    /// The object goes out on the live channel like a fetched one.
-    fn announce(&self, object: &PushObject) {
-        let live = &self.ingest.live;
-        if live.is_idle() {
-            return;
-        }
-        let row = ResultRow {
-            id: object.result_id,
+/// The object goes out on the live channel like a fetched one.
+fn announce(live: &Live, object: &PushObject) {
+    if live.is_idle() {
+        return;
+    }
+    let row = ResultRow {
+        id: object.result_id,
+        stream_id: object.stream_id,
+        bucket: object.bucket.clone(),
+        key: object.key.clone(),
+        fetched_at: object.fetched_at,
+        scheduled_at: None,
+        started_at: Some(object.received_at),
+        size: object.size,
+        sha256: object.sha256.clone(),
+        status: "ok".to_owned(),
+        run_id: None,
+        page: None,
+    };
+    live.publish(
+        Some(object.stream_id),
+        &LiveMessage::Result {
             stream_id: object.stream_id,
-            bucket: object.bucket.clone(),
-            key: object.key.clone(),
-            fetched_at: object.fetched_at,
-            scheduled_at: None,
-            started_at: Some(object.received_at),
-            size: object.size,
-            sha256: object.sha256.clone(),
-            status: "ok".to_owned(),
-            run_id: None,
-            page: None,
-        };
-        live.publish(
-            Some(object.stream_id),
-            &LiveMessage::Result {
-                stream_id: object.stream_id,
-                result: &row,
-                measurement: None,
-                committed_at: Rfc3339(common::now_ms()),
-            },
-        );
-    }
+            result: &row,
+            measurement: None,
+            committed_at: Rfc3339(common::now_ms()),
+        },
+    );
+}
 
-    /// Stores an object, retrying transient failures until the put deadline; creates the
-    /// bucket once if it is missing.
-    async fn put(
-        &mut self,
-        bucket: &str,
-        key: &str,
-        body: Bytes,
-        meta: &ObjectMeta,
-    ) -> Result<(), IngestError> {
-        let store = &self.ingest.store;
-        let deadline = Instant::now() + self.ingest.limits.put_deadline;
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let err =
-                match tokio::time::timeout_at(deadline, store.put(bucket, key, body.clone(), meta))
-                    .await
-                {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(StoreError::NoSuchBucket { .. })) if !self.bucket_checked => {
-                        self.bucket_checked = true;
-                        match store.ensure_bucket(bucket).await {
-                            Ok(()) => continue,
-                            Err(err) => err,
-                        }
-                    }
-                    Ok(Err(err)) => err,
-                    Err(_) => {
-                        return Err(IngestError::Store(format!(
-                            "{} did not store {bucket}/{key} within {:?}",
-                            store.describe(),
-                            self.ingest.limits.put_deadline
-                        )))
-                    }
-                };
-            if !err.is_transient() || Instant::now() + wait >= deadline {
-                return Err(IngestError::Store(err.to_string()));
-            }
-            tracing::warn!("push: storing {bucket}/{key} failed, retrying in {wait:?}: {err}");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// Deletes an object whose reference will not be committed; its intent is left to the
-    /// reconciler when the delete fails.
-    async fn forget(&self, bucket: &str, key: &str, result_id: Uuid) {
-        match self.ingest.store.delete(bucket, key).await {
-            Ok(()) => {
-                if let Err(err) = self.ingest.db.forget_push_intent(result_id).await {
-                    tracing::warn!(%result_id, "cannot forget the push intent: {err}");
+/// Stores an object, retrying transient failures until the put deadline; creates the bucket
+/// once if it is missing.
+async fn put(
+    ingest: &Ingest,
+    bucket: &str,
+    key: &str,
+    body: Bytes,
+    meta: &ObjectMeta,
+) -> Result<(), IngestError> {
+    let store = &ingest.store;
+    let deadline = Instant::now() + ingest.limits.put_deadline;
+    let mut wait = Duration::from_millis(50);
+    let mut bucket_checked = false;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, store.put(bucket, key, body.clone(), meta));
+        let err = match attempt.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(StoreError::NoSuchBucket { .. })) if !bucket_checked => {
+                bucket_checked = true;
+                match store.ensure_bucket(bucket).await {
+                    Ok(()) => continue,
+                    Err(err) => err,
                 }
             }
-            Err(err) => tracing::warn!(
-                "cannot delete the uncommitted push object {bucket}/{key} (the reconciler will): {err}"
-            ),
+            Ok(Err(err)) => err,
+            Err(_) => {
+                return Err(IngestError::Store(format!(
+                    "{} did not store {bucket}/{key} within {:?}",
+                    store.describe(),
+                    ingest.limits.put_deadline
+                )))
+            }
+        };
+        if !err.is_transient() || Instant::now() + wait >= deadline {
+            return Err(IngestError::Store(err.to_string()));
         }
+        tracing::warn!("push: storing {bucket}/{key} failed, retrying in {wait:?}: {err}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Deletes an object whose reference will not be committed; its intent is left to the
+/// reconciler when the delete fails.
+async fn forget(ingest: &Ingest, bucket: &str, key: &str, result_id: Uuid) {
+    match ingest.store.delete(bucket, key).await {
+        Ok(()) => {
+            if let Err(err) = ingest.db.forget_push_intent(result_id).await {
+                tracing::warn!(%result_id, "cannot forget the push intent: {err}");
+            }
+        }
+        Err(err) => tracing::warn!(
+            "cannot delete the uncommitted push object {bucket}/{key} (the reconciler will): {err}"
+        ),
     }
 }
 

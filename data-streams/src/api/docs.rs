@@ -29,7 +29,9 @@ pub struct ErrorDetail {
     info: Option<Value>,
 }
 
-/// The error codes, one per HTTP status.
+/// The error codes. Pushes (`POST /streams/{id}/ingest`) add where a bad line is (`line`,
+/// `offset`) and what was committed before it (`accepted`, `acked_through_line`,
+/// `result_ids`); answers that ask to come back add `retry_after_s`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -38,9 +40,21 @@ pub enum ErrorCode {
     NotFound,
     Unauthorized,
     Forbidden,
+    Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
     Unavailable,
+    SweepOverBudget,
+    SweepDiscovery,
+    MalformedLine,
+    LineTooLong,
+    NotRecords,
+    BodyUnreadable,
+    StoreUnavailable,
+    DatabaseUnavailable,
+    StreamBusy,
+    ServerBusy,
+    IdempotencyKeyInUse,
     Internal,
 }
 
