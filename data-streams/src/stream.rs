@@ -529,7 +529,9 @@ impl Draft {
         }
         let key = self.secret_key.expose();
         if key.trim().is_empty() {
-            problems.push("secret_key must not be empty".into());
+            problems.push(
+                "secret_key is required and must not be empty (only PUSH streams have none)".into(),
+            );
         } else if key.len() > 256 || key.chars().any(char::is_control) {
             problems.push("secret_key must be at most 256 printable characters".into());
         }

@@ -44,13 +44,23 @@ async fn invalid_streams_are_refused_with_the_reason() {
     rejected(&app, |b| b["interval"] = json!(500), 422, "interval").await;
     rejected(&app, |b| b["interval"] = json!(-5), 400, "interval").await;
     rejected(&app, |b| b["secret_key"] = json!(""), 422, "secret_key").await;
+    // Optional in the schema (a PUSH stream has none), required for every other adapter.
     rejected(
         &app,
         |b| {
             b.as_object_mut().unwrap().remove("secret_key");
         },
-        400,
-        "secret_key",
+        422,
+        "secret_key is required",
+    )
+    .await;
+    rejected(
+        &app,
+        |b| {
+            b.as_object_mut().unwrap().remove("endpoint");
+        },
+        422,
+        "endpoint is required",
     )
     .await;
     rejected(&app, |b| b["colour"] = json!("blue"), 400, "colour").await;
