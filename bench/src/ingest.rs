@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Context as _};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::pipeline::{after, start_supervisor};
+use crate::pipeline::start_supervisor;
 use crate::procs::{rss_bytes, Context, Proc};
 use crate::report::{figure, note, ratio};
 
@@ -167,32 +167,8 @@ impl Server {
             }
             Backend::PostgresS3 => {
                 let (url, name) = crate::pipeline::create_pg().await?;
-                let (s3, line) = Proc::start(
-                    "s3-test-server",
-                    &ctx.bin("s3-test-server")?,
-                    &[
-                        "--addr",
-                        "127.0.0.1:0",
-                        "--root",
-                        &dir.join("s3").display().to_string(),
-                    ],
-                    &[],
-                    "s3-test-server listening on",
-                    dir,
-                )?;
-                let field = |marker: &str| {
-                    after(&line, marker)
-                        .ok_or_else(|| anyhow!("cannot read {marker} from {line:?}"))
-                };
-                store_env.extend([
-                    ("OBJECT_STORE_URL", "s3://".to_owned()),
-                    ("AWS_ENDPOINT_URL", field("listening on ")?),
-                    ("AWS_REGION", "us-east-1".to_owned()),
-                    ("AWS_ACCESS_KEY_ID", field("access_key=")?),
-                    ("AWS_SECRET_ACCESS_KEY", field("secret_key=")?),
-                    ("S3_FORCE_PATH_STYLE", "true".to_owned()),
-                    ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-                ]);
+                let (s3, env) = crate::pipeline::start_s3(ctx, dir)?;
+                store_env.extend(env);
                 (url, Some(s3), Some(name))
             }
         };

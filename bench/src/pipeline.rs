@@ -297,6 +297,40 @@ impl BenchDb {
     }
 }
 
+/// The S3 test server on a free port with its root in `dir/s3`, and the environment that points
+/// a process's `OBJECT_STORE_URL=s3://` store at it.
+pub(crate) fn start_s3(
+    ctx: &Context,
+    dir: &Path,
+) -> anyhow::Result<(Proc, Vec<(&'static str, String)>)> {
+    let (s3, line) = Proc::start(
+        "s3-test-server",
+        &ctx.bin("s3-test-server")?,
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--root",
+            &dir.join("s3").display().to_string(),
+        ],
+        &[],
+        "s3-test-server listening on",
+        dir,
+    )?;
+    let field = |marker: &str| {
+        after(&line, marker).ok_or_else(|| anyhow!("cannot read {marker} from {line:?}"))
+    };
+    let env = vec![
+        ("OBJECT_STORE_URL", "s3://".to_owned()),
+        ("AWS_ENDPOINT_URL", field("listening on ")?),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", field("access_key=")?),
+        ("AWS_SECRET_ACCESS_KEY", field("secret_key=")?),
+        ("S3_FORCE_PATH_STYLE", "true".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    Ok((s3, env))
+}
+
 /// A fresh PostgreSQL database in the server of `BENCH_POSTGRES_URL`, dropped by [`drop_pg`].
 pub(crate) async fn create_pg() -> anyhow::Result<(String, String)> {
     let admin = std::env::var("BENCH_POSTGRES_URL")?;
@@ -375,33 +409,9 @@ async fn pipeline(
             Backend::PostgresS3 => {
                 let (url, name) = create_pg().await?;
                 pg_name = Some(name);
-                let (s3, line) = Proc::start(
-                    "s3-test-server",
-                    &ctx.bin("s3-test-server")?,
-                    &[
-                        "--addr",
-                        "127.0.0.1:0",
-                        "--root",
-                        &dir.join("s3").display().to_string(),
-                    ],
-                    &[],
-                    "s3-test-server listening on",
-                    &dir,
-                )?;
+                let (s3, env) = start_s3(ctx, &dir)?;
                 procs.push(s3);
-                let field = |marker: &str| {
-                    after(&line, marker)
-                        .ok_or_else(|| anyhow!("cannot read {marker} from {line:?}"))
-                };
-                store_env.extend([
-                    ("OBJECT_STORE_URL", "s3://".to_owned()),
-                    ("AWS_ENDPOINT_URL", field("listening on ")?),
-                    ("AWS_REGION", "us-east-1".to_owned()),
-                    ("AWS_ACCESS_KEY_ID", field("access_key=")?),
-                    ("AWS_SECRET_ACCESS_KEY", field("secret_key=")?),
-                    ("S3_FORCE_PATH_STYLE", "true".to_owned()),
-                    ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-                ]);
+                store_env.extend(env);
                 url
             }
         };

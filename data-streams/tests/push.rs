@@ -93,6 +93,22 @@ impl Server {
         (status, headers, json)
     }
 
+    /// A push of what `body` yields, sent as it yields it, acknowledged object by object
+    /// (`Accept: application/x-ndjson`); not sent yet.
+    fn streamed(
+        &self,
+        id: &str,
+        body: futures::channel::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    ) -> reqwest::RequestBuilder {
+        self.api()
+            .client
+            .post(self.api().url(&format!("/streams/{id}/ingest")))
+            .bearer_auth(API_TOKEN)
+            .header("content-type", "application/x-ndjson")
+            .header("accept", "application/x-ndjson")
+            .body(reqwest::Body::wrap_stream(body))
+    }
+
     /// The raw objects of a stream's references, in result order, concatenated.
     async fn stored_bytes(&self, id: &str) -> Vec<u8> {
         let results = self.api().all_results(id).await;
@@ -457,15 +473,7 @@ async fn a_long_lived_push_is_acknowledged_while_it_is_sent() {
         .push_stream(json!({"adapter": "PUSH", "bucket_name": BUCKET, "batch": {"max_ms": 200}}))
         .await;
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let request = server
-        .api()
-        .client
-        .post(server.api().url(&format!("/streams/{id}/ingest")))
-        .bearer_auth(API_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .header("accept", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(rx))
-        .send();
+    let request = server.streamed(&id, rx).send();
     let sender = tokio::spawn(async move {
         tx.send(Ok(Bytes::from("{\"n\": 1}\n{\"n\": 2}\n")))
             .await
@@ -591,14 +599,7 @@ async fn a_server_killed_mid_push_keeps_every_acknowledged_line_once_and_nothing
         )
         .await;
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let response = server
-        .api()
-        .client
-        .post(server.api().url(&format!("/streams/{id}/ingest")))
-        .bearer_auth(API_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .header("accept", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(rx));
+    let response = server.streamed(&id, rx);
     let writer = tokio::spawn(async move {
         let mut n = 0u64;
         loop {
@@ -674,15 +675,7 @@ async fn a_stream_over_its_in_flight_bound_answers_429_with_retry_after() {
                             "batch": {"max_bytes": 1048576}}))
         .await;
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let open = server
-        .api()
-        .client
-        .post(server.api().url(&format!("/streams/{id}/ingest")))
-        .bearer_auth(API_TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .header("accept", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(rx))
-        .send();
+    let open = server.streamed(&id, rx).send();
     tx.send(Ok(Bytes::from("{\"n\": 1}\n"))).await.unwrap();
     let open = open.await.expect("the first push runs");
     assert_eq!(open.status(), 202);

@@ -138,17 +138,7 @@ impl Drop for IdempotentGuard {
 async fn start(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Start, ApiError> {
     let stream_id = parse_id(id, "stream")?;
     authorize(state, stream_id, headers).await?;
-    let stream = state
-        .db
-        .get_stream(stream_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no stream {stream_id}")))?;
-    if !stream.spec.is_push() {
-        return Err(ApiError::Conflict(format!(
-            "stream {stream_id} is an {} stream: only PUSH streams take pushed records",
-            stream.spec.adapter()
-        )));
-    }
+    let stream = push_stream(state, id).await?;
     if stream.state != StreamState::Running {
         return Err(ApiError::Conflict(format!(
             "stream {stream_id} is {}: POST /streams/{stream_id}/start to accept pushes again",
@@ -529,6 +519,7 @@ pub(super) struct NewToken {
     token: String,
 }
 
+/// The PUSH stream `id`: 404 when there is none, 409 when it is another kind.
 async fn push_stream(state: &AppState, id: &str) -> Result<StreamRow, ApiError> {
     let stream_id = parse_id(id, "stream")?;
     let stream = state
@@ -538,7 +529,8 @@ async fn push_stream(state: &AppState, id: &str) -> Result<StreamRow, ApiError> 
         .ok_or_else(|| ApiError::NotFound(format!("no stream {stream_id}")))?;
     if !stream.spec.is_push() {
         return Err(ApiError::Conflict(format!(
-            "stream {stream_id} is an {} stream: ingest tokens are for PUSH streams",
+            "stream {stream_id} is an {} stream: only PUSH streams take pushed records and \
+             ingest tokens",
             stream.spec.adapter()
         )));
     }
