@@ -44,6 +44,11 @@ pub trait Source: Sync {
             .collect()
     }
 
+    /// Workers fetch it (every source but `PUSH`, whose data is sent to the supervisor).
+    fn is_fetched(&self) -> bool {
+        true
+    }
+
     /// The version of the parser that turns this source's raw objects into readings. Bumped
     /// whenever the same bytes would parse differently.
     fn parser_version(&self) -> u32;
@@ -68,6 +73,15 @@ pub fn source(name: &str) -> Option<&'static dyn Source> {
     SOURCES.iter().copied().find(|s| s.name() == name)
 }
 
+/// The names of the sources workers fetch, in catalogue order.
+pub fn fetched_names() -> Vec<&'static str> {
+    SOURCES
+        .iter()
+        .filter(|s| s.is_fetched())
+        .map(|s| s.name())
+        .collect()
+}
+
 /// Every source name, in catalogue order.
 pub fn names() -> Vec<&'static str> {
     SOURCES.iter().map(|s| s.name()).collect()
@@ -81,6 +95,7 @@ mod tests {
     fn names_are_exact_and_unique() {
         assert_eq!(names(), ["IQAIR_DAILY", "HTTP_JSON", "PUSH"]);
         assert!(source("PUSH").is_some());
+        assert_eq!(fetched_names(), ["IQAIR_DAILY", "HTTP_JSON"]);
         assert!(source("IQAIR_DAILY").is_some());
         assert!(source("HTTP_JSON").is_some());
         assert!(source("http_json").is_none());

@@ -39,6 +39,11 @@ impl Source for Push {
         NAME
     }
 
+    /// Sent to the supervisor, never fetched by a worker.
+    fn is_fetched(&self) -> bool {
+        false
+    }
+
     fn check_params(&self, params: &Map<String, Value>) -> Vec<String> {
         params
             .keys()

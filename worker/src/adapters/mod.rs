@@ -177,12 +177,13 @@ mod tests {
         let http_json = adapters.get("HTTP_JSON").map(|a| a.name());
         assert_eq!(http_json, Some("HTTP_JSON"));
         assert!(adapters.get("iqair_daily").is_none());
-        let mut catalogue = catalogue::names();
+        // Every source a worker fetches; PUSH data is sent to the supervisor instead.
+        let mut catalogue = catalogue::fetched_names();
         catalogue.sort_unstable();
         assert_eq!(
             adapters.names(),
             catalogue,
-            "one adapter per catalogue source"
+            "one adapter per fetched catalogue source"
         );
         assert!(catalogue::source("OPENAQ").is_none());
         assert!(catalogue::source("").is_none());
