@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -175,23 +175,12 @@ impl Server {
         let (proc, http, _) = start_supervisor(ctx, dir, &database_url, &store_env)?;
         let api = format!("http://{http}");
         let client = reqwest::Client::new();
-        let answer = client
-            .post(format!("{api}/streams"))
-            .json(&json!({"adapter": "PUSH", "bucket_name": "bench-push"}))
-            .send()
-            .await?;
-        if answer.status().as_u16() != 201 {
-            bail!(
-                "POST /streams answered {}: {}",
-                answer.status(),
-                answer.text().await?
-            );
-        }
-        let created: Value = answer.json().await?;
-        let stream = created["id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no stream id in {created}"))?
-            .to_owned();
+        let stream = crate::pipeline::post_stream(
+            &client,
+            &api,
+            &json!({"adapter": "PUSH", "bucket_name": "bench-push"}),
+        )
+        .await?;
         Ok(Server {
             proc,
             api,

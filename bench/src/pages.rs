@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::pipeline::{after, start_supervisor, worker_env};
+use crate::pipeline::{after, post_stream, start_supervisor, worker_env};
 use crate::procs::{cpu_seconds, Context, Proc};
 use crate::report::{figure, note, ratio};
 
@@ -226,20 +226,7 @@ async fn one_run(
         "page_concurrency": c,
         "rate_limit": {"per_minute": 0, "per_day": 0, "per_month": 0},
     });
-    let resp = client
-        .post(format!("{api}/streams"))
-        .json(&body)
-        .send()
-        .await?;
-    let status = resp.status();
-    if status.as_u16() != 201 {
-        bail!("POST /streams answered {status}: {}", resp.text().await?);
-    }
-    let stream: Value = resp.json().await?;
-    let id = stream["id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("POST /streams answered without an id: {stream}"))?
-        .to_owned();
+    let id = post_stream(client, api, &body).await?;
 
     let record = wait_run(client, api, &id).await?;
     let (worker_cpu, sim_cpu) = (

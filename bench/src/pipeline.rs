@@ -651,9 +651,18 @@ pub(crate) async fn create_stream(
         "params": {"lat": lat, "lon": lon},
         "rate_limit": {"per_minute": 0, "per_day": 0, "per_month": 0},
     });
+    post_stream(client, api, &body).await
+}
+
+/// `POST /streams` with `body`; the new stream's id, or why there is none.
+pub(crate) async fn post_stream(
+    client: &reqwest::Client,
+    api: &str,
+    body: &Value,
+) -> anyhow::Result<String> {
     let resp = client
         .post(format!("{api}/streams"))
-        .json(&body)
+        .json(body)
         .send()
         .await?;
     let status = resp.status();

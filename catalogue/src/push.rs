@@ -170,15 +170,22 @@ pub fn schema(source: &Map<String, Value>) -> Option<&str> {
     source.get("records").and_then(Value::as_str)
 }
 
-/// The IQAir reading of one pushed record: a city object, or a whole `success` envelope.
+/// The IQAir reading of one pushed record (already parsed): a city object, or a whole answer
+/// whose `success` envelope holds one in `data` (as [`iqair::parse`] reads a fetched body).
 /// `None` when the record holds nothing readable.
-pub fn iqair_reading(record: &[u8]) -> Option<iqair::Measurement> {
-    let value: Value = serde_json::from_slice(record).ok()?;
-    let Value::Object(map) = value else {
+pub fn iqair_reading(record: Value) -> Option<iqair::Measurement> {
+    let Value::Object(mut map) = record else {
         return None;
     };
     if map.contains_key("status") && map.contains_key("data") {
-        return iqair::parse(record);
+        let success = map
+            .get("status")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("success"));
+        return match map.remove("data") {
+            Some(Value::Object(data)) if success => iqair::parse_measurement(data),
+            _ => None,
+        };
     }
     iqair::parse_measurement(map)
 }
@@ -238,16 +245,15 @@ mod tests {
         let city = json!({"city": "Krakow", "state": "Lesser Poland Voivodeship",
             "country": "Poland", "current": {"pollution": {"ts": "2026-12-06T03:00:00.000Z",
             "aqius": 57, "mainus": "p2"}}});
-        let reading = iqair_reading(city.to_string().as_bytes()).unwrap();
+        let reading = iqair_reading(city.clone()).unwrap();
         assert_eq!(reading.city.as_deref(), Some("Krakow"));
         assert_eq!(reading.aqius, Some(57.0));
         let envelope = json!({"status": "success", "data": city});
-        assert_eq!(
-            iqair_reading(envelope.to_string().as_bytes()),
-            Some(reading)
-        );
-        assert_eq!(iqair_reading(b"[1, 2]"), None);
-        assert_eq!(iqair_reading(b"{}"), None);
-        assert_eq!(iqair_reading(b"not json"), None);
+        assert_eq!(iqair_reading(envelope), Some(reading));
+        assert_eq!(iqair_reading(json!([1, 2])), None);
+        assert_eq!(iqair_reading(json!({})), None);
+        assert_eq!(iqair_reading(json!("not a record")), None);
+        let failed = json!({"status": "fail", "data": {"message": "city_not_found"}});
+        assert_eq!(iqair_reading(failed), None);
     }
 }

@@ -489,14 +489,23 @@ impl<'a> Run<'a> {
             }
             return Ok(());
         }
-        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
-            self.finish(acked).await?;
-            return Err(IngestError::Malformed {
-                line,
-                offset,
-                detail: err.to_string(),
-            });
-        }
+        // One parse a line: checked only, or read for its reading where the schema has one.
+        let checked = if self.iqair {
+            serde_json::from_slice::<serde_json::Value>(&text).map(catalogue::push::iqair_reading)
+        } else {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&text).map(|_| None)
+        };
+        let reading = match checked {
+            Ok(reading) => reading,
+            Err(err) => {
+                self.finish(acked).await?;
+                return Err(IngestError::Malformed {
+                    line,
+                    offset,
+                    detail: err.to_string(),
+                });
+            }
+        };
         let size = text.len() as u64 + 1;
         if self.batch.records > 0
             && self.batch.bytes.len() as u64 + size > self.batch_policy.max_bytes
@@ -506,11 +515,7 @@ impl<'a> Run<'a> {
         if self.batch.first_at.is_none() {
             self.batch.first_at = Some((Instant::now(), common::now_ms()));
         }
-        if self.iqair {
-            if let Some(reading) = catalogue::push::iqair_reading(&text) {
-                self.batch.readings.push(reading);
-            }
-        }
+        self.batch.readings.extend(reading);
         self.batch.bytes.extend_from_slice(&text);
         self.batch.bytes.extend_from_slice(b"\n");
         self.batch.records += 1;
@@ -544,7 +549,12 @@ impl<'a> Run<'a> {
             bucket: self.stream.spec.bucket_name().to_owned(),
             key: self.key.clone(),
             accepted_before: self.progress.accepted,
-            result_ids_before: self.progress.result_ids.clone(),
+            // Only a keyed request stores its ids with each commit.
+            result_ids_before: if self.key.is_some() {
+                self.progress.result_ids.clone()
+            } else {
+                Vec::new()
+            },
             batch: std::mem::take(&mut self.batch),
         };
         self.inflight = Some(tokio::spawn(job.run()));
@@ -707,20 +717,7 @@ fn announce(live: &Live, object: &PushObject) {
     if live.is_idle() {
         return;
     }
-    let row = ResultRow {
-        id: object.result_id,
-        stream_id: object.stream_id,
-        bucket: object.bucket.clone(),
-        key: object.key.clone(),
-        fetched_at: object.fetched_at,
-        scheduled_at: None,
-        started_at: Some(object.received_at),
-        size: object.size,
-        sha256: object.sha256.clone(),
-        status: "ok".to_owned(),
-        run_id: None,
-        page: None,
-    };
+    let row = ResultRow::pushed(object);
     live.publish(
         Some(object.stream_id),
         &LiveMessage::Result {

@@ -321,25 +321,48 @@ impl StreamSpec {
     }
 
     /// Apply an update to a valid spec and validate the result as a whole.
+    ///
+    /// A `PUSH` stream stores a schedule, timeout and start the user never gave (the table
+    /// wants them), and its description fits no other adapter: so the stored schedule, timeout
+    /// and start carry over only between fetched streams, and the stored description only
+    /// between streams of the same side (fetched or pushed).
     pub fn patched(&self, update: StreamUpdate) -> Result<Self, Invalid> {
-        if update.adapter.as_deref().unwrap_or(&self.adapter) == catalogue::push::NAME {
-            return self.patched_push(update);
-        }
-        let (interval, cron) = match (update.interval, update.cron) {
-            (None, None) => (self.interval_ms(), self.cron().map(str::to_owned)),
-            given => given,
+        let was_push = self.is_push();
+        let to_push = update.adapter.as_deref().unwrap_or(&self.adapter) == catalogue::push::NAME;
+        let (interval, cron, timeout, start_at) = if was_push || to_push {
+            (
+                update.interval,
+                update.cron,
+                update.timeout,
+                update.start_at,
+            )
+        } else {
+            let (interval, cron) = match (update.interval, update.cron) {
+                (None, None) => (self.interval_ms(), self.cron().map(str::to_owned)),
+                given => given,
+            };
+            // A timeout that was only the default (the interval, or the cron default) follows a
+            // new schedule, whichever way it switches: cron to a 5 s interval must not keep 60 s.
+            let schedule_changed = interval != self.interval_ms() || cron.as_deref() != self.cron();
+            let old_default = self.interval_ms().unwrap_or(DEFAULT_CRON_TIMEOUT_MS);
+            let timeout =
+                update
+                    .timeout
+                    .or(if schedule_changed && self.timeout_ms == old_default {
+                        None
+                    } else {
+                        Some(self.timeout_ms)
+                    });
+            let start_at = update
+                .start_at
+                .or_else(|| self.start_at_ms.and_then(common::rfc3339_ms));
+            (interval, cron, timeout, start_at)
         };
-        // A timeout that was only the default (the interval, or the cron default) follows a new
-        // schedule, whichever way it switches: cron to a 5 s interval must not keep 60 s.
-        let schedule_changed = interval != self.interval_ms() || cron.as_deref() != self.cron();
-        let old_default = self.interval_ms().unwrap_or(DEFAULT_CRON_TIMEOUT_MS);
-        let timeout = update
-            .timeout
-            .or(if schedule_changed && self.timeout_ms == old_default {
-                None
-            } else {
-                Some(self.timeout_ms)
-            });
+        let source_base = if was_push == to_push {
+            self.source.clone()
+        } else {
+            Map::new()
+        };
         Draft {
             adapter: update.adapter.unwrap_or_else(|| self.adapter.clone()),
             endpoint: update.endpoint.unwrap_or_else(|| self.endpoint.clone()),
@@ -354,7 +377,7 @@ impl StreamSpec {
             rate_base: self.rate_limit,
             rate_input: update.rate_limit,
             source: source_with(
-                self.source.clone(),
+                source_base,
                 [
                     update.request,
                     update.pagination,
@@ -365,47 +388,7 @@ impl StreamSpec {
                     update.batch,
                 ],
             ),
-            start_at: update
-                .start_at
-                .or_else(|| self.start_at_ms.and_then(common::rfc3339_ms)),
-        }
-        .check()
-    }
-
-    /// [`StreamSpec::patched`] for a stream that is (or becomes) `PUSH`: only the update's own
-    /// schedule, timeout, budget and start count (a push stream stores none of its own).
-    fn patched_push(&self, update: StreamUpdate) -> Result<Self, Invalid> {
-        let was_push = self.adapter == catalogue::push::NAME;
-        Draft {
-            adapter: update.adapter.unwrap_or_else(|| self.adapter.clone()),
-            endpoint: update.endpoint.unwrap_or_else(|| self.endpoint.clone()),
-            secret_key: update.secret_key.unwrap_or_else(|| self.secret_key.clone()),
-            interval: update.interval,
-            cron: update.cron,
-            timeout: update.timeout,
-            bucket_name: update
-                .bucket_name
-                .unwrap_or_else(|| self.bucket_name.clone()),
-            params: update.params.unwrap_or_else(|| self.params.clone()),
-            rate_base: self.rate_limit,
-            rate_input: update.rate_limit,
-            source: source_with(
-                if was_push {
-                    self.source.clone()
-                } else {
-                    Map::new()
-                },
-                [
-                    update.request,
-                    update.pagination,
-                    update.records,
-                    update.max_pages,
-                    update.page_concurrency,
-                    update.job,
-                    update.batch,
-                ],
-            ),
-            start_at: update.start_at,
+            start_at,
         }
         .check()
     }

@@ -259,12 +259,7 @@ async fn authorize(state: &AppState, stream_id: Uuid, headers: &HeaderMap) -> Re
     if state.auth.is_open() {
         return Ok(());
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = bearer else {
+    let Some(token) = super::auth::bearer(headers) else {
         return Err(ApiError::Unauthorized(
             "push with Authorization: Bearer <an ingest token of this stream, or the API token>"
                 .into(),
@@ -655,11 +650,7 @@ pub(super) async fn void(
 ) -> Response {
     use futures::StreamExt as _;
     if !state.auth.is_open()
-        && !headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| state.auth.is_api_token(t))
+        && !super::auth::bearer(&headers).is_some_and(|t| state.auth.is_api_token(t))
     {
         return ApiError::Unauthorized("the void route takes the API token".into()).into_response();
     }

@@ -134,6 +134,25 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
+    /// The reference of a pushed object, as [`Db::commit_push`](super::Db::commit_push) stores
+    /// it: no tick, started when its first line arrived, no run.
+    pub fn pushed(object: &super::PushObject) -> Self {
+        ResultRow {
+            id: object.result_id,
+            stream_id: object.stream_id,
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
+            fetched_at: object.fetched_at,
+            scheduled_at: None,
+            started_at: Some(object.received_at),
+            size: object.size,
+            sha256: object.sha256.clone(),
+            status: "ok".to_owned(),
+            run_id: None,
+            page: None,
+        }
+    }
+
     /// The reference a worker reported, as stored.
     pub fn reported(record: &protocol::ResultRecord) -> Self {
         ResultRow {

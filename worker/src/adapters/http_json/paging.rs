@@ -409,7 +409,11 @@ impl Ctx<'_> {
             }
             _ => None,
         };
-        pointer.is_none_or(|p| !(p == records || p.starts_with(&format!("{records}/"))))
+        // Inside: the records pointer itself, or one of its children (no allocation per page).
+        pointer.is_none_or(|p| {
+            !p.strip_prefix(records)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// An answer from `url` that is not what the spec describes.
