@@ -251,6 +251,11 @@ impl Application {
                 live_for_ingest,
                 settings.ingest_limits(),
             ),
+            bulk: api::BulkLimits {
+                max_body_bytes: settings.max_body_bytes,
+                max_bulk_bytes: settings.bulk_max_bytes,
+                max_streams: settings.bulk_max_streams,
+            },
         };
         let app = api::router(state, settings.max_body_bytes);
         let http = self.http;

@@ -74,6 +74,13 @@ pub struct Settings {
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest body of a bulk request (`POST /streams` with an array or NDJSON,
+    /// `POST /streams/start|stop`), in bytes.
+    #[arg(long, env = "BULK_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub bulk_max_bytes: usize,
+    /// Most streams (or ids) one bulk request may name.
+    #[arg(long, env = "BULK_MAX_STREAMS", default_value_t = 100_000)]
+    pub bulk_max_streams: usize,
     /// Push ingestion: the longest line (record) accepted, in bytes.
     #[arg(long, env = "INGEST_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     pub ingest_max_line_bytes: usize,
@@ -193,6 +200,7 @@ impl Settings {
             "http_addr={} worker_addr={} worker_tls={} worker_token={} api_token={} database_url={} \
              object_store_url={} create_buckets={} heartbeat_interval_ms={} heartbeat_timeout_ms={} \
              call_timeout_ms={} handshake_timeout_ms={} max_worker_connections={} max_frame_bytes={} max_body_bytes={} \
+             bulk_max_bytes={} bulk_max_streams={} \
              assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} \
              reparse_objects_per_second={} ingest_max_line_bytes={} ingest_max_json_bytes={} \
              ingest_stream_inflight_bytes={} ingest_total_inflight_bytes={}",
@@ -215,6 +223,8 @@ impl Settings {
             self.max_worker_connections,
             self.max_frame_bytes,
             self.max_body_bytes,
+            self.bulk_max_bytes,
+            self.bulk_max_streams,
             self.assign_interval_ms,
             self.reconcile_interval_ms,
             self.reconcile_days,

@@ -86,6 +86,11 @@ pub struct RateLimitShown {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamInput {
+    /// The stream's id, chosen by the client so a retried create is recognised (the same id
+    /// with the same stream is not created twice; with another stream it is a conflict).
+    /// Absent: the server makes one (a UUIDv7).
+    #[serde(default)]
+    pub id: Option<Uuid>,
     /// A source of the adapter catalogue, e.g. `IQAIR_DAILY`.
     #[schema(example = "IQAIR_DAILY")]
     pub adapter: String,
@@ -716,7 +721,7 @@ impl std::str::FromStr for StreamState {
 
 /// What the API shows as a stream's `status`: its desired state, and for a running stream
 /// whether a connected worker has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamStatus {
     /// Assigned to a connected worker.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 pub use catalogue::iqair::Measurement;
 
 /// Version of the wire format. A peer with another version is rejected during the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Everything that crosses the link, in either direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +111,10 @@ pub enum Call {
     Start(StreamConfig),
     /// `worker:stop` — stop this stream (idempotent). `generation` of 0 stops whatever runs.
     Stop { stream_id: Uuid, generation: u64 },
+    /// `worker:start_many` — `worker:start` for each stream, in order, answered once: the
+    /// reply's `refused` lists the streams that could not start (protocol 5). The supervisor
+    /// hands out thousands of streams this way without a round trip each.
+    StartMany(Vec<StreamConfig>),
 }
 
 impl Call {
@@ -119,6 +123,7 @@ impl Call {
         match self {
             Call::Start(_) => "worker:start",
             Call::Stop { .. } => "worker:stop",
+            Call::StartMany(_) => "worker:start_many",
         }
     }
 }
@@ -128,6 +133,16 @@ impl Call {
 pub struct Reply {
     pub success: bool,
     pub message: String,
+    /// `worker:start_many`: the streams that did not start and why (empty otherwise).
+    pub refused: Vec<Refused>,
+}
+
+/// One stream of a `worker:start_many` that did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub stream_id: Uuid,
+    pub generation: u64,
+    pub message: String,
 }
 
 impl Reply {
@@ -135,6 +150,7 @@ impl Reply {
         Reply {
             success: true,
             message: message.into(),
+            refused: Vec::new(),
         }
     }
 
@@ -142,6 +158,7 @@ impl Reply {
         Reply {
             success: false,
             message: message.into(),
+            refused: Vec::new(),
         }
     }
 }

@@ -11,8 +11,8 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use protocol::codec::{self, FrameCodec};
 use protocol::{
-    Call, Challenge, Event, FailureClass, Frame, Hello, Measurement, Reject, Reply, ResultRecord,
-    RunFailure, RunningStream, Schedule, StreamConfig, Welcome,
+    Call, Challenge, Event, FailureClass, Frame, Hello, Measurement, Refused, Reject, Reply,
+    ResultRecord, RunFailure, RunningStream, Schedule, StreamConfig, Welcome,
 };
 use tokio_util::codec::Decoder;
 use uuid::Uuid;
@@ -208,6 +208,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             id,
             call: Call::Start(c)
         }),
+        (
+            any::<u64>(),
+            proptest::collection::vec(stream_config(), 0..4)
+        )
+            .prop_map(|(id, configs)| Frame::Call {
+                id,
+                call: Call::StartMany(configs)
+            }),
         (any::<u64>(), uuid(), any::<u64>()).prop_map(|(id, stream_id, generation)| {
             Frame::Call {
                 id,
@@ -217,10 +225,20 @@ fn frame() -> impl Strategy<Value = Frame> {
                 },
             }
         }),
-        (any::<u64>(), any::<bool>(), text()).prop_map(|(id, success, message)| Frame::Reply {
-            id,
-            reply: Reply { success, message }
-        }),
+        (any::<u64>(), any::<bool>(), text(), uuid(), any::<u64>()).prop_map(
+            |(id, success, message, stream_id, generation)| Frame::Reply {
+                id,
+                reply: Reply {
+                    success,
+                    refused: vec![Refused {
+                        stream_id,
+                        generation,
+                        message: message.clone(),
+                    }],
+                    message,
+                }
+            }
+        ),
         (any::<u64>(), event()).prop_map(|(seq, event)| Frame::Event { seq, event }),
         any::<u64>().prop_map(|seq| Frame::Ack { seq }),
         Just(Frame::Heartbeat),

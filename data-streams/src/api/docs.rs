@@ -27,6 +27,9 @@ pub struct ErrorDetail {
     problems: Option<Vec<String>>,
     /// `bad_request`: what the parser said.
     info: Option<Value>,
+    /// `invalid_streams` and bulk `conflict`: each refused item of a bulk request (the first
+    /// 1,000), with its position, id and problems.
+    items: Option<Vec<super::bulk::ItemProblem>>,
 }
 
 /// The error codes. Pushes (`POST /streams/{id}/ingest`) add where a bad line is (`line`,
@@ -55,6 +58,7 @@ pub enum ErrorCode {
     StreamBusy,
     ServerBusy,
     IdempotencyKeyInUse,
+    InvalidStreams,
     Internal,
 }
 

@@ -52,6 +52,14 @@ pub enum ApiError {
         message: String,
         retry_after_s: u64,
     },
+    /// Items of a bulk request refused: the status (422 or 409), a code, and each item.
+    #[error("{message}")]
+    Items {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        items: Vec<super::bulk::ItemProblem>,
+    },
     #[error("internal error")]
     Internal(#[source] Cause),
 }
@@ -79,6 +87,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "sweep_discovery")
             }
             ApiError::Busy { status, .. } => (*status, "busy"),
+            ApiError::Items { status, code, .. } => (*status, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -123,6 +132,9 @@ impl IntoResponse for ApiError {
                 retry_after_s,
                 ..
             } => json!({"code": code, "message": message, "retry_after_s": retry_after_s}),
+            ApiError::Items { message, items, .. } => {
+                json!({"code": code, "message": message, "items": items})
+            }
             ApiError::Internal(cause) => {
                 // Logged once here; the caller learns nothing about internals.
                 tracing::error!("internal error: {}", common::error_chain(cause.as_ref()));

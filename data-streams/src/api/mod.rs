@@ -4,6 +4,7 @@
 //! Errors are JSON `{"error": "...", "detail": ...}` with a 4xx for anything the caller got wrong.
 
 mod auth;
+mod bulk;
 mod coverage;
 pub mod docs;
 mod error;
@@ -37,6 +38,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use auth::Auth;
+pub use bulk::BulkLimits;
 pub use error::ApiError;
 
 use crate::db::Db;
@@ -64,6 +66,8 @@ pub struct AppState {
     pub sweeps: std::sync::Arc<crate::sweep::Sweeps>,
     /// Push ingestion (`POST /streams/{id}/ingest`).
     pub ingest: crate::ingest::Ingest,
+    /// The limits of the bulk routes (`POST /streams` with many, `POST /streams/start|stop`).
+    pub bulk: BulkLimits,
 }
 
 /// The routes that need a token or a session, the ones that do not, and the ingest route (which
@@ -76,6 +80,9 @@ fn routes() -> (
 ) {
     let protected = OpenApiRouter::new()
         .routes(routes!(streams::create, streams::list))
+        .routes(routes!(bulk::count))
+        .routes(routes!(bulk::start_many))
+        .routes(routes!(bulk::stop_many))
         .routes(routes!(streams::get, streams::update, streams::delete))
         .routes(routes!(streams::start))
         .routes(routes!(streams::stop))

@@ -1,17 +1,20 @@
 //! `/streams`: create, list, read, change, delete, start and stop streams, all through the
 //! supervisor.
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::docs::{BodyErrors, CommonErrors, NotFoundError};
-use super::{ApiError, ApiJson, ApiPath, AppState};
+use super::{bulk, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::stream::{StreamInput, StreamRow, StreamSpec, StreamUpdate, StreamView};
+use crate::supervisor::Created;
 
 /// Parse a path id; a malformed one is the caller's mistake.
 pub(super) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
@@ -33,41 +36,97 @@ pub(super) struct Command<'a> {
 }
 
 /// Create a stream; it starts at once (unless `"start": false`) on a worker that has its
-/// adapter and room.
+/// adapter and room. Many streams at once: a JSON array or NDJSON (at most 100,000, one
+/// transaction, all or nothing: every bad item is named); they are assigned in the background.
+/// A client's `id` (or an `Idempotency-Key`, from which each item's id is derived) makes a
+/// retry safe: streams already stored with the same spec are not created again.
 #[utoipa::path(
     post, path = "/streams", operation_id = "create_stream", tag = "streams",
-    request_body(content = StreamInput, example = json!(crate::api::docs::example_stream())),
+    request_body(
+        content(
+            (StreamInput = "application/json", example = json!(crate::api::docs::example_stream())),
+            (Vec<StreamInput> = "application/x-ndjson"),
+        ),
+        description = "One stream (a JSON object), or many (a JSON array, or NDJSON: one stream per line)"
+    ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Bulk: each item's id is derived from it and its position, so a retry creates nothing twice")),
     responses(
-        (status = 201, description = "Created; `secret_key` shows as `***`", body = StreamView),
+        (status = 201, description = "Created; `secret_key` shows as `***`. Many: `{created, existing, ids}`", body = StreamView),
+        (status = 200, description = "A retry: the stream (or every stream) existed already with the same spec", body = StreamView),
+        (status = 409, description = "An id names a stream with another spec", body = super::docs::ErrorBody),
         CommonErrors, BodyErrors,
     )
 )]
 #[tracing::instrument(skip_all)]
 pub(super) async fn create(
     State(state): State<AppState>,
-    ApiJson(input): ApiJson<StreamInput>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let input = match bulk::read_streams(&state.bulk, &headers, body).await? {
+        bulk::StreamsBody::Many(items) => return bulk::create_many(&state, &headers, items).await,
+        bulk::StreamsBody::One(bytes) => parse_one(&bytes)?,
+    };
     let start = input.start.unwrap_or(true);
+    let id = input.id;
     let spec = StreamSpec::parse(input)?;
     plan_sweep(&state, &spec).await?;
-    let row = state.supervisor.create(spec, start).await?;
-    Ok((StatusCode::CREATED, shown(&state, &row)).into_response())
+    match state.supervisor.create(id, spec, start).await? {
+        Created::New(row) => Ok((StatusCode::CREATED, shown(&state, &row)).into_response()),
+        Created::Existing(row) => Ok((StatusCode::OK, shown(&state, &row)).into_response()),
+        Created::Conflict(id) => Err(ApiError::Conflict(format!(
+            "stream {id} exists with another spec"
+        ))),
+    }
 }
 
-/// Every stream, oldest first, with its status.
+/// One stream's JSON, with the errors `Json` would give.
+fn parse_one(bytes: &[u8]) -> Result<StreamInput, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::BadRequest("malformed JSON".into(), json!(e.to_string()))
+        } else {
+            ApiError::BadRequest(
+                "JSON does not match the expected shape".into(),
+                json!(e.to_string()),
+            )
+        }
+    })
+}
+
+/// The streams with their status. With `limit`, `after` or a filter (`status`, `adapter`,
+/// `worker`, `q`): a page `{items, next}` by id; without any: every stream, oldest first, as a
+/// plain array (the original form, heavy at a million streams).
 #[utoipa::path(
     get, path = "/streams", operation_id = "list_streams", tag = "streams",
+    params(bulk::ListQuery),
     responses(
-        (status = 200, description = "Every stream", body = Vec<StreamView>),
+        (status = 200, description = "Every stream (no paging or filter), or a page", body = StreamList),
+        (status = 400, description = "A malformed limit, cursor or status", body = super::docs::ErrorBody),
         (status = 401, description = "No valid token or session", body = super::docs::ErrorBody),
         (status = 503, description = "The database is not reachable", body = super::docs::ErrorBody),
     )
 )]
-pub(super) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<bulk::ListQuery>,
+) -> Result<Response, ApiError> {
+    if let (filter, Some((limit, after))) = query.parse()? {
+        return bulk::list_page(&state, filter, limit, after).await;
+    }
     let rows = state.db.list_streams().await?;
     let connected = state.supervisor.connected_workers();
     let views: Vec<StreamView<'_>> = rows.iter().map(|r| r.view(&connected)).collect();
     Ok(Json(views).into_response())
+}
+
+/// `GET /streams`' answer: every stream, or a page (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum StreamList<'a> {
+    All(Vec<StreamView<'a>>),
+    Page(bulk::StreamsPage<'a>),
 }
 
 /// One stream.
@@ -117,7 +176,7 @@ pub(super) async fn update(
 /// For a sweep (an IQAir stream naming a country or state without a city): count its cities
 /// through IQAir's listings and refuse it when its key's limits cannot carry every city each
 /// run. Other streams pass untouched.
-async fn plan_sweep(state: &AppState, spec: &StreamSpec) -> Result<(), ApiError> {
+pub(super) async fn plan_sweep(state: &AppState, spec: &StreamSpec) -> Result<(), ApiError> {
     if spec.adapter() != catalogue::iqair::NAME {
         return Ok(());
     }

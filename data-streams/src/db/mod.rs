@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
+mod bulk;
 mod coverage;
 mod error;
 mod events;
@@ -29,6 +30,7 @@ mod streams;
 mod tables;
 mod workers;
 
+pub use bulk::{BulkInsert, Changed, NewStream, Selection, StreamFilter};
 pub use coverage::FailureMark;
 pub use error::{redact_url, DbError};
 pub use events::failure_of;

@@ -10,6 +10,10 @@ use super::{ConnectOptions, DbError};
 pub(super) const BEGIN_WRITE: &str = "BEGIN";
 /// KEY SHARE blocks DELETE of the stream but not the UPDATE of its bookkeeping columns.
 pub(super) const LOCK_STREAMS: &str = " FOR KEY SHARE";
+/// `streams` looked up by id: the planner, with its statistics, needs no hint.
+pub(super) const STREAMS_BY_ID: &str = "streams";
+/// `streams` read for assignment: the partial index serves it without a hint.
+pub(super) const STREAMS_UNASSIGNED: &str = "streams";
 
 /// Connects once to learn quickly whether the server is there, then opens the pool and
 /// migrates.

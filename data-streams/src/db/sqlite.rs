@@ -12,6 +12,13 @@ use super::{ConnectOptions, DbError};
 pub(super) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 /// Nothing: a write transaction already excludes every other writer.
 pub(super) const LOCK_STREAMS: &str = "";
+/// `streams` looked up by id. Without the hint, newer SQLite (3.46+) may walk an index on
+/// `state` or `worker_id` for `UPDATE … WHERE id IN (…) AND state = … AND worker_id IS NULL`,
+/// which costs every matching stream per statement instead of one seek per id.
+pub(super) const STREAMS_BY_ID: &str = "streams INDEXED BY sqlite_autoindex_streams_1";
+/// `streams` read through the partial index of running, unassigned streams, oldest first
+/// (without statistics SQLite prefers the `state` index and sorts every running stream).
+pub(super) const STREAMS_UNASSIGNED: &str = "streams INDEXED BY streams_unassigned_idx";
 
 /// How long a writer waits for the one write lock before SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

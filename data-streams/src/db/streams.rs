@@ -14,13 +14,14 @@ use super::{dispatch, Db, DbError};
 use crate::stream::{StreamRow, StreamSpec, StreamState};
 
 /// The columns [`StreamRow`]'s `FromRow` reads.
-const STREAM_COLUMNS: &str = "id, adapter, endpoint, secret_key, interval_ms, cron, timeout_ms, \
+pub(super) const STREAM_COLUMNS: &str =
+    "id, adapter, endpoint, secret_key, interval_ms, cron, timeout_ms, \
      bucket_name, params, rate_per_minute, rate_per_day, rate_per_month, state, worker_id, \
      generation, last_result_at, last_error, last_error_at, created_at, updated_at, source, \
      start_at, window_end";
 
 /// `SELECT <stream columns> FROM streams <tail>`.
-fn select_streams(tail: &str) -> String {
+pub(super) fn select_streams(tail: &str) -> String {
     format!("SELECT {STREAM_COLUMNS} FROM streams {tail}")
 }
 
@@ -56,7 +57,7 @@ const SET_STATE: &str = "UPDATE streams SET \
 const ASSIGN: &str = "UPDATE streams SET worker_id = $2, generation = generation + 1 \
                       WHERE id = $1 AND state = 'running' RETURNING generation";
 
-const UNASSIGN: &str = "UPDATE streams SET worker_id = NULL \
+pub(super) const UNASSIGN: &str = "UPDATE streams SET worker_id = NULL \
                         WHERE id = $1 AND worker_id = $2 AND generation = $3";
 
 const RELEASE_WORKER: &str =
@@ -69,22 +70,22 @@ const ASSIGNED_COUNTS: &str = "SELECT worker_id, COUNT(*) FROM streams \
                                WHERE worker_id IS NOT NULL GROUP BY worker_id";
 
 /// The spec's columns, bound as `$2..$12` of `INSERT_STREAM` and `UPDATE_STREAM`.
-struct SpecColumns<'a> {
-    adapter: &'a str,
-    endpoint: &'a str,
-    secret_key: &'a str,
-    interval_ms: Option<i64>,
-    cron: Option<&'a str>,
-    timeout_ms: i64,
-    bucket_name: &'a str,
-    params: String,
-    rate: [i64; 3],
-    source: String,
-    start_at: Option<i64>,
+pub(super) struct SpecColumns<'a> {
+    pub(super) adapter: &'a str,
+    pub(super) endpoint: &'a str,
+    pub(super) secret_key: &'a str,
+    pub(super) interval_ms: Option<i64>,
+    pub(super) cron: Option<&'a str>,
+    pub(super) timeout_ms: i64,
+    pub(super) bucket_name: &'a str,
+    pub(super) params: String,
+    pub(super) rate: [i64; 3],
+    pub(super) source: String,
+    pub(super) start_at: Option<i64>,
 }
 
 impl<'a> SpecColumns<'a> {
-    fn of(spec: &'a StreamSpec) -> Self {
+    pub(super) fn of(spec: &'a StreamSpec) -> Self {
         let rate = spec.rate_limit();
         SpecColumns {
             adapter: spec.adapter(),
@@ -349,9 +350,14 @@ impl Db {
     /// Running streams with no worker, oldest first, at most `limit`.
     #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
     pub async fn assignable_streams(&self, limit: i64) -> Result<Vec<StreamRow>, DbError> {
-        let sql = select_streams(
-            "WHERE state = 'running' AND worker_id IS NULL AND adapter <> 'PUSH' \
-             ORDER BY created_at, id LIMIT $1",
+        let table = match self {
+            Db::Sqlite(_) => super::sqlite::STREAMS_UNASSIGNED,
+            Db::Postgres(_) => super::postgres::STREAMS_UNASSIGNED,
+        };
+        let sql = format!(
+            "SELECT {STREAM_COLUMNS} FROM {table} \
+             WHERE state = 'running' AND worker_id IS NULL AND adapter <> 'PUSH' \
+             ORDER BY created_at, id LIMIT $1"
         );
         let rows = dispatch!(Db, self, |pool| {
             sqlx::query_as(&sql)

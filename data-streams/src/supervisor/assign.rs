@@ -16,7 +16,48 @@ use crate::stream::{StreamRow, StreamState};
 /// How many `worker:start`/`worker:stop` calls are in flight at once during a sweep.
 const CALL_CONCURRENCY: usize = 256;
 /// How many pending streams one sweep assigns before it looks again.
-const ASSIGN_BATCH: i64 = 5_000;
+const ASSIGN_BATCH: i64 = 10_000;
+/// Most streams in one `worker:start_many`, and most (estimated) config bytes: a call stays
+/// well under the 1 MiB frame limit whatever the sources say.
+const START_MANY_STREAMS: usize = 1_000;
+const START_MANY_BYTES: usize = 512 * 1024;
+/// `worker:start_many` calls in flight to one worker at once.
+const START_MANY_CONCURRENCY: usize = 4;
+
+/// A config's size on the wire, roughly (its variable parts and a margin for the rest).
+fn config_bytes(config: &StreamConfig) -> usize {
+    let params: usize = config
+        .params
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 16)
+        .sum();
+    256 + config.adapter.len()
+        + config.endpoint.len()
+        + config.secret_key.expose().len()
+        + config.bucket_name.len()
+        + config.source.len()
+        + params
+}
+
+/// Splits configs into `worker:start_many` batches by count and size.
+fn start_batches(configs: Vec<StreamConfig>) -> Vec<Vec<StreamConfig>> {
+    let mut batches: Vec<Vec<StreamConfig>> = Vec::new();
+    let mut bytes = 0;
+    for config in configs {
+        let size = config_bytes(&config);
+        match batches.last_mut() {
+            Some(batch) if batch.len() < START_MANY_STREAMS && bytes + size <= START_MANY_BYTES => {
+                bytes += size;
+                batch.push(config);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![config]);
+            }
+        }
+    }
+    batches
+}
 
 impl Supervisor {
     /// Assign running streams that have no worker to connected workers (see [`placement`]).
@@ -29,6 +70,10 @@ impl Supervisor {
 
     async fn assign_pending_locked(&self) -> Result<(), DbError> {
         let db = &self.inner.db;
+        // Read once per sweep and kept up to date in memory as streams are placed: a sweep over
+        // a million streams does not count every assignment again for each batch.
+        let mut counts: Option<HashMap<String, i64>> = None;
+        let mut homes: HashMap<u64, String> = HashMap::new();
         loop {
             let sessions = self.inner.sessions.snapshot();
             if sessions.is_empty() {
@@ -38,15 +83,21 @@ impl Supervisor {
             if pending.is_empty() {
                 return Ok(());
             }
-            let counts = db.assigned_counts().await?;
-            let connected: HashSet<&str> = sessions.iter().map(|(id, _)| id.as_str()).collect();
-            let mut homes = placement::key_homes(
-                db.assigned_keys()
-                    .await?
-                    .into_iter()
-                    .map(|(worker, key, count)| (worker, key.fingerprint(), count)),
-                &connected,
-            );
+            let counts = match &mut counts {
+                Some(counts) => counts,
+                None => {
+                    let connected: HashSet<&str> =
+                        sessions.iter().map(|(id, _)| id.as_str()).collect();
+                    homes = placement::key_homes(
+                        db.assigned_keys()
+                            .await?
+                            .into_iter()
+                            .map(|(worker, key, count)| (worker, key.fingerprint(), count)),
+                        &connected,
+                    );
+                    counts.insert(db.assigned_counts().await?)
+                }
+            };
             let mut slots: Vec<WorkerSlot<'_>> = sessions
                 .iter()
                 .map(|(id, s)| WorkerSlot {
@@ -64,31 +115,39 @@ impl Supervisor {
                 })
                 .collect();
             let decisions = placement::place(&wanted, &mut slots, &mut homes);
-            let mut per_worker: HashMap<&str, Vec<Call>> = HashMap::new();
-            let mut placed = 0usize;
-            for (stream, decision) in pending.iter().zip(decisions) {
-                let Some(slot) = decision else { continue };
-                let worker_id = sessions[slot].0.as_str();
-                let Some(generation) = db.assign(stream.id, worker_id).await? else {
-                    // Stopped or deleted since it was read.
+            let chosen: Vec<(Uuid, &str)> = pending
+                .iter()
+                .zip(&decisions)
+                .filter_map(|(row, slot)| slot.map(|slot| (row.id, sessions[slot].0.as_str())))
+                .collect();
+            // One statement per batch; streams stopped or deleted since they were read are
+            // left out of what it returns.
+            let assigned: HashMap<Uuid, i64> = db.assign_many(&chosen).await?.into_iter().collect();
+            let mut per_worker: HashMap<&str, Vec<StreamConfig>> = HashMap::new();
+            let worker_of: HashMap<Uuid, &str> = chosen.iter().copied().collect();
+            for row in &pending {
+                let (Some(&generation), Some(&worker_id)) =
+                    (assigned.get(&row.id), worker_of.get(&row.id))
+                else {
                     continue;
                 };
-                let mut row = stream.clone();
+                let mut row = row.clone();
                 row.generation = generation;
                 row.worker_id = Some(worker_id.to_owned());
+                *counts.entry(worker_id.to_owned()).or_insert(0) += 1;
                 per_worker
                     .entry(worker_id)
                     .or_default()
-                    .push(Call::Start(StreamConfig::from(&row)));
+                    .push(StreamConfig::from(&row));
                 self.announce(&row);
-                placed += 1;
             }
-            for (worker_id, calls) in per_worker {
-                if let Some((_, session)) = sessions.iter().find(|(id, _)| id == worker_id) {
-                    tracing::info!(worker_id, streams = calls.len(), "assigning streams");
-                    self.call_many(worker_id, session, calls).await;
-                }
-            }
+            let placed = assigned.len();
+            let sends = per_worker.into_iter().filter_map(|(worker_id, configs)| {
+                let session = sessions.iter().find(|(id, _)| id == worker_id)?.1.clone();
+                tracing::info!(worker_id, streams = configs.len(), "assigning streams");
+                Some(async move { self.start_many(worker_id, &session, configs).await })
+            });
+            futures::future::join_all(sends).await;
             // Nothing placeable (no capacity, no adapter) or the last batch: stop looking.
             if placed == 0 || (pending.len() as i64) < ASSIGN_BATCH {
                 return Ok(());
@@ -140,35 +199,33 @@ impl Supervisor {
             }
         };
         let own: HashMap<Uuid, i64> = assigned.iter().map(|s| (s.id, s.generation)).collect();
-        let stale = running
+        let stale: Vec<Call> = running
             .iter()
             .filter(|r| own.get(&r.stream_id) != Some(&(r.generation as i64)))
             .map(|r| Call::Stop {
                 stream_id: r.stream_id,
                 generation: r.generation,
-            });
+            })
+            .collect();
         let running_now: HashSet<(Uuid, u64)> = running
             .iter()
             .map(|r| (r.stream_id, r.generation))
             .collect();
-        let to_start = assigned
+        let to_start: Vec<StreamConfig> = assigned
             .iter()
             .filter(|s| !running_now.contains(&(s.id, s.generation as u64)))
-            .map(|s| Call::Start(StreamConfig::from(s)));
-        let calls: Vec<Call> = stale.chain(to_start).collect();
-        if !calls.is_empty() {
-            let stops = calls
-                .iter()
-                .filter(|c| matches!(c, Call::Stop { .. }))
-                .count();
+            .map(StreamConfig::from)
+            .collect();
+        if !stale.is_empty() || !to_start.is_empty() {
             tracing::info!(
                 worker_id,
-                stop = stops,
-                start = calls.len() - stops,
+                stop = stale.len(),
+                start = to_start.len(),
                 "bringing the worker in line with its assignment"
             );
         }
-        self.call_many(worker_id, &session, calls).await;
+        self.call_many(worker_id, &session, stale).await;
+        self.start_many(worker_id, &session, to_start).await;
         self.assign_pending().await;
     }
 
@@ -209,10 +266,74 @@ impl Supervisor {
         }
     }
 
+    /// Start streams on one worker with `worker:start_many` calls (a few in flight); the
+    /// streams it refused, and every stream of a call that failed, are unassigned (if still
+    /// that worker's, under that generation) so the next sweep can place them elsewhere.
+    async fn start_many(&self, worker_id: &str, session: &Session, configs: Vec<StreamConfig>) {
+        if configs.is_empty() {
+            return;
+        }
+        let results: Vec<(Vec<(Uuid, u64)>, Result<Reply, CallError>)> =
+            futures::stream::iter(start_batches(configs))
+                .map(|batch| {
+                    let link = session.link.clone();
+                    let timeout = self.inner.call_timeout;
+                    async move {
+                        let ids = batch.iter().map(|c| (c.stream_id, c.generation)).collect();
+                        (ids, link.call(Call::StartMany(batch), timeout).await)
+                    }
+                })
+                .buffer_unordered(START_MANY_CONCURRENCY)
+                .collect()
+                .await;
+        let mut undo: Vec<(Uuid, &str, i64)> = Vec::new();
+        for (ids, reply) in results {
+            match reply {
+                Ok(reply) if reply.success => {}
+                Ok(reply) if !reply.refused.is_empty() => {
+                    for refused in reply.refused {
+                        tracing::warn!(worker_id, stream_id = %refused.stream_id, "start refused: {}", refused.message);
+                        undo.push((refused.stream_id, worker_id, refused.generation as i64));
+                    }
+                }
+                Ok(reply) => {
+                    tracing::warn!(
+                        worker_id,
+                        streams = ids.len(),
+                        "worker:start_many failed: {}",
+                        reply.message
+                    );
+                    undo.extend(
+                        ids.iter()
+                            .map(|&(id, generation)| (id, worker_id, generation as i64)),
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        worker_id,
+                        streams = ids.len(),
+                        "worker:start_many failed: {err}"
+                    );
+                    undo.extend(
+                        ids.iter()
+                            .map(|&(id, generation)| (id, worker_id, generation as i64)),
+                    );
+                }
+            }
+        }
+        if let Err(err) = self.inner.db.unassign_many(&undo).await {
+            tracing::warn!(
+                worker_id,
+                streams = undo.len(),
+                "could not unassign refused streams: {err}"
+            );
+        }
+    }
+
     /// Send calls to one worker, bounded concurrency; a failed or refused start is unassigned
     /// (if it is still that worker's, under that generation) so the next sweep can place it
     /// elsewhere.
-    async fn call_many(&self, worker_id: &str, session: &Session, calls: Vec<Call>) {
+    pub(super) async fn call_many(&self, worker_id: &str, session: &Session, calls: Vec<Call>) {
         let results: Vec<(Call, Result<Reply, CallError>)> = futures::stream::iter(calls)
             .map(|call| {
                 let link = session.link.clone();

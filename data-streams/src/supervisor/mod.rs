@@ -11,10 +11,12 @@
 //! - `mod.rs`: the stream commands of the API;
 //! - `workers.rs`: what the worker port reports (connect, disconnect, what runs, events);
 //! - `assign.rs`: handing streams out, taking them back, telling workers;
+//! - `bulk.rs`: the bulk commands (create many, start or stop a selection);
 //! - `placement.rs`: where each stream goes; `sweep.rs`: the periodic housekeeping job;
 //! - `sessions.rs`: the connected workers.
 
 mod assign;
+mod bulk;
 pub mod placement;
 mod sessions;
 mod sweep;
@@ -33,6 +35,7 @@ use crate::live::{Live, LiveMessage};
 use crate::stream::{Invalid, StreamRow, StreamSpec, StreamState, StreamUpdate};
 use sessions::Sessions;
 
+pub use bulk::{BulkCreated, BulkItem};
 pub use sweep::Housekeeping;
 
 /// Why a stream command failed.
@@ -50,6 +53,8 @@ struct Inner {
     db: Db,
     sessions: Sessions,
     assign_lock: tokio::sync::Mutex<()>,
+    /// An assignment sweep is queued ([`Supervisor::assign_soon`]).
+    assign_queued: std::sync::atomic::AtomicBool,
     call_timeout: Duration,
     /// How long a disconnected worker keeps its streams (the heartbeat timeout).
     grace: Duration,
@@ -57,6 +62,16 @@ struct Inner {
     reconcile_soon: Arc<Notify>,
     /// Where commits and status changes are announced (`GET /live`).
     live: Live,
+}
+
+/// What [`Supervisor::create`] did.
+#[derive(Debug)]
+pub enum Created {
+    New(StreamRow),
+    /// The client's id names this stream already, with the same spec: a retry.
+    Existing(StreamRow),
+    /// The client's id names a stream with another spec.
+    Conflict(Uuid),
 }
 
 /// The supervision core, shared by the worker port, the HTTP API and the sweep.
@@ -81,6 +96,7 @@ impl Supervisor {
                 db,
                 sessions: Sessions::default(),
                 assign_lock: tokio::sync::Mutex::new(()),
+                assign_queued: std::sync::atomic::AtomicBool::new(false),
                 call_timeout,
                 grace,
                 reconcile_soon,
@@ -116,29 +132,50 @@ impl Supervisor {
     }
 
     /// `POST /streams`: store a validated stream, running (and placed at once when a worker
-    /// can take it) or stopped.
+    /// can take it) or stopped, under `id` (the client's) or a new UUIDv7. A client's id that
+    /// exists already with the same spec is a retry: the stream comes back as it is,
+    /// [`Created::Existing`]; with another spec, [`Created::Conflict`].
     pub async fn create(
         &self,
+        id: Option<Uuid>,
         spec: StreamSpec,
         start: bool,
-    ) -> Result<StreamRow, SupervisorError> {
-        let state = if start {
-            StreamState::Running
-        } else {
-            StreamState::Stopped
+    ) -> Result<Created, SupervisorError> {
+        let item = BulkItem {
+            id: id.unwrap_or_else(Uuid::now_v7),
+            spec,
+            start,
         };
-        let row = self
+        let created = match self
             .inner
             .db
-            .insert_stream(Uuid::now_v7(), &spec, state, now_ms())
-            .await?;
-        tracing::info!(stream_id = %row.id, "stream created");
+            .insert_streams(
+                &[crate::db::NewStream {
+                    id: item.id,
+                    spec: &item.spec,
+                    state: if start {
+                        StreamState::Running
+                    } else {
+                        StreamState::Stopped
+                    },
+                }],
+                now_ms(),
+            )
+            .await?
+        {
+            crate::db::BulkInsert::Conflicts(_) => return Ok(Created::Conflict(item.id)),
+            crate::db::BulkInsert::Done { created, .. } => created.contains(&item.id),
+        };
+        if !created {
+            return Ok(Created::Existing(self.stream(item.id).await?));
+        }
+        tracing::info!(stream_id = %item.id, "stream created");
         if start {
             self.assign_pending().await;
         }
-        let row = self.inner.db.get_stream(row.id).await?.unwrap_or(row);
+        let row = self.stream(item.id).await?;
         self.announce(&row);
-        Ok(row)
+        Ok(Created::New(row))
     }
 
     /// `PATCH /streams/{id}`: apply the update, validate the stream as a whole, store it, and

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bulk;
 mod coverage;
 mod errors;
 mod persistence;
