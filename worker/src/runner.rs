@@ -822,3 +822,99 @@ pub fn fetch_time(result_id: Uuid) -> DateTime<Utc> {
         .and_then(DateTime::from_timestamp_millis)
         .unwrap_or_else(Utc::now)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use objects::{FolderStore, StoreOptions};
+    use protocol::RateLimit;
+
+    use super::*;
+    use crate::adapters::{Adapter, FetchRequest, Fetched};
+
+    /// A source whose runs store one page: the run's time is all in the store.
+    struct OnePage;
+
+    impl Adapter for OnePage {
+        fn name(&self) -> &'static str {
+            "ONE_PAGE"
+        }
+        fn fetch<'a>(
+            &'a self,
+            _req: FetchRequest<'a>,
+        ) -> BoxFuture<'a, Result<Fetched, AdapterError>> {
+            Box::pin(async { unreachable!("runs of ONE_PAGE are paged") })
+        }
+        fn paged(&self, _cfg: &StreamConfig) -> Option<&dyn PagedAdapter> {
+            Some(self)
+        }
+    }
+
+    impl PagedAdapter for OnePage {
+        fn run<'a>(
+            &'a self,
+            run: PagedRun<'a>,
+        ) -> BoxFuture<'a, Result<crate::adapters::RunEnd, AdapterError>> {
+            Box::pin(async move {
+                run.sink
+                    .store(0, Bytes::from_static(b"{\"page\":0}"), Some(1), None)
+                    .await?;
+                Ok(crate::adapters::RunEnd::default())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_waiting_for_a_put_permit_does_not_use_up_its_runs_time() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(
+            folder.path(),
+            StoreOptions {
+                create_buckets: true,
+            },
+        )
+        .await
+        .unwrap();
+        let outbox = Arc::new(Outbox::new(100));
+        let runner = Runner::new(
+            Adapters::from_list(vec![Arc::new(OnePage) as Arc<dyn Adapter>]),
+            Arc::new(store),
+            outbox,
+        )
+        .with_store_concurrency(1);
+        let cfg = StreamConfig {
+            stream_id: Uuid::now_v7(),
+            generation: 1,
+            adapter: "ONE_PAGE".into(),
+            endpoint: "http://api.example/items".into(),
+            secret_key: "key-1".into(),
+            schedule: Schedule::Interval { millis: 60_000 },
+            timeout_ms: 1_000,
+            bucket_name: "results".into(),
+            params: BTreeMap::new(),
+            rate_limit: RateLimit::UNLIMITED,
+            source: String::new(),
+            window_start_ms: None,
+        };
+
+        // Every put permit is taken (other runs' puts in flight).
+        let taken = runner.puts.acquire().await.unwrap();
+        let run = runner.run(&cfg, Instant::now());
+        tokio::pin!(run);
+        // Twice the run's timeout passes with its page waiting: the run is not over.
+        let waited = tokio::time::timeout(Duration::from_millis(2_000), run.as_mut()).await;
+        assert!(
+            waited.is_err(),
+            "the run ended while its page waited: {waited:?}"
+        );
+        drop(taken);
+        match run.await {
+            RunOutcome::Paged(report) => {
+                assert_eq!(report.status, RunStatus::Stored, "{report:?}");
+                assert_eq!(report.pages, 1);
+            }
+            other => panic!("expected a paged run, got {other:?}"),
+        }
+    }
+}
