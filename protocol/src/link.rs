@@ -5,6 +5,12 @@
 //!
 //! Reading and writing are driven concurrently inside the one task, so two peers that both write
 //! a lot can never deadlock on full socket buffers.
+//!
+//! Outgoing frames take one of two lanes: events take the event lane; calls, replies and acks
+//! take the control lane, which the writer drains first. A peer with thousands of events queued
+//! still answers a call (or acknowledges what it committed) after at most one write batch of
+//! events, not after all of them. The wire is the same: only the order in which this side
+//! writes its frames changes, and no one orders a reply or an ack against an event.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -33,7 +39,8 @@ pub struct LinkConfig {
     pub heartbeat_interval: Duration,
     /// End the link after this long without receiving anything.
     pub heartbeat_timeout: Duration,
-    /// Frames queued for writing before senders wait.
+    /// Frames queued for writing before senders wait, per lane (events; calls, replies and
+    /// acks).
     pub outgoing_capacity: usize,
     /// Received frames queued for the owner before the reader stops reading (TCP backpressure).
     pub incoming_capacity: usize,
@@ -110,7 +117,10 @@ enum Outgoing {
 /// A cloneable handle to a running link.
 #[derive(Clone)]
 pub struct LinkHandle {
+    /// The event lane (and `Close`, which comes after everything queued on either lane).
     tx: mpsc::Sender<Outgoing>,
+    /// The control lane: calls, replies, acks. The writer drains it before the event lane.
+    control_tx: mpsc::Sender<Frame>,
     shared: Arc<Shared>,
 }
 
@@ -135,11 +145,7 @@ impl LinkHandle {
         let id = self.shared.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.pending().insert(id, reply_tx);
-        if self
-            .enqueue(Outgoing::Frame(Frame::Call { id, call }))
-            .await
-            .is_err()
-        {
+        if self.send(Frame::Call { id, call }).await.is_err() {
             self.shared.pending().remove(&id);
             return Err(CallError::LinkClosed { call: name });
         }
@@ -156,19 +162,12 @@ impl LinkHandle {
         }
     }
 
-    /// Send a frame (an event, an ack, a reply). Waits while the outgoing queue is full.
+    /// Send a frame (an event, an ack, a reply). Waits while its lane's queue is full: events
+    /// take the event lane, everything else the control lane, written first.
     pub async fn send(&self, frame: Frame) -> Result<(), LinkClosed> {
-        self.enqueue(Outgoing::Frame(frame)).await
-    }
-
-    /// Queue for the actor: without a future when there is room (the common case), else wait.
-    async fn enqueue(&self, out: Outgoing) -> Result<(), LinkClosed> {
-        match self.tx.try_send(out) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(out)) => {
-                self.tx.send(out).await.map_err(|_| LinkClosed)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkClosed),
+        match frame {
+            Frame::Event { .. } => enqueue(&self.tx, Outgoing::Frame(frame)).await,
+            control => enqueue(&self.control_tx, control).await,
         }
     }
 
@@ -198,6 +197,15 @@ impl LinkHandle {
     }
 }
 
+/// Queue for the actor: without a future when there is room (the common case), else wait.
+async fn enqueue<T>(tx: &mpsc::Sender<T>, out: T) -> Result<(), LinkClosed> {
+    match tx.try_send(out) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(out)) => tx.send(out).await.map_err(|_| LinkClosed),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(LinkClosed),
+    }
+}
+
 /// Start the actor on a connection that has finished its handshake. The join handle yields
 /// `Ok(())` on a clean close (by either side) and the reason otherwise.
 pub fn spawn<T>(
@@ -212,6 +220,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel(config.outgoing_capacity.max(1));
+    let (control_tx, control_rx) = mpsc::channel(config.outgoing_capacity.max(1));
     let (in_tx, in_rx) = mpsc::channel(config.incoming_capacity.max(1));
     let shared = Arc::new(Shared {
         pending: Mutex::new(Pending::default()),
@@ -220,10 +229,11 @@ where
     });
     let handle = LinkHandle {
         tx: out_tx,
+        control_tx,
         shared: shared.clone(),
     };
     let task = tokio::spawn(async move {
-        let result = run(conn, config, out_rx, in_tx, &shared).await;
+        let result = run(conn, config, control_rx, out_rx, in_tx, &shared).await;
         shared.closed.store(true, Ordering::Release);
         // Dropping the senders wakes every waiting caller with LinkClosed.
         shared.pending().clear();
@@ -241,8 +251,9 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// The actor: one task drives both directions of the socket by hand (no split, no lock between
 /// a reader and a writer half), so that
 ///
-/// - every frame waiting in the outgoing queue is encoded into the write buffer, and the buffer
-///   is written with one system call when the queue is empty (or the buffer is full);
+/// - every frame waiting in the outgoing queues is encoded into the write buffer, the control
+///   lane's before each event, and the buffer is written with one system call when the queues
+///   are empty (or the buffer is full);
 /// - every frame a read brought in is handled before the next read, and the time of life of the
 ///   peer is noted once per wake-up, not once per frame;
 /// - reading goes on while a write waits for the peer (two peers that both write a lot never
@@ -251,6 +262,7 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 async fn run<T>(
     conn: Connection<T>,
     config: LinkConfig,
+    mut control_rx: mpsc::Receiver<Frame>,
     mut out_rx: mpsc::Receiver<Outgoing>,
     in_tx: mpsc::Sender<Incoming>,
     shared: &Shared,
@@ -273,15 +285,23 @@ where
     std::future::poll_fn(|cx| loop {
         let mut progress = false;
 
-        // Outgoing: encode every queued frame into the write buffer.
+        // Outgoing: encode every queued frame into the write buffer, the control lane first.
         while !closing {
             if framed.write_buffer().len() >= WRITE_BATCH_BYTES {
                 match SinkExt::<&Frame>::poll_flush_unpin(&mut framed, cx) {
                     Poll::Ready(Ok(())) => last_sent = Instant::now(),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    // Woken when the socket is writable again; the queue waits meanwhile.
+                    // Woken when the socket is writable again; the queues wait meanwhile.
                     Poll::Pending => break,
                 }
+            }
+            // Closed (every handle dropped) only together with the event lane, which ends the
+            // loop below.
+            if let Poll::Ready(Some(frame)) = control_rx.poll_recv(cx) {
+                if let Err(e) = Pin::new(&mut framed).start_send(&frame) {
+                    return Poll::Ready(Err(e));
+                }
+                continue;
             }
             match out_rx.poll_recv(cx) {
                 Poll::Ready(Some(Outgoing::Frame(frame))) => {
@@ -289,8 +309,15 @@ where
                         return Poll::Ready(Err(e));
                     }
                 }
-                // Close, or every handle dropped: write what is queued, then end.
-                Poll::Ready(Some(Outgoing::Close)) | Poll::Ready(None) => closing = true,
+                // Close, or every handle dropped: write what is queued on both lanes, then end.
+                Poll::Ready(Some(Outgoing::Close)) | Poll::Ready(None) => {
+                    closing = true;
+                    while let Ok(frame) = control_rx.try_recv() {
+                        if let Err(e) = Pin::new(&mut framed).start_send(&frame) {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
                 Poll::Pending => break,
             }
         }

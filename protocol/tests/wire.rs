@@ -497,3 +497,90 @@ fn a_long_running_list_goes_out_in_parts_that_each_fit_a_frame() {
         }]
     );
 }
+
+/// An event of about a kilobyte: a run failure with a long message.
+fn bulky_event(seq: u64) -> Event {
+    Event::RunFailed(RunFailure {
+        run_id: Uuid::now_v7(),
+        stream_id: Uuid::nil(),
+        at_ms: seq as i64,
+        class: FailureClass::Storage,
+        message: "x".repeat(1000),
+        stream_stopped: false,
+        scheduled_at_ms: 0,
+        started_at_ms: 0,
+        attempts: 1,
+    })
+}
+
+#[tokio::test]
+async fn replies_and_acks_overtake_queued_events() {
+    // A 4 KiB pipe the peer does not read yet: the link's writer stalls after one write batch of
+    // events, as a saturated worker's does behind a supervisor busy committing.
+    let (near, far) = tokio::io::duplex(4096);
+    let config = LinkConfig {
+        outgoing_capacity: 8192,
+        ..LinkConfig::default()
+    };
+    let (link, mut incoming, _task) = link::spawn(Connection::new(near, 1 << 20), config);
+    let mut peer = Connection::new(far, 1 << 20);
+    const EVENTS: u64 = 4000;
+    for seq in 1..=EVENTS {
+        link.event(seq, bulky_event(seq)).await.unwrap();
+    }
+
+    // The peer calls; the link reads the call although its writes are stalled, and the reply
+    // and an ack go out on the control lane.
+    let call = Call::Stop {
+        stream_id: Uuid::nil(),
+        generation: 3,
+    };
+    peer.write_frame(&Frame::Call { id: 42, call })
+        .await
+        .unwrap();
+    match incoming.recv().await.unwrap() {
+        Incoming::Call { id, call } => {
+            assert_eq!(id, 42);
+            assert_eq!(call.name(), "worker:stop");
+        }
+        other => panic!("expected the call, got {other:?}"),
+    }
+    link.reply(42, Reply::ok("Stopped.")).await.unwrap();
+    link.ack(7).await.unwrap();
+
+    // Every frame, in the order it crossed.
+    let mut events_before_reply = None;
+    let mut events_before_ack = None;
+    let mut next_seq = 1;
+    while next_seq <= EVENTS || events_before_reply.is_none() || events_before_ack.is_none() {
+        match peer
+            .read_frame()
+            .await
+            .unwrap()
+            .expect("the link stays open")
+        {
+            Frame::Event { seq, .. } => {
+                assert_eq!(seq, next_seq, "events keep their order");
+                next_seq += 1;
+            }
+            Frame::Reply { id, reply } => {
+                assert_eq!((id, reply), (42, Reply::ok("Stopped.")));
+                events_before_reply = Some(next_seq - 1);
+            }
+            Frame::Ack { seq } => {
+                assert_eq!(seq, 7);
+                events_before_ack = Some(next_seq - 1);
+            }
+            Frame::Heartbeat => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    let before_reply = events_before_reply.expect("the reply crossed");
+    let before_ack = events_before_ack.expect("the ack crossed");
+    // At most what the writer had taken before it stalled: one 64 KiB write batch and the
+    // pipe's 4 KiB, about 70 of these events. Behind the queue it would be all 4,000.
+    assert!(
+        before_reply < 200 && before_ack < 200,
+        "{before_reply} and {before_ack} of {EVENTS} events went before the reply and the ack"
+    );
+}

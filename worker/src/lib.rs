@@ -65,7 +65,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .map_err(StartupError::HttpClient)?;
     let adapters = adapters::registry(client);
     let outbox = Arc::new(Outbox::new(settings.outbox_limit));
-    let runner = Arc::new(Runner::new(adapters.clone(), store, outbox.clone()));
+    let runner = Arc::new(
+        Runner::new(adapters.clone(), store, outbox.clone())
+            .with_store_concurrency(settings.store_concurrency),
+    );
     let scheduler = Scheduler::with_start_spread(
         runner,
         Clock::System,

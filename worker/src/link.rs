@@ -56,8 +56,8 @@ pub struct LinkSettings {
     pub tls: Option<LinkTls>,
 }
 
-/// How many events go out per wake-up before checking for calls again.
-const SEND_BATCH: usize = 1024;
+/// How many events go out before the sender lets other tasks run.
+const SEND_BATCH: usize = 256;
 /// Most events sent and not yet acknowledged: two of the supervisor's commit batches.
 const SEND_WINDOW: usize = 2048;
 
@@ -149,7 +149,7 @@ enum SessionError {
 async fn session(
     settings: &LinkSettings,
     scheduler: &Scheduler,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, SessionError> {
     let socket = tokio::time::timeout(
@@ -188,7 +188,7 @@ async fn link_session<T>(
     socket: T,
     settings: &LinkSettings,
     scheduler: &Scheduler,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, SessionError>
 where
@@ -230,47 +230,69 @@ where
         }
     }
 
-    let sender = send_events(&link, outbox);
-    tokio::pin!(sender);
+    // The events go out from a task of their own, so a call never waits while the sender
+    // copies a batch; it ends with the session (the guard drops on every return).
+    let sender = tokio::spawn(send_events(link.clone(), outbox.clone()));
+    let _sender = AbortOnDrop(sender);
     loop {
+        // Biased: a call from the supervisor, or an ack that opens the send window, is handled
+        // before anything else this session does.
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                link.close().await;
-                return Ok(Ended::Shutdown);
-            }
-            ended = &mut task => {
-                return match ended {
-                    Ok(Ok(())) => Ok(Ended::ByPeer),
-                    Ok(Err(err)) => Err(SessionError::Link(err)),
-                    Err(join) => Err(SessionError::LinkTask(join)),
-                };
-            }
-            _ = &mut sender => {
-                // The sender only returns when the link is closed; the task branch reports why.
-            }
+            biased;
             msg = incoming.recv() => match msg {
                 Some(Incoming::Call { id, call }) => {
                     let reply = handle_call(scheduler, call);
+                    // The control lane: written before any queued event (protocol::link).
                     let _ = link.reply(id, reply).await;
                 }
                 Some(Incoming::Ack { seq }) => outbox.ack(seq),
                 Some(Incoming::Event { event, .. }) => {
                     tracing::warn!(event = event.name(), "ignoring an event from the supervisor");
                 }
-                None => {}
+                // The link ended; the task branch says why.
+                None => {
+                    let ended = (&mut task).await;
+                    return session_ended(ended);
+                }
             },
+            _ = shutdown.cancelled() => {
+                link.close().await;
+                return Ok(Ended::Shutdown);
+            }
+            ended = &mut task => return session_ended(ended),
         }
     }
 }
 
+/// Why the link's task ended, as the session's outcome.
+fn session_ended(
+    ended: Result<Result<(), ProtocolError>, tokio::task::JoinError>,
+) -> Result<Ended, SessionError> {
+    match ended {
+        Ok(Ok(())) => Ok(Ended::ByPeer),
+        Ok(Err(err)) => Err(SessionError::Link(err)),
+        Err(join) => Err(SessionError::LinkTask(join)),
+    }
+}
+
+/// Aborts the task when dropped: the event sender lives exactly as long as its session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Send every unacknowledged event (a replay, on a fresh link), then each new one as it comes.
-async fn send_events(link: &LinkHandle, outbox: &Outbox) {
+async fn send_events(link: LinkHandle, outbox: Arc<Outbox>) {
     let mut sent = 0u64;
     loop {
-        // Flow control: replies to the supervisor's calls travel behind the events on this one
-        // connection, and the supervisor reads as fast as it commits. Unbounded, a backlog of
-        // tens of thousands of events sat in the socket ahead of every reply, and `worker:start`
-        // calls timed out after a restart at 10,000 streams.
+        // Flow control: the supervisor reads as fast as it commits, and replies to its calls
+        // share the socket with the events. Replies take the link's control lane (written
+        // before queued events), but what is already in the socket stays ahead of them:
+        // unbounded, a backlog of tens of thousands of events sat there ahead of every reply,
+        // and `worker:start` calls timed out after a restart at 10,000 streams.
         let acked = outbox.acked();
         tokio::pin!(acked);
         acked.as_mut().enable();
@@ -286,10 +308,11 @@ async fn send_events(link: &LinkHandle, outbox: &Outbox) {
         }
         for (seq, event) in batch {
             if link.event(seq, event).await.is_err() {
-                // Closed link: park until the session notices and ends.
-                std::future::pending::<()>().await;
+                // Closed link: the session notices and ends (and aborts this task).
+                return;
             }
             sent = seq;
         }
+        tokio::task::yield_now().await;
     }
 }

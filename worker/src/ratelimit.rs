@@ -19,6 +19,14 @@
 //!
 //! Keys are held only as their fingerprint ([`SecretKey::fingerprint`], a SHA-256 prefix): one
 //! small entry per key, and the map never holds or prints a key.
+//!
+//! **Pruning.** A key's entry goes when nothing it holds can deny a call any more: no stream on
+//! this worker uses the key, no block from the API is running, no call is in the sliding
+//! minute, and no call was counted in the current day or month. Dropping it earlier would let a
+//! stream started again on the key this month call past the key's day or month limit, so an idle
+//! key that made calls stays (a few dozen bytes) until its month ends. Entries are checked when
+//! a key's last stream leaves and by a sweep at most once a minute (on a call): the map holds the
+//! keys in use plus the keys used this month, never every key seen since the worker started.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -101,6 +109,19 @@ struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// Whether nothing here can deny a call any more (see the module's "Pruning"): no stream,
+    /// no running block, no call in the sliding minute, none counted this day or month.
+    fn is_idle(&self, instant: Instant, day: i64, month: i64) -> bool {
+        self.streams.is_empty()
+            && self.blocked_until.is_none_or(|until| until <= instant)
+            && self
+                .recent
+                .back()
+                .is_none_or(|t| instant.saturating_duration_since(*t) >= MINUTE_SPAN)
+            && (self.day.used == 0 || self.day.index != day)
+            && (self.month.used == 0 || self.month.index != month)
+    }
+
     /// Record `stream`'s limit.
     fn set_stream(&mut self, stream: Uuid, limit: RateLimit) {
         match self.streams.insert(stream, limit) {
@@ -138,7 +159,12 @@ struct State {
     keys: HashMap<u64, KeyEntry>,
     /// Which key each stream used last, so a stream that changes keys leaves the old one.
     stream_keys: HashMap<Uuid, u64>,
+    /// When every key was last checked for pruning.
+    swept_at: Option<Instant>,
 }
+
+/// How often a call sweeps every key for idle ones.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The budgets and backoffs of every key used on this worker.
 #[derive(Debug)]
@@ -202,11 +228,12 @@ impl KeyBudgets {
         let id = secret_key.fingerprint();
         let now = self.clock.now();
         let mut state = self.state();
+        if state.swept_at.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            self.sweep(&mut state);
+        }
         if let Some(old) = state.stream_keys.insert(stream_id, id) {
             if old != id {
-                if let Some(entry) = state.keys.get_mut(&old) {
-                    entry.remove_stream(stream_id);
-                }
+                self.leave(&mut state, old, stream_id);
             }
         }
         let entry = state.keys.entry(id).or_default();
@@ -298,14 +325,46 @@ impl KeyBudgets {
     }
 
     /// The stream no longer runs here: its limit stops counting towards its key's strictest.
-    /// The key's counts stay (the calls were made).
+    /// The key's counts stay while they can still deny a call (the calls were made); a key left
+    /// with nothing to enforce goes.
     pub fn forget_stream(&self, stream_id: Uuid) {
         let mut state = self.state();
         if let Some(id) = state.stream_keys.remove(&stream_id) {
-            if let Some(entry) = state.keys.get_mut(&id) {
-                entry.remove_stream(stream_id);
-            }
+            self.leave(&mut state, id, stream_id);
         }
+    }
+
+    /// How many keys have an entry (in use, or with calls that still count).
+    pub fn keys_held(&self) -> usize {
+        self.state().keys.len()
+    }
+
+    /// Drop every key with nothing left to enforce. Calls sweep by themselves at most once a
+    /// minute; this sweeps now.
+    pub fn prune(&self) {
+        let mut state = self.state();
+        self.sweep(&mut state);
+    }
+
+    /// `stream_id` no longer uses key `id`: drop the key if nothing else holds it.
+    fn leave(&self, state: &mut State, id: u64, stream_id: Uuid) {
+        let Some(entry) = state.keys.get_mut(&id) else {
+            return;
+        };
+        entry.remove_stream(stream_id);
+        let now = self.clock.now();
+        if entry.is_idle(Instant::now(), day_index(now), month_index(now)) {
+            state.keys.remove(&id);
+        }
+    }
+
+    fn sweep(&self, state: &mut State) {
+        let now = self.clock.now();
+        let (instant, day, month) = (Instant::now(), day_index(now), month_index(now));
+        state
+            .keys
+            .retain(|_, entry| !entry.is_idle(instant, day, month));
+        state.swept_at = Some(instant);
     }
 }
 
@@ -410,5 +469,85 @@ mod tests {
             denied.message(),
             "local budget for this key exhausted (2/month); next call at 2026-12-01T00:00:00Z"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_key_is_kept_while_its_month_counts_and_dropped_after() {
+        let wall0 = Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap();
+        let budgets = KeyBudgets::new(Clock::following_tokio(wall0));
+        let limit = RateLimit {
+            per_minute: 0,
+            per_day: 2,
+            per_month: 0,
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        budgets.acquire(a, &key("k"), limit).unwrap();
+        budgets.acquire(b, &key("k"), limit).unwrap();
+        // One stream leaves: the other still uses the key.
+        budgets.forget_stream(a);
+        budgets.prune();
+        assert_eq!(budgets.keys_held(), 1);
+        // The last one leaves, but the day's two calls still count: kept.
+        budgets.forget_stream(b);
+        budgets.prune();
+        assert_eq!(budgets.keys_held(), 1);
+        // A stream started again on the key the same day is still held to the day's limit.
+        let denied = budgets.acquire(a, &key("k"), limit).unwrap_err();
+        assert!(
+            matches!(denied, Denied::Budget { window: "day", .. }),
+            "{denied:?}"
+        );
+        budgets.forget_stream(a);
+        // Next day: the month still counts the calls (a month limit may come with a stream).
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        budgets.prune();
+        assert_eq!(budgets.keys_held(), 1);
+        // Next month: nothing left to enforce.
+        tokio::time::advance(Duration::from_secs(9 * 86_400)).await;
+        budgets.prune();
+        assert_eq!(budgets.keys_held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_without_counted_calls_goes_when_its_last_stream_leaves() {
+        let budgets = KeyBudgets::new(Clock::following_tokio(
+            Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap(),
+        ));
+        let stream = Uuid::now_v7();
+        // Denied before calling (the key backs off): no call counted.
+        budgets.block(&key("k"), &RateLimitScope::Second);
+        budgets
+            .acquire(stream, &key("k"), RateLimit::COMMUNITY)
+            .unwrap_err();
+        budgets.forget_stream(stream);
+        assert_eq!(budgets.keys_held(), 1, "the block still runs");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        budgets.prune();
+        assert_eq!(budgets.keys_held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_moving_to_another_key_frees_the_old_one_and_calls_sweep() {
+        let budgets = KeyBudgets::new(Clock::following_tokio(
+            Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 0).unwrap(),
+        ));
+        let limit = RateLimit {
+            per_minute: 1,
+            ..RateLimit::UNLIMITED
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        budgets.acquire(a, &key("old"), limit).unwrap();
+        // A month later (the old key's calls no longer count), `a` moves to a new key.
+        tokio::time::advance(Duration::from_secs(2 * 86_400)).await;
+        budgets.acquire(a, &key("new"), limit).unwrap();
+        assert_eq!(budgets.keys_held(), 1, "only the new key is held");
+        // `b` calls once and stays registered on its key; the new key's stream leaves. Within
+        // the minute the new key's call still counts; a call a minute later sweeps it away.
+        budgets.acquire(b, &key("b"), limit).unwrap();
+        budgets.forget_stream(a);
+        assert_eq!(budgets.keys_held(), 2);
+        tokio::time::advance(Duration::from_secs(31 * 86_400)).await;
+        budgets.acquire(b, &key("b"), limit).unwrap();
+        assert_eq!(budgets.keys_held(), 1, "the sweep kept only the key in use");
     }
 }

@@ -1,6 +1,12 @@
 //! One run of a stream: fetch through the adapter (retrying transient errors inside the run's
 //! timeout), store the raw bytes untouched, and queue the reference — or the classified failure —
 //! for the supervisor.
+//!
+//! Object-store puts are bounded per worker ([`DEFAULT_STORE_CONCURRENCY`],
+//! `WORKER_STORE_CONCURRENCY`): a run waits for a permit before its put, and the put's time
+//! (the run's timeout, retries included) counts from when it starts, not from when it queued.
+//! An overloaded store then means fewer, slower runs — a stream whose run waits skips its
+//! missed ticks — instead of puts that all slow down together until they fail as `storage`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +22,7 @@ use protocol::{
     RunStatus, RunWindow, Schedule, StreamConfig,
 };
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
 use uuid::Uuid;
 
@@ -103,10 +110,15 @@ enum PutError {
     },
 }
 
+/// Object-store puts in flight at once per worker, by default.
+pub const DEFAULT_STORE_CONCURRENCY: usize = 64;
+
 /// Everything a run needs, shared by all streams of a worker.
 pub struct Runner {
     adapters: Adapters,
     store: Arc<dyn ObjectStore>,
+    /// One permit per put in flight (retries included).
+    puts: Semaphore,
     outbox: Arc<Outbox>,
     /// Per-key call budgets and rate-limit backoff, shared by every stream on this worker.
     budgets: KeyBudgets,
@@ -133,6 +145,7 @@ impl Runner {
         Runner {
             adapters,
             store,
+            puts: Semaphore::new(DEFAULT_STORE_CONCURRENCY),
             outbox,
             budgets: KeyBudgets::new(Clock::System),
             retry: RetryPolicy::default(),
@@ -144,6 +157,12 @@ impl Runner {
     /// The same runner with budget windows on `clock` (tests: a clock following tokio's).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.budgets = KeyBudgets::new(clock);
+        self
+    }
+
+    /// The same runner with at most `puts` object-store puts in flight (at least one).
+    pub fn with_store_concurrency(mut self, puts: usize) -> Self {
+        self.puts = Semaphore::new(puts.max(1));
         self
     }
 
@@ -316,8 +335,9 @@ impl Runner {
             meta,
         } = NewObject::of(cfg, &sha256);
         let size = fetched.body.len() as u64;
+        let put_time = Duration::from_millis(cfg.timeout_ms.max(1));
         if let Err(err) = self
-            .put_with_retry(&cfg.bucket_name, &key, fetched.body, &meta, deadline)
+            .put_with_retry(&cfg.bucket_name, &key, fetched.body, &meta, put_time, None)
             .await
         {
             return fail(FailureClass::Storage, err.to_string(), false);
@@ -386,6 +406,7 @@ impl Runner {
             known,
             stored: Mutex::new(HashMap::new()),
             reused: AtomicU32::new(0),
+            queued: QueueTime::default(),
         };
         let run = PagedRun {
             cfg,
@@ -396,13 +417,22 @@ impl Runner {
             budget: &record,
             sink: &record,
         };
-        let ended = match timeout_at(deadline, paged.run(run)).await {
-            Ok(ended) => ended,
-            Err(_) => Err(AdapterError::new(
-                FailureClass::Timeout,
-                format!("the run did not end within {} ms", cfg.timeout_ms),
-                Retry::NextTick,
-            )),
+        // The run's time does not count its pages' waits for a put permit.
+        let running = paged.run(run);
+        tokio::pin!(running);
+        let ended = loop {
+            match timeout_at(deadline + record.queued.total(), running.as_mut()).await {
+                Ok(ended) => break ended,
+                // A page waited for a permit meanwhile: the deadline moved.
+                Err(_) if deadline + record.queued.total() > Instant::now() => continue,
+                Err(_) => {
+                    break Err(AdapterError::new(
+                        FailureClass::Timeout,
+                        format!("the run did not end within {} ms", cfg.timeout_ms),
+                        Retry::NextTick,
+                    ))
+                }
+            }
         };
         let mut report = record.report().clone();
         report.attempts = record.calls.load(Ordering::Relaxed);
@@ -464,14 +494,25 @@ impl Runner {
         RunOutcome::Paged(report)
     }
 
+    /// Store `body` once a put permit is free, retrying transient errors for `put_time` from
+    /// then; the time waiting for the permit goes to `queued` when given.
     async fn put_with_retry(
         &self,
         bucket: &str,
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-        deadline: Instant,
+        put_time: Duration,
+        queued: Option<&QueueTime>,
     ) -> Result<(), PutError> {
+        let waiting = queued.map(QueueTime::start);
+        let _permit = self
+            .puts
+            .acquire()
+            .await
+            .expect("the put semaphore is never closed");
+        drop(waiting);
+        let deadline = Instant::now() + put_time;
         let mut attempt = 0u32;
         let mut last: Option<StoreError> = None;
         loop {
@@ -520,6 +561,57 @@ fn period_ms(schedule: &Schedule, slot_ms: i64) -> i64 {
     }
 }
 
+/// Time a run spent with at least one of its pages waiting for a put permit (pages may be
+/// stored concurrently, so overlapping waits count once).
+#[derive(Debug, Default)]
+struct QueueTime {
+    waits: Mutex<Waits>,
+}
+
+#[derive(Debug, Default)]
+struct Waits {
+    /// Finished time with a page waiting.
+    done: Duration,
+    /// Pages waiting now, and since when at least one has been.
+    waiting: usize,
+    since: Option<Instant>,
+}
+
+impl QueueTime {
+    fn waits(&self) -> std::sync::MutexGuard<'_, Waits> {
+        self.waits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A page starts waiting; it stops when the guard drops.
+    fn start(&self) -> QueueWait<'_> {
+        let mut waits = self.waits();
+        waits.waiting += 1;
+        waits.since.get_or_insert_with(Instant::now);
+        QueueWait(self)
+    }
+
+    /// Every wait so far, the one going on included.
+    fn total(&self) -> Duration {
+        let waits = self.waits();
+        waits.done + waits.since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// A page waiting for a put permit; dropping it ends its wait.
+struct QueueWait<'a>(&'a QueueTime);
+
+impl Drop for QueueWait<'_> {
+    fn drop(&mut self) {
+        let mut waits = self.0.waits();
+        waits.waiting -= 1;
+        if waits.waiting == 0 {
+            if let Some(since) = waits.since.take() {
+                waits.done += since.elapsed();
+            }
+        }
+    }
+}
+
 /// A paged run as it goes: its record, its calls, and the sink and budget its adapter uses.
 struct RunRecord<'a> {
     runner: &'a Runner,
@@ -534,6 +626,8 @@ struct RunRecord<'a> {
     stored: Mutex<HashMap<u32, String>>,
     /// Pages not stored again because `known` had them byte for byte.
     reused: AtomicU32,
+    /// Time its pages waited for put permits: added to the run's deadline.
+    queued: QueueTime,
 }
 
 impl RunRecord<'_> {
@@ -566,8 +660,16 @@ impl RunRecord<'_> {
             meta,
         } = NewObject::of(cfg, &sha256);
         let size = body.len() as u64;
+        let put_time = Duration::from_millis(cfg.timeout_ms.max(1));
         self.runner
-            .put_with_retry(&cfg.bucket_name, &key, body, &meta, self.deadline)
+            .put_with_retry(
+                &cfg.bucket_name,
+                &key,
+                body,
+                &meta,
+                put_time,
+                Some(&self.queued),
+            )
             .await
             .map_err(|err| {
                 AdapterError::new(FailureClass::Storage, err.to_string(), Retry::NextTick)
@@ -719,4 +821,100 @@ pub fn fetch_time(result_id: Uuid) -> DateTime<Utc> {
     objects::uuid_time_ms(result_id)
         .and_then(DateTime::from_timestamp_millis)
         .unwrap_or_else(Utc::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use objects::{FolderStore, StoreOptions};
+    use protocol::RateLimit;
+
+    use super::*;
+    use crate::adapters::{Adapter, FetchRequest, Fetched};
+
+    /// A source whose runs store one page: the run's time is all in the store.
+    struct OnePage;
+
+    impl Adapter for OnePage {
+        fn name(&self) -> &'static str {
+            "ONE_PAGE"
+        }
+        fn fetch<'a>(
+            &'a self,
+            _req: FetchRequest<'a>,
+        ) -> BoxFuture<'a, Result<Fetched, AdapterError>> {
+            Box::pin(async { unreachable!("runs of ONE_PAGE are paged") })
+        }
+        fn paged(&self, _cfg: &StreamConfig) -> Option<&dyn PagedAdapter> {
+            Some(self)
+        }
+    }
+
+    impl PagedAdapter for OnePage {
+        fn run<'a>(
+            &'a self,
+            run: PagedRun<'a>,
+        ) -> BoxFuture<'a, Result<crate::adapters::RunEnd, AdapterError>> {
+            Box::pin(async move {
+                run.sink
+                    .store(0, Bytes::from_static(b"{\"page\":0}"), Some(1), None)
+                    .await?;
+                Ok(crate::adapters::RunEnd::default())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_waiting_for_a_put_permit_does_not_use_up_its_runs_time() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(
+            folder.path(),
+            StoreOptions {
+                create_buckets: true,
+            },
+        )
+        .await
+        .unwrap();
+        let outbox = Arc::new(Outbox::new(100));
+        let runner = Runner::new(
+            Adapters::from_list(vec![Arc::new(OnePage) as Arc<dyn Adapter>]),
+            Arc::new(store),
+            outbox,
+        )
+        .with_store_concurrency(1);
+        let cfg = StreamConfig {
+            stream_id: Uuid::now_v7(),
+            generation: 1,
+            adapter: "ONE_PAGE".into(),
+            endpoint: "http://api.example/items".into(),
+            secret_key: "key-1".into(),
+            schedule: Schedule::Interval { millis: 60_000 },
+            timeout_ms: 1_000,
+            bucket_name: "results".into(),
+            params: BTreeMap::new(),
+            rate_limit: RateLimit::UNLIMITED,
+            source: String::new(),
+            window_start_ms: None,
+        };
+
+        // Every put permit is taken (other runs' puts in flight).
+        let taken = runner.puts.acquire().await.unwrap();
+        let run = runner.run(&cfg, Instant::now());
+        tokio::pin!(run);
+        // Twice the run's timeout passes with its page waiting: the run is not over.
+        let waited = tokio::time::timeout(Duration::from_millis(2_000), run.as_mut()).await;
+        assert!(
+            waited.is_err(),
+            "the run ended while its page waited: {waited:?}"
+        );
+        drop(taken);
+        match run.await {
+            RunOutcome::Paged(report) => {
+                assert_eq!(report.status, RunStatus::Stored, "{report:?}");
+                assert_eq!(report.pages, 1);
+            }
+            other => panic!("expected a paged run, got {other:?}"),
+        }
+    }
 }

@@ -57,6 +57,10 @@ pub struct Settings {
     /// 0 starts every stream at once.
     #[arg(long, env = "WORKER_START_SPREAD_MS", default_value_t = 10_000)]
     pub start_spread_ms: u64,
+    /// Most object-store puts in flight at once; runs beyond it wait for their turn (their put's
+    /// time starts then), so an overloaded store slows runs down instead of failing them.
+    #[arg(long, env = "WORKER_STORE_CONCURRENCY", default_value_t = crate::runner::DEFAULT_STORE_CONCURRENCY)]
+    pub store_concurrency: usize,
 }
 
 impl Settings {
@@ -97,7 +101,8 @@ impl Settings {
         format!(
             "supervisor_addr={} tls={} token={} object_store_url={} create_buckets={} worker_id={} \
              capacity={} outbox_limit={} reconnect_max_ms={} max_frame_bytes={} \
-             shutdown_grace_ms={} http_connect_timeout_ms={} start_spread_ms={}",
+             shutdown_grace_ms={} http_connect_timeout_ms={} start_spread_ms={} \
+             store_concurrency={}",
             self.supervisor_addr,
             match self.tls_ca() {
                 Some(ca) => format!(
@@ -118,6 +123,7 @@ impl Settings {
             self.shutdown_grace_ms,
             self.http_connect_timeout_ms,
             self.start_spread_ms,
+            self.store_concurrency,
         )
     }
 }

@@ -1,0 +1,179 @@
+//! The worker's link to a supervisor that reads slowly: the supervisor's side is played with the
+//! protocol's own handshake and framed connection over loopback TCP, so the test decides when
+//! it reads; the worker is the real link, scheduler, adapters and folder store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::handshake;
+use protocol::{
+    Call, Connection, Event, FailureClass, Frame, RateLimit, Reply, RunFailure, Schedule,
+    StreamConfig, Welcome,
+};
+use tokio::net::TcpSocket;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use worker::clock::Clock;
+use worker::link::LinkSettings;
+use worker::outbox::Outbox;
+use worker::runner::Runner;
+use worker::scheduler::Scheduler;
+
+const TOKEN: &str = "link-test-token";
+
+/// A run failure of 32 KiB: a few of these fill the socket's buffers.
+fn bulky_event() -> Event {
+    Event::RunFailed(RunFailure {
+        run_id: Uuid::now_v7(),
+        stream_id: Uuid::now_v7(),
+        at_ms: 0,
+        class: FailureClass::Storage,
+        message: "x".repeat(32 * 1024),
+        stream_stopped: false,
+        scheduled_at_ms: 0,
+        started_at_ms: 0,
+        attempts: 1,
+    })
+}
+
+/// A stream that never comes due during the test (once a year, on 1 January).
+fn yearly(stream_id: Uuid) -> StreamConfig {
+    StreamConfig {
+        stream_id,
+        generation: 1,
+        adapter: "IQAIR_DAILY".into(),
+        endpoint: "http://127.0.0.1:9/v2/nearest_city".into(),
+        secret_key: "key-1".into(),
+        schedule: Schedule::Cron {
+            expr: "0 0 0 1 1 *".into(),
+        },
+        timeout_ms: 1_000,
+        bucket_name: "results".into(),
+        params: BTreeMap::new(),
+        rate_limit: RateLimit::UNLIMITED,
+        source: String::new(),
+        window_start_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
+    // The supervisor's side: a small, fixed receive buffer (no autotuning), so a few events
+    // fill the path while the test does not read.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    // More unacknowledged events than the send window (2,048): a worker that ran while the
+    // supervisor was away.
+    const BACKLOG: usize = 2_100;
+    let outbox = Arc::new(Outbox::new(10_000));
+    for _ in 0..BACKLOG {
+        outbox.push(bulky_event());
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let store = objects::open(
+        &format!("file://{}", folder.path().display()),
+        objects::StoreOptions {
+            create_buckets: true,
+        },
+    )
+    .await
+    .unwrap();
+    let adapters = worker::adapters::registry(reqwest::Client::new());
+    let scheduler = Scheduler::new(
+        Arc::new(Runner::new(adapters.clone(), store, outbox.clone())),
+        Clock::System,
+        10_000,
+    );
+    let settings = LinkSettings {
+        supervisor_addr: addr.to_string(),
+        token: TOKEN.into(),
+        worker_id: "worker-link-test".into(),
+        capacity: 10_000,
+        adapters: adapters.names(),
+        max_frame: protocol::codec::DEFAULT_MAX_FRAME,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        tls: None,
+    };
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(worker::link::run(
+        settings,
+        scheduler.clone(),
+        outbox.clone(),
+        shutdown.clone(),
+    ));
+
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut supervisor = Connection::new(socket, protocol::codec::DEFAULT_MAX_FRAME);
+    let welcome = Welcome {
+        heartbeat_interval_ms: 1_000,
+        heartbeat_timeout_ms: 60_000,
+    };
+    let hello = handshake::accept(
+        &mut supervisor,
+        TOKEN.as_bytes(),
+        welcome,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(hello.worker_id, "worker-link-test");
+    // Not an assertion: time for the worker to queue its window of events behind the full
+    // socket. Sooner, fewer events are ahead of the calls, and the test holds all the same.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A restart's worth of `worker:start` calls, in one write.
+    const CALLS: u64 = 200;
+    let streams: Vec<Uuid> = (0..CALLS).map(|_| Uuid::now_v7()).collect();
+    for (id, stream_id) in (1..).zip(&streams) {
+        let call = Call::Start(yearly(*stream_id));
+        supervisor
+            .feed_frame(&Frame::Call { id, call })
+            .await
+            .unwrap();
+    }
+    supervisor.flush().await.unwrap();
+
+    // Read everything in the order it crossed, never acknowledging: the window stays full.
+    let mut events = 0usize;
+    let mut replies = 0u64;
+    let mut events_before_last_reply = 0;
+    while replies < CALLS {
+        let frame = tokio::time::timeout(Duration::from_secs(30), supervisor.read_frame())
+            .await
+            .expect("the worker keeps sending")
+            .unwrap()
+            .expect("the worker keeps the link open");
+        match frame {
+            Frame::Event { seq: 0, .. } | Frame::Heartbeat => {}
+            Frame::Event { .. } => events += 1,
+            Frame::Reply { id, reply } => {
+                assert!((1..=CALLS).contains(&id), "reply to an unknown call {id}");
+                assert_eq!(
+                    reply,
+                    Reply::ok("Started fetching from adapter IQAIR_DAILY.")
+                );
+                replies += 1;
+                events_before_last_reply = events;
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    // The events ahead of the replies are only those already in the socket (its buffers hold
+    // about 130 of these): the rest of the 2,048-event window waits behind the replies.
+    assert!(
+        events_before_last_reply < 1_024,
+        "{events_before_last_reply} events crossed before the last of {CALLS} replies"
+    );
+    assert_eq!(scheduler.len(), CALLS as usize);
+    assert_eq!(outbox.len(), BACKLOG, "nothing was acknowledged");
+
+    shutdown.cancel();
+    worker.await.unwrap();
+}
