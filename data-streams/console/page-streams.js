@@ -1,5 +1,7 @@
-// #/streams: every stream with its status, filters, the new-stream form, and per-row actions.
-// Statuses, last results and errors follow the live channel without a reload.
+// #/streams: the streams a page at a time (the server filters and pages: a million streams
+// never cross the wire at once), counts by status, search, the new-stream form, per-row
+// actions, and start/stop of every stream the filter matches. Statuses, last results and
+// errors of the rows shown follow the live channel without a reload.
 
 import { get, post, del, query } from "./api.js";
 import * as live from "./live.js";
@@ -9,6 +11,7 @@ import {
 import { openStreamForm } from "./stream-form.js";
 
 const STATUSES = ["running", "pending", "stopped", "failed"];
+const PAGE = 100;
 
 /** Start, stop, edit and delete buttons for a stream; shared with the stream page. */
 export function streamActions(stream, { onChanged, onDeleted, adapters, streams, current, compact = false }) {
@@ -81,10 +84,20 @@ export async function render(main, route, ctx) {
   const streams = new Map();
   let workers = [];
   const today = new Map();
-  const filters = { status: route.query.get("status") || "", adapter: route.query.get("adapter") || "" };
+  const filters = {
+    status: route.query.get("status") || "",
+    adapter: route.query.get("adapter") || "",
+    q: route.query.get("q") || "",
+  };
+  // The cursors of the pages before this one (a stack), this page's, and the next page's.
+  let cursors = [];
+  let cursor = "";
+  let next = null;
+  let counts = null;
+  const knownAdapters = new Set(["IQAIR_DAILY"]);
 
   const adapterNames = () => {
-    const names = new Set(["IQAIR_DAILY"]);
+    const names = new Set(knownAdapters);
     for (const w of workers) for (const a of w.adapters || []) names.add(a);
     for (const s of streams.values()) names.add(s.adapter);
     return [...names].sort();
@@ -94,8 +107,18 @@ export async function render(main, route, ctx) {
     h("option", { value: "" }, "All statuses"),
     STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s)));
   const adapterFilter = h("select", { "data-test": "filter-adapter", name: "filter-adapter", "aria-label": "Adapter" });
-  const count = h("span", { class: "muted count" });
+  const search = h("input", {
+    type: "search", name: "q", "data-test": "filter-q", "aria-label": "Search",
+    placeholder: "Search id, endpoint, params…", value: filters.q,
+  });
+  const count = h("span", { class: "muted count", "data-test": "streams-count" });
+  const tabs = h("div", { class: "status-counts", "data-test": "status-counts" });
   const newButton = h("button", { type: "button", class: "btn primary", "data-test": "new-stream" }, "New stream");
+  const startAll = h("button", { type: "button", class: "btn small", "data-test": "start-matching", title: "Start every stream the filters match" }, "Start matching");
+  const stopAll = h("button", { type: "button", class: "btn small", "data-test": "stop-matching", title: "Stop every stream the filters match" }, "Stop matching");
+  const prev = h("button", { type: "button", class: "btn small", "data-test": "page-prev" }, "‹ Previous");
+  const more = h("button", { type: "button", class: "btn small", "data-test": "page-next" }, "Next ›");
+  const pageInfo = h("span", { class: "muted", "data-test": "page-info" });
   const tbody = h("tbody");
   const table = h("table", { class: "table streams", "data-test": "streams-table" },
     h("thead", {}, h("tr", {},
@@ -110,9 +133,12 @@ export async function render(main, route, ctx) {
       h("div", { class: "toolbar" },
         h("label", {}, "Status ", statusFilter),
         h("label", {}, "Adapter ", adapterFilter),
+        search,
         count,
         newButton)),
-    h("div", { class: "card flush" }, table));
+    h("div", { class: "toolbar" }, tabs, h("span", { class: "spacer" }), startAll, stopAll),
+    h("div", { class: "card flush" }, table),
+    h("div", { class: "toolbar pager" }, prev, pageInfo, more));
 
   function renderAdapterFilter() {
     fill(adapterFilter, h("option", { value: "" }, "All adapters"),
@@ -148,26 +174,50 @@ export async function render(main, route, ctx) {
     return tr;
   }
 
-  function visible(stream) {
-    return (!filters.status || stream.status === filters.status)
-      && (!filters.adapter || stream.adapter === filters.adapter);
+  // The server filters; a row whose status changed away from the filter stays until the next
+  // load (it would otherwise vanish under the pointer).
+  const filtering = () => Boolean(filters.status || filters.adapter || filters.q);
+
+  function renderCounts() {
+    if (!counts) {
+      fill(tabs);
+      fill(count);
+      return;
+    }
+    fill(tabs, STATUSES.map((s) => h("a", {
+      href: "#", class: `status-count${filters.status === s ? " active" : ""}`, "data-test": `count-${s}`,
+      on: { click: (e) => { e.preventDefault(); statusFilter.value = filters.status === s ? "" : s; applyFilters(); } },
+    }, statusBadge(s), " ", num(counts[s]))));
+    fill(count, filtering() ? `${num(counts.total)} matching streams` : `${num(counts.total)} streams`);
   }
 
   function renderRows() {
-    const all = [...streams.values()];
-    const shown = all.filter(visible);
+    const shown = [...streams.values()];
     fill(tbody, shown.length ? shown.map(row) : h("tr", { class: "empty" }, h("td", { colspan: 9 },
-      all.length ? "No stream matches these filters." : "No streams yet: create one with “New stream”.")));
-    fill(count, all.length === shown.length ? `${all.length} streams` : `${shown.length} of ${all.length} streams`);
+      filtering() || cursors.length ? "No stream matches these filters." : "No streams yet: create one with “New stream”.")));
+    const first = cursors.length * PAGE + (shown.length ? 1 : 0);
+    fill(pageInfo, shown.length ? `${num(first)}–${num(cursors.length * PAGE + shown.length)}` : "");
+    prev.disabled = cursors.length === 0;
+    more.disabled = !next;
+    startAll.disabled = !filtering() || !counts || counts.total === 0;
+    stopAll.disabled = !filtering() || !counts || counts.total === 0;
   }
 
   function upsert(stream) {
     if (!stream || !ctx.alive) return;
     const isNew = !streams.has(stream.id);
+    if (isNew) {
+      // A stream made here shows at once on the first page; others come with the next load.
+      if (cursors.length === 0) {
+        streams.set(stream.id, stream);
+        renderRows();
+      }
+      reloadSoon();
+      return;
+    }
     streams.set(stream.id, stream);
     const old = tbody.querySelector(`tr[data-id="${CSS.escape(stream.id)}"]`);
-    if (isNew || !old || !visible(stream)) {
-      if (isNew) renderAdapterFilter();
+    if (!old) {
       renderRows();
       return;
     }
@@ -180,16 +230,37 @@ export async function render(main, route, ctx) {
       cell.replaceWith(td);
       td.classList.add("flash");
     });
+    reloadCountsSoon();
   }
 
   function remove(id) {
     streams.delete(id);
     renderRows();
+    reloadCountsSoon();
+  }
+
+  const filterQuery = () => ({
+    status: filters.status || undefined,
+    adapter: filters.adapter || undefined,
+    q: filters.q || undefined,
+  });
+
+  async function loadCounts() {
+    try {
+      counts = await get(`/streams/count${query(filterQuery())}`);
+    } catch (err) {
+      counts = null;
+      showError(err, "Stream counts");
+    }
+    if (ctx.alive) {
+      renderCounts();
+      renderRows();
+    }
   }
 
   async function load() {
-    const [list, workerList, report] = await Promise.allSettled([
-      get("/streams"),
+    const [page, workerList, report] = await Promise.allSettled([
+      get(`/streams${query({ limit: PAGE, after: cursor || undefined, ...filterQuery() })}`),
       get("/workers"),
       get(`/reports/aqi${query({ group_by: "stream", from: utcMidnight() })}`),
     ]);
@@ -202,25 +273,66 @@ export async function render(main, route, ctx) {
     } else {
       showError(report.reason, "Readings today");
     }
-    if (list.status === "fulfilled") {
+    if (page.status === "fulfilled") {
       streams.clear();
-      for (const s of list.value) streams.set(s.id, s);
+      for (const s of page.value.items) {
+        streams.set(s.id, s);
+        knownAdapters.add(s.adapter);
+      }
+      next = page.value.next;
     } else {
-      showError(list.reason, "Streams");
+      showError(page.reason, "Streams");
       fill(tbody, h("tr", { class: "empty" }, h("td", { colspan: 9 }, "The streams could not be loaded.")));
     }
     renderAdapterFilter();
-    if (list.status === "fulfilled") renderRows();
+    if (page.status === "fulfilled") renderRows();
+    await loadCounts();
   }
 
-  statusFilter.addEventListener("change", () => {
+  function applyFilters() {
     filters.status = statusFilter.value;
-    renderRows();
-  });
-  adapterFilter.addEventListener("change", () => {
     filters.adapter = adapterFilter.value;
-    renderRows();
+    filters.q = search.value.trim();
+    cursors = [];
+    cursor = "";
+    load().catch((err) => showError(err));
+  }
+
+  statusFilter.addEventListener("change", applyFilters);
+  adapterFilter.addEventListener("change", applyFilters);
+  let searchTimer = null;
+  search.addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(applyFilters, 300);
   });
+  ctx.onCleanup(() => clearTimeout(searchTimer));
+  more.addEventListener("click", () => {
+    if (!next) return;
+    cursors.push(cursor);
+    cursor = next;
+    load().catch((err) => showError(err));
+  });
+  prev.addEventListener("click", () => {
+    if (!cursors.length) return;
+    cursor = cursors.pop();
+    load().catch((err) => showError(err));
+  });
+  const bulk = (verb, button) => button.addEventListener("click", async () => {
+    const n = counts ? counts.total : 0;
+    if (!window.confirm(`${verb} every stream matching these filters (${num(n)} streams)?`)) return;
+    button.disabled = true;
+    try {
+      const answer = await post(`/streams/${verb.toLowerCase()}`, { filter: filterQuery() });
+      toast(answer.message);
+      await load();
+    } catch (err) {
+      showError(err, `${verb} matching`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  bulk("Start", startAll);
+  bulk("Stop", stopAll);
   newButton.addEventListener("click", () => openStreamForm({
     adapters: adapterNames(), streams: [...streams.values()], onSaved: upsert,
   }));
@@ -230,13 +342,30 @@ export async function render(main, route, ctx) {
     clearTimeout(reloadTimer);
     reloadTimer = setTimeout(() => load().catch((err) => showError(err)), 400);
   };
-  ctx.onCleanup(() => clearTimeout(reloadTimer));
+  let countsTimer = null;
+  const reloadCountsSoon = () => {
+    if (countsTimer) return;
+    countsTimer = setTimeout(() => {
+      countsTimer = null;
+      loadCounts();
+    }, 1000);
+  };
+  ctx.onCleanup(() => {
+    clearTimeout(reloadTimer);
+    clearTimeout(countsTimer);
+  });
   const midnight = Date.parse(utcMidnight());
   ctx.onCleanup(live.subscribe((m) => {
     if (!ctx.alive) return;
     if (m.type === "stream") {
-      if (m.deleted || !m.stream) remove(m.stream_id);
-      else upsert(m.stream);
+      if (m.deleted || !m.stream) {
+        if (streams.has(m.stream_id)) remove(m.stream_id);
+        else reloadCountsSoon();
+      } else if (streams.has(m.stream.id)) {
+        upsert(m.stream);
+      } else {
+        reloadCountsSoon();
+      }
     } else if (m.type === "result") {
       const s = streams.get(m.stream_id);
       if (m.measurement && Date.parse(m.measurement.ts) >= midnight) today.set(m.stream_id, (today.get(m.stream_id) || 0) + 1);

@@ -563,3 +563,93 @@ async fn the_warehouse_page_writes_todays_tables_and_follows_a_reparse() {
     .await;
     client.close().await.expect("close the browser");
 }
+
+/// The streams page at scale: 250 streams made by one bulk request show a page of 100 at a
+/// time, with the counts `GET /streams/count` gives; "Next" and "Previous" walk the pages; a
+/// search narrows the list on the server; "Stop matching" stops what the filter matches (here
+/// one stream), confirmed, and the counts follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streams_page_pages_counts_searches_and_stops_what_matches() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let logs = dir.path();
+    let stack = Stack::start(logs, "paging-worker");
+    let api = &stack.supervisor.api;
+    let body: Vec<Value> = (0..250)
+        .map(|i| {
+            let mut s = support::unlimited(support::iqair_stream(
+                &nearest_city(&stack.sim),
+                IQAIR_KEY,
+                3_600_000,
+            ));
+            s["params"] = json!({"lat": 10.0 + f64::from(i) / 1000.0, "lon": 20.0});
+            s["start"] = json!(i == 7);
+            s
+        })
+        .collect();
+    let (status, created) = api.post("/streams", &Value::Array(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let seventh = created["ids"][7].as_str().expect("an id").to_owned();
+
+    let (_driver, client, _base) = logged_in(logs, &stack).await;
+    let rows = "return document.querySelectorAll('[data-test=stream-row]').length";
+    until(
+        &client,
+        Duration::from_secs(10),
+        "a page of 100",
+        &format!("{rows} === 100;"),
+    )
+    .await;
+    until(
+        &client,
+        Duration::from_secs(10),
+        "249 stopped in the counts",
+        "const e = document.querySelector('[data-test=count-stopped]'); \
+         return !!e && e.textContent.replace(/[^0-9]/g, '') === '249';",
+    )
+    .await;
+    shows(&client, "streams-count", "250 streams").await;
+    click(&client, "page-next").await;
+    until(&client, Duration::from_secs(10), "page 2", &format!("{rows} === 100 && document.querySelector('[data-test=page-info]').textContent.startsWith('101');")).await;
+    click(&client, "page-next").await;
+    until(
+        &client,
+        Duration::from_secs(10),
+        "the last 50",
+        &format!("{rows} === 50;"),
+    )
+    .await;
+    click(&client, "page-prev").await;
+    until(&client, Duration::from_secs(10), "back to page 2", &format!("{rows} === 100 && document.querySelector('[data-test=page-info]').textContent.startsWith('101');")).await;
+    screenshot(&client, "streams-paged").await;
+
+    // The search runs on the server: the seventh stream by its id.
+    find(&client, "filter-q")
+        .await
+        .send_keys(&seventh)
+        .await
+        .expect("type");
+    until(
+        &client,
+        Duration::from_secs(10),
+        "one match",
+        &format!("{rows} === 1 && document.querySelector('[data-test=stream-row]').dataset.id === '{seventh}';"),
+    )
+    .await;
+    shows(&client, "streams-count", "1 matching").await;
+    // Stop what matches, confirmed.
+    client
+        .execute("window.confirm = () => true; return true;", vec![])
+        .await
+        .expect("accept the confirmation");
+    click(&client, "stop-matching").await;
+    until(
+        &client,
+        Duration::from_secs(15),
+        "the match stopped",
+        "const r = document.querySelector('[data-test=stream-row]'); return !!r && r.dataset.status === 'stopped';",
+    )
+    .await;
+    let (_, counts) = api.get("/streams/count").await;
+    assert_eq!(counts["stopped"], 250, "{counts}");
+    client.close().await.expect("close the browser");
+}

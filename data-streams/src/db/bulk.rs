@@ -246,6 +246,9 @@ impl Db {
             per_worker.entry(worker).or_default().push(id);
         }
         let mut tx = self.begin_write().await?;
+        let mut ids: Vec<Uuid> = decisions.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        tx.lock_in_id_order(&ids).await?;
         let streams = tx.streams_by_id_table();
         let mut assigned = Vec::with_capacity(decisions.len());
         for (worker, ids) in &per_worker {
@@ -457,6 +460,26 @@ impl Db {
 }
 
 impl Tx {
+    /// PostgreSQL: takes the row locks of `ids` (sorted) in id order, so transactions that
+    /// update many streams at once (assignment, the event path's bookkeeping) lock the streams
+    /// they share in one order and never deadlock. SQLite has one writer: nothing to do.
+    pub(super) async fn lock_in_id_order(&mut self, ids: &[Uuid]) -> Result<(), DbError> {
+        let Tx::Postgres(tx) = self else {
+            return Ok(());
+        };
+        for chunk in ids.chunks(WIDE_CHUNK) {
+            let mut lock =
+                QueryBuilder::<sqlx::Postgres>::new("SELECT 1 FROM streams WHERE id IN (");
+            let mut list = lock.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            lock.push(") ORDER BY id FOR NO KEY UPDATE");
+            lock.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// `streams`, with the hint that makes lookups by id seek the primary key where the
     /// backend needs one.
     fn streams_by_id_table(&self) -> &'static str {

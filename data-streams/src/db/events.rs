@@ -426,6 +426,37 @@ impl Tx {
         Ok(known)
     }
 
+    /// A worker's report of objects the reconciler indexed first (it listed them between the
+    /// store and the report): their rows become the worker's, with the run, page and times the
+    /// reconciler could not know, so a run lists every page it stored. Rows already reported
+    /// (a replay) are left alone. One statement per such reference; this is the rare path.
+    async fn complete_reconciled(
+        &mut self,
+        rows: &[RefRow<'_>],
+        inserted: &[Uuid],
+    ) -> Result<(), DbError> {
+        if inserted.len() == rows.len() {
+            return Ok(());
+        }
+        let inserted: HashSet<&Uuid> = inserted.iter().collect();
+        for r in rows.iter().filter(|r| !inserted.contains(&r.id)) {
+            dispatch!(Tx, self, |tx| {
+                sqlx::query(
+                    "UPDATE results SET status = 'ok', scheduled_at = $2, started_at = $3, \
+                     run_id = $4, page = $5 WHERE id = $1 AND status = 'reconciled'",
+                )
+                .bind(r.id)
+                .bind(r.scheduled_at)
+                .bind(r.started_at)
+                .bind(r.run.map(|(run_id, _)| run_id))
+                .bind(r.run.map(|(_, page)| page))
+                .execute(&mut **tx)
+                .await?;
+            });
+        }
+        Ok(())
+    }
+
     /// Inserts `results` rows with `status`, skipping ids already stored; returns the new ids.
     async fn insert_refs(
         &mut self,
@@ -611,7 +642,14 @@ impl Tx {
             }
             // Over the network every statement is a round trip: one per chunk of streams (5
             // binds each), joined to `streams` by its primary key.
-            Tx::Postgres(tx) => {
+            // Rows are locked in id order first (the map is sorted, see
+            // `Tx::lock_in_id_order`), whatever join order the planner picks for the update.
+            Tx::Postgres(_) => {
+                let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+                self.lock_in_id_order(&ids).await?;
+                let Tx::Postgres(tx) = self else {
+                    unreachable!("matched above")
+                };
                 for chunk in rows.chunks(CHUNK_ROWS) {
                     let mut query = QueryBuilder::<sqlx::Postgres>::new(
                         "WITH v (id, result_at, error_at, message, window_end) AS (",
@@ -698,6 +736,7 @@ impl Db {
         let known = tx.known_streams(&batch.stream_ids).await?;
         batch.retain_known(&known);
         let new_results = tx.insert_refs(&batch.refs, "ok", now).await?;
+        tx.complete_reconciled(&batch.refs, &new_results).await?;
         let new_readings = tx.insert_readings(&batch.readings).await?;
         let new_failures = tx.insert_failures(&batch.failures).await?;
         tx.upsert_runs(&batch.runs).await?;

@@ -69,6 +69,8 @@ crate::on_both_backends! {
             => a_failed_report_is_a_failure_and_keeps_the_window,
         crate::runs::one_stream_reads_many_places_at_one_time
             => one_stream_reads_many_places_at_one_time,
+        crate::runs::a_report_completes_a_page_the_reconciler_indexed_first
+            => a_report_completes_a_page_the_reconciler_indexed_first,
         crate::push::a_push_commits_its_reference_readings_intent_and_progress_together
             => a_push_commits_its_reference_readings_intent_and_progress_together,
         crate::push::push_streams_are_never_handed_to_a_worker

@@ -225,3 +225,47 @@ pub async fn one_stream_reads_many_places_at_one_time(db: Db) {
     cities.sort();
     assert_eq!(cities, ["Gdansk", "Krakow", "Warsaw"]);
 }
+
+/// The reconciler can list a page's object between the worker storing it and the worker's
+/// report committing (the object is stored first, by design): the report then completes the
+/// reconciled row, so the run lists every page it stored. A replay changes nothing more.
+pub async fn a_report_completes_a_page_the_reconciler_indexed_first(db: Db) {
+    let s = stream(&db, T0).await;
+    let run_id = v7(T0);
+    let pages: Vec<_> = (0..4)
+        .map(|page| {
+            let mut r = result(s.id, T0 + 1_000 + page, None);
+            r.run_id = run_id;
+            r.page = page as u32;
+            r.ends_run = false;
+            r
+        })
+        .collect();
+    // The last page's object is found by the reconciler before its event lands.
+    let last = &pages[3];
+    let found = data_streams::db::ReconciledRef {
+        id: last.result_id,
+        stream_id: s.id,
+        bucket: last.bucket.clone(),
+        key: last.key.clone(),
+        fetched_at: last.fetched_at_ms,
+        size: last.size as i64,
+        sha256: last.sha256.clone(),
+    };
+    assert_eq!(db.insert_reconciled(&[found]).await.expect("reconcile"), 1);
+    db.persist_runs(&pages, &[], &[report(s.id, run_id, RunStatus::Stored, 4)])
+        .await
+        .expect("persist");
+    let listed = db.run_pages(run_id).await.expect("pages");
+    assert_eq!(
+        listed.iter().map(|p| p.id).collect::<Vec<_>>(),
+        pages.iter().map(|p| p.result_id).collect::<Vec<_>>(),
+        "every page of the run, the reconciled one included"
+    );
+    let completed = listed.iter().find(|p| p.id == last.result_id).unwrap();
+    assert_eq!(completed.run_id, Some(run_id));
+    assert_eq!(completed.status, "ok");
+    // A replay leaves it as it is.
+    db.persist_runs(&pages, &[], &[]).await.expect("replay");
+    assert_eq!(db.run_pages(run_id).await.expect("pages").len(), 4);
+}
