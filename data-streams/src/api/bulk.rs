@@ -110,6 +110,46 @@ pub(super) async fn read_body(
     Ok(bytes.freeze())
 }
 
+/// One JSON value as `T`; a shape error names the field (`interval: -5 is not …`), as axum's
+/// `Json` does.
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonProblem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let text = if path.is_empty() || path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        JsonProblem { syntax, text }
+    })?;
+    de.end().map_err(|e| JsonProblem {
+        syntax: true,
+        text: e.to_string(),
+    })?;
+    Ok(value)
+}
+
+/// Why a JSON body did not parse: malformed (`syntax`), or of another shape.
+#[derive(Debug)]
+pub(super) struct JsonProblem {
+    pub syntax: bool,
+    pub text: String,
+}
+
+impl From<JsonProblem> for ApiError {
+    fn from(p: JsonProblem) -> Self {
+        let message = if p.syntax {
+            "malformed JSON"
+        } else {
+            "JSON does not match the expected shape"
+        };
+        ApiError::BadRequest(message.into(), json!(p.text))
+    }
+}
+
 /// Reads `POST /streams`' body: one JSON object (the original form, under the small limit), a
 /// JSON array or NDJSON (under the bulk limit). A malformed item is kept as its error, so
 /// every bad item can be named.
@@ -138,8 +178,7 @@ pub(super) async fn read_streams(
                 return Err(too_many(limits));
             }
             items.push(
-                serde_json::from_slice::<StreamInput>(line)
-                    .map_err(|e| format!("line {}: {e}", n + 1)),
+                from_json::<StreamInput>(line).map_err(|e| format!("line {}: {}", n + 1, e.text)),
             );
         }
         return Ok(StreamsBody::Many(items));
@@ -161,7 +200,7 @@ pub(super) async fn read_streams(
     }
     Ok(StreamsBody::Many(
         raw.into_iter()
-            .map(|item| serde_json::from_str::<StreamInput>(item.get()).map_err(|e| e.to_string()))
+            .map(|item| from_json::<StreamInput>(item.get().as_bytes()).map_err(|e| e.text))
             .collect(),
     ))
 }
@@ -385,16 +424,7 @@ pub(super) async fn read_selection(
     }
     let limits = state.bulk;
     let bytes = read_body(body, limits.max_bulk_bytes, "the request body").await?;
-    let input: SelectionInput = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::BadRequest("malformed JSON".into(), json!(e.to_string()))
-        } else {
-            ApiError::BadRequest(
-                "JSON does not match the expected shape".into(),
-                json!(e.to_string()),
-            )
-        }
-    })?;
+    let input: SelectionInput = from_json(&bytes)?;
     match (input.ids, input.filter) {
         (Some(ids), None) => {
             if ids.len() > limits.max_streams {

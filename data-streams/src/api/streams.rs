@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -51,8 +50,8 @@ pub(super) struct Command<'a> {
     ),
     params(("Idempotency-Key" = Option<String>, Header, description = "Bulk: each item's id is derived from it and its position, so a retry creates nothing twice")),
     responses(
-        (status = 201, description = "Created; `secret_key` shows as `***`. Many: `{created, existing, ids}`", body = StreamView),
-        (status = 200, description = "A retry: the stream (or every stream) existed already with the same spec", body = StreamView),
+        (status = 201, description = "Created; `secret_key` shows as `***`. Many: `{created, existing, ids}`", body = CreateAnswer),
+        (status = 200, description = "A retry: the stream (or every stream) existed already with the same spec", body = CreateAnswer),
         (status = 409, description = "An id names a stream with another spec", body = super::docs::ErrorBody),
         CommonErrors, BodyErrors,
     )
@@ -82,16 +81,7 @@ pub(super) async fn create(
 
 /// One stream's JSON, with the errors `Json` would give.
 fn parse_one(bytes: &[u8]) -> Result<StreamInput, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::BadRequest("malformed JSON".into(), json!(e.to_string()))
-        } else {
-            ApiError::BadRequest(
-                "JSON does not match the expected shape".into(),
-                json!(e.to_string()),
-            )
-        }
-    })
+    Ok(bulk::from_json(bytes)?)
 }
 
 /// The streams with their status. With `limit`, `after` or a filter (`status`, `adapter`,
@@ -114,10 +104,76 @@ pub(super) async fn list(
     if let (filter, Some((limit, after))) = query.parse()? {
         return bulk::list_page(&state, filter, limit, after).await;
     }
-    let rows = state.db.list_streams().await?;
+    // Every stream, as one JSON array written a thousand rows at a time: a million streams
+    // never sit in memory at once. The first page is read before answering, so a database
+    // that is down is still a 503; a failure later cuts the array short (and is logged).
     let connected = state.supervisor.connected_workers();
-    let views: Vec<StreamView<'_>> = rows.iter().map(|r| r.view(&connected)).collect();
-    Ok(Json(views).into_response())
+    let first = state.db.list_streams_after(None, UNPAGED_CHUNK).await?;
+    let db = state.db.clone();
+    let chunks =
+        futures::stream::unfold((Some(first), false, false), move |(rows, started, done)| {
+            let db = db.clone();
+            let connected = connected.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                let rows = rows.unwrap_or_default();
+                let mut out = Vec::with_capacity(rows.len() * 512 + 2);
+                if !started {
+                    out.push(b'[');
+                }
+                for (i, row) in rows.iter().enumerate() {
+                    if started || i > 0 {
+                        out.push(b',');
+                    }
+                    if let Err(err) = serde_json::to_writer(&mut out, &row.view(&connected)) {
+                        tracing::error!("cannot write a stream of the list: {err}");
+                        return None;
+                    }
+                }
+                let last = rows.last().map(|r| (r.created_at, r.id));
+                let full = rows.len() as i64 == UNPAGED_CHUNK;
+                let next = match (full, last) {
+                    (true, Some(after)) => {
+                        match db.list_streams_after(Some(after), UNPAGED_CHUNK).await {
+                            Ok(next) => Some(next),
+                            Err(err) => {
+                                tracing::error!("the stream list was cut short: {err}");
+                                return Some((
+                                    Ok::<_, std::io::Error>(bytes::Bytes::from(out)),
+                                    (None, true, true),
+                                ));
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                let done = next.is_none();
+                if done {
+                    out.push(b']');
+                }
+                Some((Ok(bytes::Bytes::from(out)), (next, true, done)))
+            }
+        });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+/// Rows per read of the unpaged list.
+const UNPAGED_CHUNK: i64 = 1_000;
+
+/// `POST /streams`' answer: the stream, or for many `{created, existing, ids}` (documentation
+/// only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum CreateAnswer<'a> {
+    One(StreamView<'a>),
+    Many(bulk::BulkCreateAnswer),
 }
 
 /// `GET /streams`' answer: every stream, or a page (documentation only).

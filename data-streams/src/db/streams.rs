@@ -233,6 +233,38 @@ impl Db {
         Ok(rows)
     }
 
+    /// Streams oldest first after (`created_at`, `id`), at most `limit`: [`Db::list_streams`] a
+    /// page at a time (the unpaged `GET /streams` streams its answer from these).
+    #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
+    pub async fn list_streams_after(
+        &self,
+        after: Option<(i64, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<StreamRow>, DbError> {
+        let rows = match after {
+            None => {
+                let sql = select_streams("ORDER BY created_at, id LIMIT $1");
+                dispatch!(Db, self, |pool| sqlx::query_as(&sql)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?)
+            }
+            Some((created_at, id)) => {
+                let sql = select_streams(
+                    "WHERE created_at > $1 OR (created_at = $1 AND id > $2) \
+                     ORDER BY created_at, id LIMIT $3",
+                );
+                dispatch!(Db, self, |pool| sqlx::query_as(&sql)
+                    .bind(created_at)
+                    .bind(id)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?)
+            }
+        };
+        Ok(rows)
+    }
+
     /// Replaces the stream's spec; `None` if the stream does not exist. The assignment and
     /// generation stay: the supervisor sends the assigned worker the new configuration.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %id))]
