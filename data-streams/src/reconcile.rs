@@ -7,11 +7,11 @@
 //! `…/dt=<day of the id>/<id>.json`, so one stream's listing is a timeline; each stream keeps a
 //! watermark per layout (`reconcile_watermarks`): the last key up to which everything listed is
 //! indexed. The periodic pass ([`Reconciler::run_once`], mode `watermark`) lists only what sorts
-//! after it ([`ObjectStore::list_after`]). A watermark never passes an object it could not index,
-//! nor one younger than the safety lag (max(`RECONCILE_LAG`, the stream's run timeout)), since
-//! a worker with a slow put can store an older result id after a newer one: such a late object
-//! is still listed by the next pass. Streams are visited in pages by id, their listings a few
-//! at a time.
+//! after it ([`ObjectStore::list_after`]). A watermark never passes an object it could not
+//! index, nor one younger than the safety lag (max([`DEFAULT_SAFETY_LAG`], the stream's run
+//! timeout)), since a worker with a slow put can store an older result id after a newer one:
+//! such a late object is still listed by the next pass. Streams are visited in pages by id,
+//! their listings a few at a time.
 //!
 //! The audit pass ([`Reconciler::run_audit`], mode `audit`, `POST /reconciler/audit`) lists the
 //! whole `RECONCILE_DAYS` window of every stream, as every pass once did: it also finds what

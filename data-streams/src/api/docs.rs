@@ -189,6 +189,7 @@ mod tests {
             "/results/{id}/raw",
             "/workers",
             "/reconciler",
+            "/reconciler/audit",
             "/audit",
             "/healthz",
             "/readyz",
