@@ -40,8 +40,8 @@ pub const DEFAULT_SAFETY_LAG: Duration = Duration::from_secs(10 * 60);
 /// Streams read from the database at a time: a pass never holds every stream.
 const STREAMS_PER_BATCH: usize = 1_000;
 
-/// Listings (and object reads) in flight at once.
-const LISTINGS_AT_ONCE: usize = 16;
+/// Listings (and object reads) in flight at once: enough to hide S3's round trips.
+const LISTINGS_AT_ONCE: usize = 32;
 
 /// Objects asked of the store per listing call (S3's page).
 const OBJECTS_PER_PAGE: usize = 1_000;
@@ -216,17 +216,22 @@ impl Reconciler {
             ..Findings::default()
         };
         let first_day = Utc::now().date_naive() - ChronoDuration::days(i64::from(self.days) - 1);
-        let mut after = None;
-        loop {
-            let limit = i64::try_from(self.streams_per_batch).unwrap_or(i64::MAX);
-            let targets = self.db.reconcile_targets(after, limit).await?;
-            let Some(last) = targets.last() else { break };
-            after = Some(last.id);
-            let full = targets.len() == self.streams_per_batch;
-            self.batch(targets, mode, first_day, &mut findings).await?;
-            if !full {
+        let limit = i64::try_from(self.streams_per_batch).unwrap_or(i64::MAX);
+        let mut next = self.db.reconcile_targets(None, limit).await?;
+        while let Some(last) = next.last() {
+            let after = Some(last.id);
+            let targets = std::mem::take(&mut next);
+            if targets.len() < self.streams_per_batch {
+                self.batch(targets, mode, first_day, &mut findings).await?;
                 break;
             }
+            // The next page is read while this one is listed.
+            let (listed, page) = tokio::join!(
+                self.batch(targets, mode, first_day, &mut findings),
+                self.db.reconcile_targets(after, limit)
+            );
+            listed?;
+            next = page?;
         }
         findings.push_orphans_removed = self.remove_push_orphans().await?;
         if findings.inserted > 0 {
@@ -368,7 +373,9 @@ impl Reconciler {
                         .filter(|suffix| current.is_none_or(|c| *suffix > c));
                     *watermark_mut(&mut marks, *layout) = through.map(str::to_owned);
                 }
-                (marks != Watermarks::default()).then_some((target.id, marks))
+                // A first visit leaves a row even with nothing settled: it says the legacy
+                // layout was looked at.
+                (!target.visited || marks != Watermarks::default()).then_some((target.id, marks))
             })
             .collect();
         if !advances.is_empty() {
@@ -401,6 +408,16 @@ impl Reconciler {
     ) -> Listing {
         let mut layouts = Vec::with_capacity(Layout::ALL.len());
         for layout in Layout::ALL {
+            // Nothing writes the first layout any more (workers of this protocol version write
+            // the current one): a watermark pass lists it on a stream's first visit, then only
+            // for streams where it found some. An audit pass lists it always.
+            if layout == Layout::Legacy
+                && mode == Mode::Watermark
+                && target.visited
+                && target.watermarks.legacy.is_none()
+            {
+                continue;
+            }
             let prefix = ObjectKey::stream_prefix(layout, &target.adapter, target.id);
             // `…/dt=<first day>` sorts before that day's keys and after the days before.
             let window = format!("{prefix}dt={}", first_day.format("%Y-%m-%d"));

@@ -13,7 +13,7 @@ use data_streams::db::{Db, Watermarks};
 use data_streams::reconcile::{Mode, Reconciler};
 use data_streams::stream::{StreamInput, StreamSpec, StreamState};
 use objects::test_server::S3TestServer;
-use objects::{FolderStore, ObjectKey, ObjectMeta, ObjectStore, S3Store, StoreOptions};
+use objects::{FolderStore, Layout, ObjectKey, ObjectMeta, ObjectStore, S3Store, StoreOptions};
 use uuid::Uuid;
 
 use support::{iqair_stream, v7, Backend, FreshDatabase, BUCKET};
@@ -77,8 +77,25 @@ async fn create_stream(db: &Db) -> Uuid {
 /// Stores an object the way a worker does, fetched at `at_ms`, and reports nothing. Returns its
 /// key.
 async fn store_object(store: &dyn ObjectStore, stream: Uuid, at_ms: i64) -> String {
+    let key = ObjectKey::for_result("IQAIR_DAILY", stream, v7(at_ms)).to_string();
+    put(store, stream, key, at_ms).await
+}
+
+/// As [`store_object`], in the first layout (`<adapter>/<stream_id>/dt=…`), as workers did
+/// before the warehouse layout.
+async fn store_legacy_object(store: &dyn ObjectStore, stream: Uuid, at_ms: i64) -> String {
     let id = v7(at_ms);
-    let key = ObjectKey::for_result("IQAIR_DAILY", stream, id).to_string();
+    let day = chrono::DateTime::from_timestamp_millis(at_ms)
+        .expect("a time")
+        .date_naive();
+    let key = format!(
+        "{}{id}.json",
+        ObjectKey::day_prefix(Layout::Legacy, "IQAIR_DAILY", stream, day)
+    );
+    put(store, stream, key, at_ms).await
+}
+
+async fn put(store: &dyn ObjectStore, stream: Uuid, key: String, at_ms: i64) -> String {
     let body = Bytes::from(format!("{{\"fetched\": {at_ms}}}"));
     let meta = ObjectMeta {
         stream_id: stream.to_string(),
@@ -132,18 +149,20 @@ async fn watermarks_across_a_restart(
     let a_2 = store_object(&*store, a, now - 2 * MINUTE).await;
     let b_50 = store_object(&*store, b, now - 50 * MINUTE).await;
     let b_15 = store_object(&*store, b, now - 15 * MINUTE).await;
+    // And one of `b` from before the warehouse layout.
+    let b_legacy = store_legacy_object(&*store, b, now - 45 * MINUTE).await;
 
     let first = Reconciler::new(db.clone(), store.clone(), 2).with_streams_per_batch(2);
     let pass = first.run_once().await.expect("the first pass");
     assert_eq!(pass.mode, Mode::Watermark, "{pass:?}");
     assert_eq!(
         (pass.streams, pass.objects, pass.inserted, pass.unlisted),
-        (3, 6, 6, 0),
+        (3, 7, 7, 0),
         "{pass:?}"
     );
     assert_eq!(
-        referenced(&db, &[&a_60, &a_40, &a_20, &a_2, &b_50, &b_15]).await,
-        [true; 6]
+        referenced(&db, &[&a_60, &a_40, &a_20, &a_2, &b_50, &b_15, &b_legacy]).await,
+        [true; 7]
     );
     // `a`'s watermark stops before the object younger than the lag; `b`'s is its last.
     let a_mark = Watermarks {
@@ -155,10 +174,14 @@ async fn watermarks_across_a_restart(
         db.watermarks(b).await.expect("read"),
         Some(Watermarks {
             hive: mark(&b_15),
-            legacy: None
+            legacy: mark(&b_legacy),
         })
     );
-    assert_eq!(db.watermarks(c).await.expect("read"), None);
+    // Visited, nothing to mark.
+    assert_eq!(
+        db.watermarks(c).await.expect("read"),
+        Some(Watermarks::default())
+    );
     drop(first);
     db.close().await;
 
@@ -173,38 +196,61 @@ async fn watermarks_across_a_restart(
     // Fetched 30 minutes ago and landing only now, behind `a`'s watermark: the audit's case.
     let a_30 = store_object(&*store, a, now - 30 * MINUTE).await;
     let c_3 = store_object(&*store, c, now - 3 * MINUTE).await;
+    // Nothing writes the first layout any more: after a stream's first visit, a watermark pass
+    // lists it only where it found some (`b`); the audit pass lists it everywhere.
+    let b_legacy_late = store_legacy_object(&*store, b, now - 4 * MINUTE).await;
+    let a_legacy_late = store_legacy_object(&*store, a, now - 4 * MINUTE).await;
 
     let second = Reconciler::new(db.clone(), store.clone(), 2).with_streams_per_batch(2);
     let pass = second.run_once().await.expect("the pass after the restart");
-    // Listed: `a` after its watermark (a_8, a_2 again, a_1), `b` after its (b_5), `c` (c_3):
-    // 5 of the 11 objects in the window.
+    // Listed: `a` after its watermark (a_8, a_2 again, a_1), `b` after its (b_5, and the late
+    // legacy one), `c` (c_3): 6 of the 14 objects in the window.
     assert_eq!(
         (pass.streams, pass.objects, pass.inserted, pass.dangling),
-        (3, 5, 4, 0),
+        (3, 6, 5, 0),
         "{pass:?}"
     );
     assert_eq!(
-        referenced(&db, &[&a_8, &a_1, &b_5, &c_3, &a_30]).await,
-        [true, true, true, true, false],
-        "a_30 is behind the watermark"
+        referenced(
+            &db,
+            &[
+                &a_8,
+                &a_1,
+                &b_5,
+                &c_3,
+                &b_legacy_late,
+                &a_30,
+                &a_legacy_late
+            ]
+        )
+        .await,
+        [true, true, true, true, true, false, false],
+        "a_30 is behind the watermark; a has no legacy objects to look after"
     );
     // Nothing new is settled yet: every watermark stays (none goes back).
     assert_eq!(db.watermarks(a).await.expect("read"), Some(a_mark.clone()));
-    assert_eq!(db.watermarks(c).await.expect("read"), None);
+    assert_eq!(
+        db.watermarks(c).await.expect("read"),
+        Some(Watermarks::default())
+    );
 
     // A pass with nothing new lists only what is younger than the lag.
     let quiet = second.run_once().await.expect("a quiet pass");
-    assert_eq!((quiet.objects, quiet.inserted), (5, 0), "{quiet:?}");
+    assert_eq!((quiet.objects, quiet.inserted), (6, 0), "{quiet:?}");
 
-    // The audit pass lists the whole window: it finds a_30 and counts no dangling reference.
+    // The audit pass lists the whole window: it finds a_30 and a's late legacy object, and
+    // counts no dangling reference.
     let audit = second.run_audit().await.expect("the audit pass");
     assert_eq!(audit.mode, Mode::Audit, "{audit:?}");
     assert_eq!(
         (audit.streams, audit.objects, audit.inserted, audit.dangling),
-        (3, 11, 1, 0),
+        (3, 14, 2, 0),
         "{audit:?}"
     );
-    assert_eq!(referenced(&db, &[&a_30]).await, [true]);
+    assert_eq!(
+        referenced(&db, &[&a_30, &a_legacy_late]).await,
+        [true, true]
+    );
     assert_eq!(second.last_pass().expect("a last pass").findings, audit);
     assert_eq!(db.watermarks(a).await.expect("read"), Some(a_mark));
 
@@ -214,6 +260,6 @@ async fn watermarks_across_a_restart(
     let pass = second.run_once().await.expect("a pass");
     assert_eq!(pass.dangling, 0, "{pass:?}");
     let audit = second.run_audit().await.expect("another audit");
-    assert_eq!((audit.objects, audit.dangling), (10, 1), "{audit:?}");
+    assert_eq!((audit.objects, audit.dangling), (13, 1), "{audit:?}");
     db.close().await;
 }

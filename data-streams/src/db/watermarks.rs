@@ -30,10 +30,20 @@ pub struct ReconcileTarget {
     pub bucket: String,
     /// Per-run timeout (fetch, retries and upload), ms: how late one of its objects may land.
     pub timeout_ms: i64,
+    /// Whether a pass has visited it before (it has a row, its watermarks maybe still `None`).
+    pub visited: bool,
     pub watermarks: Watermarks,
 }
 
-type TargetTuple = (Uuid, String, String, i64, Option<String>, Option<String>);
+type TargetTuple = (
+    Uuid,
+    String,
+    String,
+    i64,
+    bool,
+    Option<String>,
+    Option<String>,
+);
 
 impl Db {
     /// Up to `limit` streams whose objects the reconciler indexes (every adapter but `PUSH`,
@@ -47,8 +57,8 @@ impl Db {
     ) -> Result<Vec<ReconcileTarget>, DbError> {
         // Stream ids are v4/v7 UUIDs, never nil: `> nil` is every stream.
         let after = after.unwrap_or(Uuid::nil());
-        let sql =
-            "SELECT s.id, s.adapter, s.bucket_name, s.timeout_ms, w.hive_after, w.legacy_after \
+        let sql = "SELECT s.id, s.adapter, s.bucket_name, s.timeout_ms, w.stream_id IS NOT NULL, \
+                   w.hive_after, w.legacy_after \
                    FROM streams s LEFT JOIN reconcile_watermarks w ON w.stream_id = s.id \
                    WHERE s.id > $1 AND s.adapter <> $2 ORDER BY s.id LIMIT $3";
         let rows: Vec<TargetTuple> = dispatch!(Db, self, |pool| sqlx::query_as(sql)
@@ -60,20 +70,22 @@ impl Db {
         Ok(rows
             .into_iter()
             .map(
-                |(id, adapter, bucket, timeout_ms, hive, legacy)| ReconcileTarget {
+                |(id, adapter, bucket, timeout_ms, visited, hive, legacy)| ReconcileTarget {
                     id,
                     adapter,
                     bucket,
                     timeout_ms,
+                    visited,
                     watermarks: Watermarks { hive, legacy },
                 },
             )
             .collect())
     }
 
-    /// Moves the watermarks of many streams forward, one statement per 1,000 streams. Each one
-    /// only ever moves forward (a pass that read an older one cannot set it back); a `None`
-    /// leaves that layout's as it is; a stream deleted meanwhile is skipped.
+    /// Moves the watermarks of many streams forward, one statement per 1,000 streams, and marks
+    /// them visited (a row, even with both `None`). Each one only ever moves forward (a pass
+    /// that read an older one cannot set it back); a `None` leaves that layout's as it is; a
+    /// stream deleted meanwhile is skipped.
     #[tracing::instrument(level = "debug", skip_all, fields(streams = advances.len()))]
     pub async fn advance_watermarks(
         &self,
