@@ -47,9 +47,10 @@ const LISTINGS_AT_ONCE: usize = 32;
 const OBJECTS_PER_PAGE: usize = 1_000;
 
 /// Most objects a watermark pass lists for one stream and layout; the rest wait for the next
-/// pass (the watermark moves past what was indexed). Bounds a pass's memory after a long
-/// outage; a stream would have to store more than this within the safety lag to be held up.
-const OBJECTS_PER_STREAM_PASS: usize = 10_000;
+/// pass (the watermark moves past what was indexed). Bounds a batch's listings to 1,000 x this
+/// after a long outage; a stream would have to store more than this within the safety lag to
+/// be held up.
+const OBJECTS_PER_STREAM_PASS: usize = 1_000;
 
 /// Which kind of pass found what it found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -119,6 +120,15 @@ pub struct Reconciler {
     safety_lag: Duration,
     /// Streams read from the database at a time.
     streams_per_batch: usize,
+}
+
+/// An unreported object read back.
+enum Read {
+    Reference(ReconciledRef),
+    /// Deleted between the listing and the read.
+    Gone(Uuid),
+    /// Could not be read (logged): its stream's watermark stays before it, to try again.
+    Failed,
 }
 
 /// One stream's listing, per layout in key order, or why there is none.
@@ -216,12 +226,17 @@ impl Reconciler {
             ..Findings::default()
         };
         let first_day = Utc::now().date_naive() - ChronoDuration::days(i64::from(self.days) - 1);
-        let limit = i64::try_from(self.streams_per_batch).unwrap_or(i64::MAX);
+        // An audit lists whole windows, without a cap: a few streams at a time bound its memory.
+        let per_batch = match mode {
+            Mode::Watermark => self.streams_per_batch,
+            Mode::Audit => self.streams_per_batch.min(LISTINGS_AT_ONCE),
+        };
+        let limit = i64::try_from(per_batch).unwrap_or(i64::MAX);
         let mut next = self.db.reconcile_targets(None, limit).await?;
         while let Some(last) = next.last() {
             let after = Some(last.id);
             let targets = std::mem::take(&mut next);
-            if targets.len() < self.streams_per_batch {
+            if targets.len() < per_batch {
                 self.batch(targets, mode, first_day, &mut findings).await?;
                 break;
             }
@@ -323,11 +338,21 @@ impl Reconciler {
             .into_iter()
             .map(|(target, id, object)| self.reference(target, id, object))
             .collect();
-        let references: Vec<ReconciledRef> = stream::iter(reads)
+        let read: Vec<Read> = stream::iter(reads)
             .buffer_unordered(LISTINGS_AT_ONCE)
-            .filter_map(std::future::ready)
             .collect()
             .await;
+        let mut references = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
+                Read::Reference(r) => references.push(r),
+                // Deleted since it was listed: nothing to index, nothing to wait for.
+                Read::Gone(id) => {
+                    indexed.insert(id);
+                }
+                Read::Failed => {}
+            }
+        }
         for chunk in references.chunks(500) {
             findings.inserted += self.db.insert_reconciled(chunk).await?;
             indexed.extend(chunk.iter().map(|r| r.id));
@@ -530,18 +555,14 @@ impl Reconciler {
         Ok(dangling)
     }
 
-    /// A reference for an unreported object; `None` (logged) when it cannot be read.
-    async fn reference(
-        &self,
-        target: &ReconcileTarget,
-        id: Uuid,
-        object: &ObjectInfo,
-    ) -> Option<ReconciledRef> {
+    /// A reference for an unreported object, or what kept it from one (logged).
+    async fn reference(&self, target: &ReconcileTarget, id: Uuid, object: &ObjectInfo) -> Read {
         match self.read_reference(target, id, object).await {
-            Ok(r) => Some(r),
+            Ok(r) => Read::Reference(r),
+            Err(StoreError::NoSuchKey { .. }) => Read::Gone(id),
             Err(err) => {
                 tracing::warn!(stream_id = %target.id, key = %object.key, "reconciler cannot read the object: {err}");
-                None
+                Read::Failed
             }
         }
     }
