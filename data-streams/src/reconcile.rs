@@ -1,37 +1,87 @@
 //! The reconciler: the object store is the source of truth for what was fetched, the database is
-//! the index. For each stream it lists the recent `dt=` partitions and inserts every reference the
-//! database lacks (a worker that died between storing and reporting loses nothing), and it counts
-//! references whose object is gone. It owns its loop ([`Reconciler::run`]: every period, and
-//! soon after a worker (re)connects) and the findings of its last pass.
+//! the index. It inserts every reference the database lacks (a worker that died between storing
+//! and reporting loses nothing). It owns its loop ([`Reconciler::run`]: every period, and soon
+//! after a worker (re)connects) and the findings of its last pass.
+//!
+//! A pass costs what is new, not what exists. Result ids are UUIDv7 and a stream's keys are
+//! `…/dt=<day of the id>/<id>.json`, so one stream's listing is a timeline; each stream keeps a
+//! watermark per layout (`reconcile_watermarks`): the last key up to which everything listed is
+//! indexed. The periodic pass ([`Reconciler::run_once`], mode `watermark`) lists only what sorts
+//! after it ([`ObjectStore::list_after`]). A watermark never passes an object it could not
+//! index, nor one younger than the safety lag (max([`DEFAULT_SAFETY_LAG`], the stream's run
+//! timeout)), since a worker with a slow put can store an older result id after a newer one:
+//! such a late object is still listed by the next pass. Streams are visited in pages by id,
+//! their listings a few at a time.
+//!
+//! The audit pass ([`Reconciler::run_audit`], mode `audit`, `POST /reconciler/audit`) lists the
+//! whole `RECONCILE_DAYS` window of every stream, as every pass once did: it also finds what
+//! landed behind a watermark, and counts references whose object is gone (`dangling`).
+//! [`Reconciler::audit`] compares everything without changing anything (`GET /audit`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use objects::{Layout, ObjectInfo, ObjectKey, ObjectStore, StoreError};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::{Db, DbError, ReconciledRef};
-use crate::stream::StreamRow;
+use crate::db::{Db, DbError, ReconcileTarget, ReconciledRef, Watermarks};
+
+/// The default safety lag: a watermark stays this far behind now (or a stream's run timeout
+/// behind, if longer), so an object stored late, with an older result id than one already
+/// listed, is still after it. Far longer than a put takes, retries included.
+pub const DEFAULT_SAFETY_LAG: Duration = Duration::from_secs(10 * 60);
+
+/// Streams read from the database at a time: a pass never holds every stream.
+const STREAMS_PER_BATCH: usize = 1_000;
+
+/// Listings (and object reads) in flight at once: enough to hide S3's round trips.
+const LISTINGS_AT_ONCE: usize = 32;
+
+/// Objects asked of the store per listing call (S3's page).
+const OBJECTS_PER_PAGE: usize = 1_000;
+
+/// Most objects a watermark pass lists for one stream and layout; the rest wait for the next
+/// pass (the watermark moves past what was indexed). Bounds a batch's listings to 1,000 x this
+/// after a long outage; a stream would have to store more than this within the safety lag to
+/// be held up.
+const OBJECTS_PER_STREAM_PASS: usize = 1_000;
+
+/// Which kind of pass found what it found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The periodic pass: each stream listed after its watermark.
+    #[default]
+    Watermark,
+    /// On demand: the whole window listed, dangling references counted.
+    Audit,
+}
 
 /// What one pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Findings {
+    /// `watermark` (the periodic pass, listing what is newer than each stream's watermark) or
+    /// `audit` (the whole window listed, on demand).
+    pub mode: Mode,
     /// Streams whose partitions were listed.
     pub streams: u64,
-    /// Objects seen in the listed partitions.
+    /// Objects listed: after the watermarks in a `watermark` pass, the whole window in an
+    /// `audit`.
     pub objects: u64,
     /// References that were missing and are now inserted.
     pub inserted: u64,
-    /// Objects whose name is not a result id (left alone, counted).
+    /// Objects whose name is not a result id (left alone, counted when listed).
     pub foreign: u64,
     /// Streams whose bucket could not be listed (missing bucket, store down).
     pub unlisted: u64,
-    /// References in the listed window whose object is missing from the store.
+    /// References in the listed window whose object is missing from the store. Counted by an
+    /// `audit` only (a `watermark` pass does not list what is behind the watermarks): 0 there.
     pub dangling: u64,
     /// Objects of pushes whose reference never committed (the server stopped between the two),
     /// now deleted.
@@ -52,8 +102,8 @@ pub struct LastPass {
     pub findings: Findings,
 }
 
-/// Reconciles one database against one object store. Cheap to clone; clones share the trigger
-/// and the last findings.
+/// Reconciles one database against one object store. Cheap to clone; clones share the trigger,
+/// the last findings, and take turns: one pass runs at a time.
 #[derive(Clone)]
 pub struct Reconciler {
     db: Db,
@@ -62,8 +112,32 @@ pub struct Reconciler {
     days: u32,
     soon: Arc<Notify>,
     last: Arc<Mutex<Option<LastPass>>>,
+    /// Held through a pass: a periodic pass and an audit do not list the same streams at once.
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// How old a push's intent must be before its object counts as abandoned.
     push_orphan_age: Duration,
+    /// How far behind now a watermark stays at least.
+    safety_lag: Duration,
+    /// Streams read from the database at a time.
+    streams_per_batch: usize,
+}
+
+/// An unreported object read back.
+enum Read {
+    Reference(ReconciledRef),
+    /// Deleted between the listing and the read.
+    Gone(Uuid),
+    /// Could not be read (logged): its stream's watermark stays before it, to try again.
+    Failed,
+}
+
+/// One stream's listing, per layout in key order, or why there is none.
+enum Listing {
+    Listed(Vec<(Layout, Vec<ObjectInfo>)>),
+    /// The bucket does not exist (yet): nothing was stored.
+    NoBucket,
+    /// The store failed; logged.
+    Failed,
 }
 
 impl Reconciler {
@@ -74,7 +148,10 @@ impl Reconciler {
             days: days.max(1),
             soon: Arc::new(Notify::new()),
             last: Arc::default(),
+            turn: Arc::default(),
             push_orphan_age: Duration::from_secs(15 * 60),
+            safety_lag: DEFAULT_SAFETY_LAG,
+            streams_per_batch: STREAMS_PER_BATCH,
         }
     }
 
@@ -82,6 +159,19 @@ impl Reconciler {
     /// min: far longer than a batch takes to store and commit).
     pub fn with_push_orphan_age(mut self, age: Duration) -> Self {
         self.push_orphan_age = age;
+        self
+    }
+
+    /// How far behind now a watermark stays at least ([`DEFAULT_SAFETY_LAG`]); a stream's run
+    /// timeout, when longer, is its lag.
+    pub fn with_safety_lag(mut self, lag: Duration) -> Self {
+        self.safety_lag = lag;
+        self
+    }
+
+    /// Streams read from the database at a time (default 1,000).
+    pub fn with_streams_per_batch(mut self, streams: usize) -> Self {
+        self.streams_per_batch = streams.max(1);
         self
     }
 
@@ -110,29 +200,53 @@ impl Reconciler {
                 _ = tokio::time::sleep(every) => {}
             }
             match self.run_once().await {
-                Ok(findings) => {
-                    tracing::debug!(?findings, "reconciler pass");
-                    if let Ok(mut last) = self.last.lock() {
-                        *last = Some(LastPass {
-                            at_ms: common::now_ms(),
-                            findings,
-                        });
-                    }
-                }
+                Ok(findings) => tracing::debug!(?findings, "reconciler pass"),
                 Err(err) => tracing::warn!("reconciler pass failed: {err}"),
             }
         }
     }
 
-    /// One pass over every stream.
+    /// One watermark pass over every stream: what is newer than each stream's watermark.
     pub async fn run_once(&self) -> Result<Findings, ReconcileError> {
-        let mut findings = Findings::default();
-        for stream in self.db.list_streams().await? {
-            // A push stream's objects are referenced by the server that stores them, in the
-            // same request; one without a reference is an abandoned push (below), not news.
-            if !stream.spec.is_push() {
-                self.stream(&stream, &mut findings).await?;
+        self.pass(Mode::Watermark).await
+    }
+
+    /// One audit pass over every stream: the whole window listed, missing references inserted,
+    /// dangling ones counted, watermarks moved forward as far as safe. Slower: meant for
+    /// operators (`POST /reconciler/audit`) and checks.
+    pub async fn run_audit(&self) -> Result<Findings, ReconcileError> {
+        self.pass(Mode::Audit).await
+    }
+
+    async fn pass(&self, mode: Mode) -> Result<Findings, ReconcileError> {
+        let _turn = self.turn.lock().await;
+        let started = Instant::now();
+        let mut findings = Findings {
+            mode,
+            ..Findings::default()
+        };
+        let first_day = Utc::now().date_naive() - ChronoDuration::days(i64::from(self.days) - 1);
+        // An audit lists whole windows, without a cap: a few streams at a time bound its memory.
+        let per_batch = match mode {
+            Mode::Watermark => self.streams_per_batch,
+            Mode::Audit => self.streams_per_batch.min(LISTINGS_AT_ONCE),
+        };
+        let limit = i64::try_from(per_batch).unwrap_or(i64::MAX);
+        let mut next = self.db.reconcile_targets(None, limit).await?;
+        while let Some(last) = next.last() {
+            let after = Some(last.id);
+            let targets = std::mem::take(&mut next);
+            if targets.len() < per_batch {
+                self.batch(targets, mode, first_day, &mut findings).await?;
+                break;
             }
+            // The next page is read while this one is listed.
+            let (listed, page) = tokio::join!(
+                self.batch(targets, mode, first_day, &mut findings),
+                self.db.reconcile_targets(after, limit)
+            );
+            listed?;
+            next = page?;
         }
         findings.push_orphans_removed = self.remove_push_orphans().await?;
         if findings.inserted > 0 {
@@ -141,10 +255,231 @@ impl Reconciler {
                 "reconciler indexed objects that were stored but never reported"
             );
         }
+        let mode_label = match mode {
+            Mode::Watermark => "watermark",
+            Mode::Audit => "audit",
+        };
         metrics::counter!("ds_reconciler_inserted_total").increment(findings.inserted);
         metrics::gauge!("ds_reconciler_last_objects").set(findings.objects as f64);
-        metrics::gauge!("ds_reconciler_last_dangling").set(findings.dangling as f64);
+        metrics::gauge!("ds_reconciler_last_pass_seconds", "mode" => mode_label)
+            .set(started.elapsed().as_secs_f64());
+        if mode == Mode::Audit {
+            metrics::gauge!("ds_reconciler_last_dangling").set(findings.dangling as f64);
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(LastPass {
+                at_ms: common::now_ms(),
+                findings: findings.clone(),
+            });
+        }
         Ok(findings)
+    }
+
+    /// One batch of streams: list each (a few at a time), look up every listed result id at
+    /// once, insert the missing references, count dangling ones (audit), and move the
+    /// watermarks forward in one statement.
+    async fn batch(
+        &self,
+        targets: Vec<ReconcileTarget>,
+        mode: Mode,
+        first_day: NaiveDate,
+        findings: &mut Findings,
+    ) -> Result<(), DbError> {
+        findings.streams += targets.len() as u64;
+        // The futures are made before they go into the stream (here and below): a closure
+        // over borrowed tuples inside a spawned pass trips rustc's higher-ranked lifetime
+        // inference ("FnOnce is not general enough").
+        let listed: Vec<_> = targets
+            .into_iter()
+            .map(|target| self.list(target, mode, first_day))
+            .collect();
+        let listings: Vec<(ReconcileTarget, Listing)> = stream::iter(listed)
+            .buffer_unordered(LISTINGS_AT_ONCE)
+            .collect()
+            .await;
+
+        // What each listed object is, and which ones lack a reference.
+        let mut ids = Vec::new();
+        let mut parsed: HashMap<&str, Uuid> = HashMap::new();
+        for (_, listing) in &listings {
+            match listing {
+                Listing::Listed(layouts) => {
+                    for object in layouts.iter().flat_map(|(_, objects)| objects) {
+                        findings.objects += 1;
+                        match ObjectKey::parse(&object.key) {
+                            Some(key) => {
+                                ids.push(key.result_id());
+                                parsed.insert(&object.key, key.result_id());
+                            }
+                            None => findings.foreign += 1,
+                        }
+                    }
+                }
+                Listing::Failed => findings.unlisted += 1,
+                Listing::NoBucket => {}
+            }
+        }
+        let mut indexed: HashSet<Uuid> = self.db.existing_result_ids(&ids).await?;
+        let missing: Vec<(&ReconcileTarget, Uuid, &ObjectInfo)> = listings
+            .iter()
+            .flat_map(|(target, listing)| match listing {
+                Listing::Listed(layouts) => layouts
+                    .iter()
+                    .flat_map(|(_, objects)| objects)
+                    .filter_map(|object| {
+                        let id = *parsed.get(object.key.as_str())?;
+                        (!indexed.contains(&id)).then_some((target, id, object))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let reads: Vec<_> = missing
+            .into_iter()
+            .map(|(target, id, object)| self.reference(target, id, object))
+            .collect();
+        let read: Vec<Read> = stream::iter(reads)
+            .buffer_unordered(LISTINGS_AT_ONCE)
+            .collect()
+            .await;
+        let mut references = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
+                Read::Reference(r) => references.push(r),
+                // Deleted since it was listed: nothing to index, nothing to wait for.
+                Read::Gone(id) => {
+                    indexed.insert(id);
+                }
+                Read::Failed => {}
+            }
+        }
+        for chunk in references.chunks(500) {
+            findings.inserted += self.db.insert_reconciled(chunk).await?;
+            indexed.extend(chunk.iter().map(|r| r.id));
+        }
+
+        if mode == Mode::Audit {
+            let window_start_ms = first_day
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis())
+                .unwrap_or(0);
+            let checks: Vec<_> = listings
+                .iter()
+                .filter_map(|(target, listing)| match listing {
+                    Listing::Listed(layouts) => {
+                        Some(self.dangling(target.id, layouts, window_start_ms))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let counts: Vec<u64> = stream::iter(checks)
+                .buffer_unordered(LISTINGS_AT_ONCE)
+                .try_collect()
+                .await?;
+            findings.dangling += counts.iter().sum::<u64>();
+        }
+
+        let now_ms = common::now_ms();
+        let advances: Vec<(Uuid, Watermarks)> = listings
+            .iter()
+            .filter_map(|(target, listing)| {
+                let Listing::Listed(layouts) = listing else {
+                    return None;
+                };
+                let lag_ms = i64::try_from(self.safety_lag.as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(target.timeout_ms);
+                let mut marks = Watermarks::default();
+                for (layout, objects) in layouts {
+                    let prefix = ObjectKey::stream_prefix(*layout, &target.adapter, target.id);
+                    let current = watermark(&target.watermarks, *layout);
+                    let through = settled_through(objects, &indexed, now_ms.saturating_sub(lag_ms))
+                        .and_then(|key| key.strip_prefix(prefix.as_str()))
+                        .filter(|suffix| current.is_none_or(|c| *suffix > c));
+                    *watermark_mut(&mut marks, *layout) = through.map(str::to_owned);
+                }
+                // A first visit leaves a row even with nothing settled: it says the legacy
+                // layout was looked at.
+                (!target.visited || marks != Watermarks::default()).then_some((target.id, marks))
+            })
+            .collect();
+        if !advances.is_empty() {
+            // Not fatal: what is behind an unmoved watermark is indexed, and only listed again.
+            if let Err(err) = self.db.advance_watermarks(&advances, now_ms).await {
+                tracing::warn!("reconciler cannot move its watermarks forward: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// One stream's objects in both layouts (objects stored before the warehouse layout are found
+    /// until `data-streams migrate-layout` has moved them): from the start of the window, and in
+    /// a watermark pass from the watermark when it is later.
+    async fn list(
+        &self,
+        target: ReconcileTarget,
+        mode: Mode,
+        first_day: NaiveDate,
+    ) -> (ReconcileTarget, Listing) {
+        let listing = self.list_layouts(&target, mode, first_day).await;
+        (target, listing)
+    }
+
+    async fn list_layouts(
+        &self,
+        target: &ReconcileTarget,
+        mode: Mode,
+        first_day: NaiveDate,
+    ) -> Listing {
+        let mut layouts = Vec::with_capacity(Layout::ALL.len());
+        for layout in Layout::ALL {
+            // Nothing writes the first layout any more (workers of this protocol version write
+            // the current one): a watermark pass lists it on a stream's first visit, then only
+            // for streams where it found some. An audit pass lists it always.
+            if layout == Layout::Legacy
+                && mode == Mode::Watermark
+                && target.visited
+                && target.watermarks.legacy.is_none()
+            {
+                continue;
+            }
+            let prefix = ObjectKey::stream_prefix(layout, &target.adapter, target.id);
+            // `…/dt=<first day>` sorts before that day's keys and after the days before.
+            let window = format!("{prefix}dt={}", first_day.format("%Y-%m-%d"));
+            let mut start = match (mode, watermark(&target.watermarks, layout)) {
+                (Mode::Watermark, Some(mark)) => format!("{prefix}{mark}").max(window),
+                _ => window,
+            };
+            let budget = match mode {
+                Mode::Watermark => OBJECTS_PER_STREAM_PASS,
+                Mode::Audit => usize::MAX,
+            };
+            let mut objects: Vec<ObjectInfo> = Vec::new();
+            while objects.len() < budget {
+                let want = OBJECTS_PER_PAGE.min(budget - objects.len());
+                match self
+                    .store
+                    .list_after(&target.bucket, &prefix, &start, want)
+                    .await
+                {
+                    Ok(page) => {
+                        let more = page.len() == want;
+                        objects.extend(page);
+                        match objects.last() {
+                            Some(last) if more => start = last.key.clone(),
+                            _ => break,
+                        }
+                    }
+                    Err(StoreError::NoSuchBucket { .. }) => return Listing::NoBucket,
+                    Err(err) => {
+                        tracing::warn!(stream_id = %target.id, "reconciler cannot list {}/{prefix}: {err}", target.bucket);
+                        return Listing::Failed;
+                    }
+                }
+            }
+            layouts.push((layout, objects));
+        }
+        Listing::Listed(layouts)
     }
 
     /// Deletes the objects of pushes whose reference never committed: intents older than the
@@ -176,82 +511,35 @@ impl Reconciler {
         Ok(removed)
     }
 
-    async fn stream(&self, stream: &StreamRow, findings: &mut Findings) -> Result<(), DbError> {
-        findings.streams += 1;
-        let today = Utc::now().date_naive();
-        let mut listed: Vec<ObjectInfo> = Vec::new();
-        // Both layouts: objects stored before the warehouse layout are found until
-        // `data-streams migrate-layout` has moved them.
-        let days = (0..self.days).map(|back| today - ChronoDuration::days(back as i64));
-        for (day, layout) in days.flat_map(|day| Layout::ALL.map(|layout| (day, layout))) {
-            let prefix = ObjectKey::day_prefix(layout, stream.spec.adapter(), stream.id, day);
-            match self.store.list(stream.spec.bucket_name(), &prefix).await {
-                Ok(mut objects) => listed.append(&mut objects),
-                Err(StoreError::NoSuchBucket { .. }) => return Ok(()),
-                Err(err) => {
-                    findings.unlisted += 1;
-                    tracing::warn!(stream_id = %stream.id, "reconciler cannot list {}/{prefix}: {err}", stream.spec.bucket_name());
-                    return Ok(());
-                }
-            }
-        }
-        findings.objects += listed.len() as u64;
-        let listed_keys: HashSet<String> = listed.iter().map(|o| o.key.clone()).collect();
-        let window_start_ms = (today - ChronoDuration::days(self.days as i64 - 1))
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis())
-            .unwrap_or(0);
-        findings.dangling += self.dangling(stream, &listed_keys, window_start_ms).await?;
-        let mut by_id = Vec::with_capacity(listed.len());
-        for object in listed {
-            match ObjectKey::parse(&object.key) {
-                Some(key) => by_id.push((key.result_id(), object)),
-                None => findings.foreign += 1,
-            }
-        }
-        for chunk in by_id.chunks(500) {
-            let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| *id).collect();
-            let known: HashSet<Uuid> = self.db.existing_result_ids(&ids).await?;
-            let mut missing = Vec::new();
-            for (id, object) in chunk.iter().filter(|(id, _)| !known.contains(id)) {
-                match self.reference(stream, *id, object).await {
-                    Ok(r) => missing.push(r),
-                    Err(err) => {
-                        tracing::warn!(stream_id = %stream.id, key = %object.key, "reconciler cannot read the object: {err}")
-                    }
-                }
-            }
-            if !missing.is_empty() {
-                findings.inserted += self.db.insert_reconciled(&missing).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// References of the window whose object is not in the listing. A candidate is checked once
     /// more with `head`, since its object may have landed after the listing was taken.
     async fn dangling(
         &self,
-        stream: &StreamRow,
-        listed: &HashSet<String>,
+        stream_id: Uuid,
+        layouts: &[(Layout, Vec<ObjectInfo>)],
         window_start_ms: i64,
     ) -> Result<u64, DbError> {
+        let listed: HashSet<&str> = layouts
+            .iter()
+            .flat_map(|(_, objects)| objects)
+            .map(|o| o.key.as_str())
+            .collect();
         let mut dangling = 0;
         let mut after = None;
         'pages: loop {
-            let (page, next) = self.db.list_results(stream.id, 1000, after).await?;
+            let (page, next) = self.db.list_results(stream_id, 1000, after).await?;
             for r in page {
                 if r.fetched_at < window_start_ms {
                     break 'pages;
                 }
-                if listed.contains(&r.key) {
+                if listed.contains(r.key.as_str()) {
                     continue;
                 }
                 if let Err(StoreError::NoSuchKey { .. }) = self.store.head(&r.bucket, &r.key).await
                 {
                     dangling += 1;
                     tracing::error!(
-                        stream_id = %stream.id,
+                        %stream_id,
                         result_id = %r.id,
                         "reference without its object: {}/{} is missing from the store",
                         r.bucket,
@@ -267,15 +555,27 @@ impl Reconciler {
         Ok(dangling)
     }
 
+    /// A reference for an unreported object, or what kept it from one (logged).
+    async fn reference(&self, target: &ReconcileTarget, id: Uuid, object: &ObjectInfo) -> Read {
+        match self.read_reference(target, id, object).await {
+            Ok(r) => Read::Reference(r),
+            Err(StoreError::NoSuchKey { .. }) => Read::Gone(id),
+            Err(err) => {
+                tracing::warn!(stream_id = %target.id, key = %object.key, "reconciler cannot read the object: {err}");
+                Read::Failed
+            }
+        }
+    }
+
     /// A reference for an unreported object: size and SHA-256 from the store's metadata when it
     /// has them, else from the bytes; the fetch time from the UUIDv7.
-    async fn reference(
+    async fn read_reference(
         &self,
-        stream: &StreamRow,
+        target: &ReconcileTarget,
         id: Uuid,
         object: &ObjectInfo,
     ) -> Result<ReconciledRef, StoreError> {
-        let bucket = stream.spec.bucket_name();
+        let bucket = target.bucket.as_str();
         let meta = match &object.meta {
             Some(m) => Some(m.clone()),
             None => self.store.head(bucket, &object.key).await?.meta,
@@ -290,7 +590,7 @@ impl Reconciler {
         let fetched_at = objects::uuid_time_ms(id).unwrap_or_else(common::now_ms);
         Ok(ReconciledRef {
             id,
-            stream_id: stream.id,
+            stream_id: target.id,
             bucket: bucket.to_owned(),
             key: object.key.clone(),
             fetched_at,
@@ -298,6 +598,47 @@ impl Reconciler {
             sha256,
         })
     }
+}
+
+fn watermark(marks: &Watermarks, layout: Layout) -> Option<&str> {
+    match layout {
+        Layout::Hive => marks.hive.as_deref(),
+        Layout::Legacy => marks.legacy.as_deref(),
+    }
+}
+
+fn watermark_mut(marks: &mut Watermarks, layout: Layout) -> &mut Option<String> {
+    match layout {
+        Layout::Hive => &mut marks.hive,
+        Layout::Legacy => &mut marks.legacy,
+    }
+}
+
+/// The key up to which a watermark may move: the last result in `listed` (one stream's objects
+/// in one layout, in key order) such that it and every result before it are `indexed` and
+/// were stored at or before `cutoff_ms` (by their UUIDv7 time). It stops at the first result
+/// without a reference (it could not be read: try again) and at the first one younger than the
+/// cutoff (an older one may still land before it). Foreign names are passed over but never
+/// the watermark themselves; a result id without a time (not a UUIDv7) cannot be judged by
+/// time and only needs its reference.
+fn settled_through<'a>(
+    listed: &'a [ObjectInfo],
+    indexed: &HashSet<Uuid>,
+    cutoff_ms: i64,
+) -> Option<&'a str> {
+    let mut through = None;
+    for object in listed {
+        let Some(key) = ObjectKey::parse(&object.key) else {
+            continue;
+        };
+        let id = key.result_id();
+        let young = objects::uuid_time_ms(id).is_some_and(|at| at > cutoff_ms);
+        if young || !indexed.contains(&id) {
+            break;
+        }
+        through = Some(object.key.as_str());
+    }
+    through
 }
 
 /// A full comparison of the object store with the references: every partition of every stream.
@@ -357,5 +698,67 @@ impl Reconciler {
             audit.orphans += objects.iter().filter(|k| !keys.contains(*k)).count() as u64;
         }
         Ok(audit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(stream: Uuid, at_ms: u64) -> (Uuid, ObjectInfo) {
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            at_ms / 1000,
+            (at_ms % 1000) as u32 * 1_000_000,
+        ));
+        let key = ObjectKey::for_result("IQAIR_DAILY", stream, id).to_string();
+        (
+            id,
+            ObjectInfo {
+                key,
+                size: 1,
+                meta: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_watermark_stops_before_the_young_and_the_unindexed() {
+        let stream = Uuid::now_v7();
+        let now: u64 = 1_780_000_000_000;
+        let minute = 60_000;
+        let listed: Vec<(Uuid, ObjectInfo)> = [30, 20, 12, 9, 5]
+            .iter()
+            .map(|m| object(stream, now - m * minute))
+            .collect();
+        let objects: Vec<ObjectInfo> = listed.iter().map(|(_, o)| o.clone()).collect();
+        let all: HashSet<Uuid> = listed.iter().map(|(id, _)| *id).collect();
+        let cutoff = (now - 10 * minute) as i64;
+        // Everything indexed: up to the last one older than the lag (12 minutes ago).
+        assert_eq!(
+            settled_through(&objects, &all, cutoff),
+            Some(objects[2].key.as_str())
+        );
+        // One that could not be indexed holds the watermark before it.
+        let mut without = all.clone();
+        without.remove(&listed[1].0);
+        assert_eq!(
+            settled_through(&objects, &without, cutoff),
+            Some(objects[0].key.as_str())
+        );
+        // All young, or nothing listed: no watermark.
+        assert_eq!(settled_through(&objects[3..], &all, cutoff), None);
+        assert_eq!(settled_through(&[], &all, cutoff), None);
+        // A foreign name is passed over, never the watermark itself.
+        let mut with_foreign = objects[..2].to_vec();
+        with_foreign.push(ObjectInfo {
+            key: format!("IQAIR_DAILY/stream_id={stream}/dt=2099-01-01/notes.txt"),
+            size: 1,
+            meta: None,
+        });
+        assert_eq!(
+            settled_through(&with_foreign, &all, cutoff),
+            Some(objects[1].key.as_str())
+        );
     }
 }

@@ -190,7 +190,28 @@ impl ObjectStore for FolderStore {
         validate_prefix(prefix)?;
         let root = self.root.clone();
         let (bucket, prefix) = (bucket.to_owned(), prefix.to_owned());
-        blocking(move || list_blocking(&root, &bucket, &prefix)).await
+        blocking(move || list_blocking(&root, &bucket, &prefix, "")).await
+    }
+
+    async fn list_after(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        validate_bucket_name(bucket)?;
+        validate_prefix(prefix)?;
+        validate_prefix(start_after)?;
+        let root = self.root.clone();
+        let (bucket, prefix, start_after) =
+            (bucket.to_owned(), prefix.to_owned(), start_after.to_owned());
+        blocking(move || {
+            let mut found = list_blocking(&root, &bucket, &prefix, &start_after)?;
+            found.truncate(limit);
+            Ok(found)
+        })
+        .await
     }
 
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
@@ -619,7 +640,15 @@ fn stat<T>(entry: &fs::DirEntry, result: io::Result<T>) -> Result<Option<T>, Sto
     }
 }
 
-fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+/// Every object under `prefix` whose key sorts after `start_after` (all of them when it is
+/// empty), in key order. A folder whose keys all sort before `start_after` is not read: a
+/// stream's timeline resumed at its last day reads that day's folder and the ones after.
+fn list_blocking(
+    root: &Path,
+    bucket: &str,
+    prefix: &str,
+    start_after: &str,
+) -> Result<Vec<ObjectInfo>, StoreError> {
     let bucket_dir = root.join(bucket);
     if !bucket_dir.is_dir() {
         return Err(StoreError::NoSuchBucket {
@@ -672,10 +701,12 @@ fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectIn
             };
             if file_type.is_dir() {
                 let sub_key = format!("{key}/");
-                if sub_key.starts_with(prefix) || prefix.starts_with(&sub_key) {
+                if (sub_key.starts_with(prefix) || prefix.starts_with(&sub_key))
+                    && !wholly_before(&sub_key, start_after)
+                {
                     pending.push((entry.path(), sub_key));
                 }
-            } else if file_type.is_file() && key.starts_with(prefix) {
+            } else if file_type.is_file() && key.starts_with(prefix) && key.as_str() > start_after {
                 let Some(size) = stat(&entry, entry.metadata())?.map(|info| info.len()) else {
                     continue;
                 };
@@ -693,10 +724,32 @@ fn list_blocking(root: &Path, bucket: &str, prefix: &str) -> Result<Vec<ObjectIn
     Ok(found)
 }
 
+/// Whether every key under the folder `folder_key` (ending in `/`) sorts at or before
+/// `start_after`: they all begin with `folder_key`, so that is when `folder_key` sorts before
+/// `start_after` and is not a beginning of it.
+fn wholly_before(folder_key: &str, start_after: &str) -> bool {
+    folder_key < start_after && !start_after.starts_with(folder_key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sha256_hex;
+
+    #[test]
+    fn a_folder_is_skipped_only_when_all_its_keys_sort_before_the_start() {
+        // Nothing to skip from the beginning.
+        assert!(!wholly_before("a/dt=2024-05-01/", ""));
+        assert!(wholly_before("a/dt=2024-05-01/", "a/dt=2024-05-02/x.json"));
+        // The start is inside the folder: part of it comes after.
+        assert!(!wholly_before("a/dt=2024-05-02/", "a/dt=2024-05-02/x.json"));
+        // A day prefix without its '/' starts at that day.
+        assert!(!wholly_before("a/dt=2024-05-02/", "a/dt=2024-05-02"));
+        assert!(!wholly_before("a/dt=2024-05-03/", "a/dt=2024-05-02/x.json"));
+        // Byte order, not folder order: "a-b/" < "a/" since '-' < '/'.
+        assert!(wholly_before("a-b/", "a/"));
+        assert!(!wholly_before("a/", "a-b/"));
+    }
 
     fn meta_for(body: &[u8]) -> ObjectMeta {
         ObjectMeta {

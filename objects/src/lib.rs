@@ -5,7 +5,8 @@
 //! Hive-style partitions, so query engines read `stream_id` and `dt` as columns). Result ids are UUIDv7,
 //! so [`ObjectStore::list`], which returns keys in S3 order (byte-wise lexicographic), is also a
 //! timeline. The worker writes objects; the supervisor reads them back and lists partitions for
-//! its reconciler.
+//! its reconciler, which resumes each stream's timeline where it left off
+//! ([`ObjectStore::list_after`]).
 //!
 //! Pick a store with [`open`]: `file://<path>` gives a [`FolderStore`], `s3://` an [`S3Store`]
 //! configured from the environment (the AWS SDK's standard chain plus `S3_FORCE_PATH_STYLE`).
@@ -93,6 +94,31 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// The prefix is a plain string prefix, as in S3: `a/stream-1` also matches `a/stream-10/..`;
     /// end it with `/` to stay inside one folder. An empty prefix lists the whole bucket.
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// At most `limit` objects under `prefix` whose key sorts after `start_after` (byte order), in
+    /// key order: the next page of a timeline whose last key seen was `start_after` (an empty
+    /// one starts at the beginning). `start_after` need not be an object: a partition prefix such
+    /// as `…/dt=2024-05-01` starts at that day. Fewer than `limit` objects means there are no
+    /// more.
+    ///
+    /// Both stores start where asked, so a listing costs what comes after `start_after`, not
+    /// what is under `prefix`: S3 `ListObjectsV2` with `StartAfter` (continuing with
+    /// continuation tokens past its 1,000-key pages), the folder store skipping the folders that
+    /// sort wholly before it. This default lists everything and filters, for stores that have no
+    /// better way.
+    async fn list_after(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        validate_prefix(start_after)?;
+        let mut listed = self.list(bucket, prefix).await?;
+        listed.retain(|object| object.key.as_str() > start_after);
+        listed.truncate(limit);
+        Ok(listed)
+    }
 
     /// Remove one object (and the metadata kept with it). Removing a key that is not there is not
     /// an error (S3 DeleteObject answers the same), so a retried delete is harmless; a missing

@@ -365,6 +365,18 @@ impl S3Store {
     }
 }
 
+/// A listed object as [`ObjectInfo`] (`None` for an entry without a key, which S3 never sends).
+fn listed_object(object: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
+    Some(ObjectInfo {
+        key: object.key()?.to_owned(),
+        size: object
+            .size()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        meta: None,
+    })
+}
+
 fn status_of<E>(error: &SdkError<E, HttpResponse>) -> Option<u16> {
     error.raw_response().map(|raw| raw.status().as_u16())
 }
@@ -484,21 +496,60 @@ impl ObjectStore for S3Store {
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|error| self.error("s3 ListObjectsV2", bucket, None, error))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                found.push(ObjectInfo {
-                    key: key.to_owned(),
-                    size: object
-                        .size()
-                        .and_then(|n| u64::try_from(n).ok())
-                        .unwrap_or(0),
-                    meta: None,
-                });
-            }
+            found.extend(page.contents().iter().filter_map(listed_object));
         }
         // S3 already answers in key order; sorting (linear on sorted input) makes it a promise
         // whatever the server.
         found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn list_after(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
+        validate_bucket_name(bucket)?;
+        validate_prefix(prefix)?;
+        validate_prefix(start_after)?;
+        let mut found = Vec::new();
+        let mut continuation: Option<String> = None;
+        while found.len() < limit {
+            // S3 answers at most 1,000 keys a page, whatever is asked.
+            let page_size = i32::try_from((limit - found.len()).min(1_000)).unwrap_or(1_000);
+            let mut request = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(page_size);
+            if !prefix.is_empty() {
+                request = request.prefix(prefix);
+            }
+            // The first page starts after `start_after`; the next ones where the last ended
+            // (the token carries the position, and S3 ignores StartAfter beside it).
+            request = match &continuation {
+                Some(token) => request.continuation_token(token),
+                None if !start_after.is_empty() => request.start_after(start_after),
+                None => request,
+            };
+            let page = request
+                .send()
+                .await
+                .map_err(|error| self.error("s3 ListObjectsV2", bucket, None, error))?;
+            found.extend(page.contents().iter().filter_map(listed_object));
+            match page.next_continuation_token() {
+                Some(token) if page.is_truncated() == Some(true) => {
+                    continuation = Some(token.to_owned())
+                }
+                _ => break,
+            }
+        }
+        // As in `list`: key order whatever the server, and never more than asked.
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found.retain(|object| object.key.as_str() > start_after);
+        found.truncate(limit);
         Ok(found)
     }
 

@@ -193,6 +193,7 @@ mod tests {
             "/results/{id}/raw",
             "/workers",
             "/reconciler",
+            "/reconciler/audit",
             "/audit",
             "/healthz",
             "/readyz",

@@ -104,6 +104,7 @@ fn routes() -> (
         .routes(routes!(live::live))
         .routes(routes!(system::workers))
         .routes(routes!(system::reconciler))
+        .routes(routes!(system::reconciler_audit))
         .routes(routes!(system::audit))
         .routes(routes!(system::metrics));
     let open = OpenApiRouter::new()

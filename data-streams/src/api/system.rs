@@ -84,6 +84,34 @@ pub(super) async fn reconciler(State(state): State<AppState>) -> Json<Reconciler
     })
 }
 
+/// An audit pass, now: every stream's whole `RECONCILE_DAYS` window listed (not only what is
+/// newer than its watermark), missing references inserted, and references whose object is gone
+/// counted (`dangling`). Slow on big buckets; the periodic pass waits while it runs. Its
+/// findings (mode `audit`) become the last pass; an answer that takes longer than the request
+/// timeout (408) does not stop it, and `GET /reconciler` shows them when it ends.
+#[utoipa::path(
+    post, path = "/reconciler/audit", operation_id = "run_reconciler_audit", tag = "system",
+    responses(
+        (status = 200, description = "The audit pass that just ran", body = ReconcilerView),
+        (status = 401, description = "No valid token or session", body = ErrorBody),
+        (status = 503, description = "The database is not reachable", body = ErrorBody),
+    )
+)]
+pub(super) async fn reconciler_audit(
+    State(state): State<AppState>,
+) -> Result<Json<ReconcilerView>, ApiError> {
+    // On its own task: a client that leaves, or the request timeout, does not cut it short.
+    let reconciler = state.reconciler.clone();
+    let findings = tokio::spawn(async move { reconciler.run_audit().await })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|ReconcileError::Db(e)| ApiError::from(e))?;
+    Ok(Json(ReconcilerView {
+        last_run_at: Some(Rfc3339(common::now_ms())),
+        findings: Some(findings),
+    }))
+}
+
 /// Every stream's objects compared with its references, and how many streams run.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct AuditView {

@@ -28,6 +28,7 @@ mod runs;
 mod sqlite;
 mod streams;
 mod tables;
+mod watermarks;
 mod workers;
 
 pub use bulk::{BulkInsert, Changed, NewStream, Selection, StreamFilter};
@@ -42,6 +43,7 @@ pub use push::{IngestRequest, PushCommit, PushObject, PushProgress, TokenRow};
 pub use reports::{BucketFigures, GroupBy, GroupFigures, GroupKey, ReportFilter};
 pub use runs::{JobStepRow, RunRow, RUN_STATUSES};
 pub use tables::{CellValue, DayWatermark, TableFile, TableRow, DAY_MS};
+pub use watermarks::{ReconcileTarget, Watermarks};
 
 /// Runs `$body` on whichever backend `$value` (a [`Db`] or a [`Tx`], named by `$enum`) holds,
 /// with `$inner` bound to the pool or transaction of that backend and, in the second form,

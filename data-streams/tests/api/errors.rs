@@ -276,6 +276,7 @@ async fn a_missing_or_wrong_token_is_401_while_health_stays_open() {
         (Method::GET, "/workers".to_owned()),
         (Method::GET, "/metrics".to_owned()),
         (Method::GET, "/reconciler".to_owned()),
+        (Method::POST, "/reconciler/audit".to_owned()),
     ];
     for (method, path) in &protected {
         for auth in [

@@ -1,4 +1,4 @@
-//! `/workers`, `/healthz`, `/readyz`, `/metrics` and `/reconciler`.
+//! `/workers`, `/healthz`, `/readyz`, `/metrics`, `/reconciler` and `/reconciler/audit`.
 
 use std::time::Duration;
 
@@ -229,7 +229,7 @@ async fn last_seen_of_a_connected_worker_keeps_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reconciler_and_the_audit_report_a_reference_whose_object_is_gone() {
+async fn the_audit_pass_and_the_audit_report_a_reference_whose_object_is_gone() {
     let app = spawn_app_with(AppOptions {
         reconcile_interval_ms: 300,
         ..AppOptions::default()
@@ -248,10 +248,12 @@ async fn the_reconciler_and_the_audit_report_a_reference_whose_object_is_gone() 
     let root = app.store_url.trim_start_matches("file://");
     std::fs::remove_file(std::path::Path::new(root).join(BUCKET).join(&key)).expect("remove");
 
+    // The periodic pass lists only what is newer than the stream's watermark: it cannot tell a
+    // missing object from an old one and counts nothing.
     let since = chrono::Utc::now();
     let findings: Value = eventually(
         Duration::from_secs(20),
-        "a reconciler pass that saw the missing object",
+        "a reconciler pass after the removal",
         || async {
             let (_, body) = app.get("/reconciler").await;
             let at = body["last_run_at"]
@@ -264,7 +266,20 @@ async fn the_reconciler_and_the_audit_report_a_reference_whose_object_is_gone() 
         },
     )
     .await;
-    assert_eq!(findings["findings"]["dangling"], 1, "{findings}");
+    assert_eq!(findings["findings"]["mode"], "watermark", "{findings}");
+    assert_eq!(findings["findings"]["dangling"], 0, "{findings}");
+    // The audit pass lists the whole window and finds it; its findings are the last pass.
+    let (status, audited) = app.post_empty("/reconciler/audit").await;
+    assert_eq!(status, 200, "{audited}");
+    assert_eq!(audited["findings"]["mode"], "audit", "{audited}");
+    assert_eq!(audited["findings"]["dangling"], 1, "{audited}");
+    assert_eq!(audited["findings"]["inserted"], 0, "{audited}");
+    assert!(audited["last_run_at"].is_string(), "{audited}");
+    let (_, last) = app.get("/reconciler").await;
+    assert!(
+        last["findings"]["mode"] == "audit" || last["last_run_at"] != audited["last_run_at"],
+        "the audit's findings, unless a periodic pass came after: {last}"
+    );
     let (status, audit) = app.get("/audit").await;
     assert_eq!(status, 200, "{audit}");
     assert_eq!(audit["dangling"], 1, "{audit}");

@@ -218,6 +218,108 @@ pub async fn list_follows_pagination_past_1000_objects(b: &Backend) {
     assert_eq!(keys(&second_day), expected[600..], "{}", b.name);
 }
 
+pub async fn list_after_resumes_a_timeline_past_1000_objects(b: &Backend) {
+    let mut expected: Vec<String> = (0..1_100u64)
+        .map(|n| {
+            let day = if n < 600 { "2024-03-01" } else { "2024-03-02" };
+            object_key("resume", day, result_id(1_709_251_200 + n * 60))
+        })
+        .collect();
+    let store = b.store.clone();
+    stream::iter(expected.clone())
+        .map(|key| {
+            let store = store.clone();
+            let bucket = b.bucket.clone();
+            async move {
+                let body = Bytes::from(key.clone());
+                let meta = meta("resume", &body);
+                store.put(&bucket, &key, body, &meta).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    expected.sort();
+    // A neighbour on both sides that a sloppy prefix or start would pick up.
+    put(
+        &*b.store,
+        &b.bucket,
+        "iqair/resume-2/dt=2024-03-01/x.json",
+        "x",
+    )
+    .await;
+    put(
+        &*b.store,
+        &b.bucket,
+        "iqair/resum/dt=2024-03-03/x.json",
+        "x",
+    )
+    .await;
+    let prefix = "iqair/resume/";
+
+    // Pages of 1,003: the first crosses S3's 1,000-key page, the second is the rest.
+    let first = b
+        .store
+        .list_after(&b.bucket, prefix, "", 1_003)
+        .await
+        .unwrap();
+    assert_eq!(keys(&first), expected[..1_003], "{}", b.name);
+    let last = &first.last().unwrap().key;
+    let rest = b
+        .store
+        .list_after(&b.bucket, prefix, last, 1_003)
+        .await
+        .unwrap();
+    assert_eq!(keys(&rest), expected[1_003..], "{}", b.name);
+    for info in first.iter().chain(&rest) {
+        assert_eq!(info.size, info.key.len() as u64, "{}: {}", b.name, info.key);
+    }
+
+    // A day's prefix without its '/' starts at that day; a start that is no object works too.
+    let second_day = b
+        .store
+        .list_after(&b.bucket, prefix, "iqair/resume/dt=2024-03-02", usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(keys(&second_day), expected[600..], "{}", b.name);
+    let between = format!("{}~", &expected[41][..expected[41].len() - 5]);
+    let after_between = b
+        .store
+        .list_after(&b.bucket, prefix, &between, 3)
+        .await
+        .unwrap();
+    assert_eq!(keys(&after_between), expected[42..45], "{}", b.name);
+
+    // After the last key, and with no room: nothing.
+    let end = b
+        .store
+        .list_after(&b.bucket, prefix, expected.last().unwrap(), 10)
+        .await
+        .unwrap();
+    assert!(end.is_empty(), "{}: {:?}", b.name, keys(&end));
+    let none = b.store.list_after(&b.bucket, prefix, "", 0).await.unwrap();
+    assert!(none.is_empty(), "{}", b.name);
+
+    // `list` is unchanged beside it.
+    assert_eq!(
+        keys(&b.store.list(&b.bucket, prefix).await.unwrap()),
+        expected,
+        "{}",
+        b.name
+    );
+    let error = b
+        .store
+        .list_after(&b.bucket_name("absent"), prefix, "", 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::NoSuchBucket { .. }),
+        "{}: {error:?}",
+        b.name
+    );
+}
+
 pub async fn list_uses_byte_order_and_plain_prefixes(b: &Backend) {
     for key in ["p/a/x.json", "p/a0", "p/a.b/y.json", "p/a-b/x.json", "q/z"] {
         put(&*b.store, &b.bucket, key, "1").await;

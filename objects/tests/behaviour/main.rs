@@ -47,6 +47,7 @@ behaviour_suite!(
     head_returns_size_and_metadata,
     list_is_a_timeline_across_partitions,
     list_follows_pagination_past_1000_objects,
+    list_after_resumes_a_timeline_past_1000_objects,
     list_uses_byte_order_and_plain_prefixes,
     list_never_shows_partial_objects,
     missing_bucket_without_create_is_no_such_bucket,
