@@ -520,7 +520,7 @@ pub(super) struct ListQuery {
 
 impl ListQuery {
     /// The filter, and the page (`None`: the original unpaged form).
-    pub(super) fn parse(self) -> Result<(StreamFilter, Option<(i64, Option<Uuid>)>), ApiError> {
+    pub(super) fn parse(self) -> Result<(StreamFilter, Option<PageAsked>), ApiError> {
         let paged = self.limit.is_some()
             || self.after.is_some()
             || [&self.status, &self.adapter, &self.worker, &self.q]
@@ -546,6 +546,9 @@ impl ListQuery {
         Ok((filter, page))
     }
 }
+
+/// A page asked for: its size and the cursor (the last id of the page before).
+pub(super) type PageAsked = (i64, Option<Uuid>);
 
 /// A page of streams, by id.
 #[derive(Debug, Serialize, ToSchema)]

@@ -169,7 +169,7 @@ const UNPAGED_CHUNK: i64 = 1_000;
 /// `POST /streams`' answer: the stream, or for many `{created, existing, ids}` (documentation
 /// only).
 #[derive(ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)] // Documentation only: never built.
 #[serde(untagged)]
 pub(super) enum CreateAnswer<'a> {
     One(StreamView<'a>),

@@ -24,6 +24,9 @@ const START_MANY_BYTES: usize = 512 * 1024;
 /// `worker:start_many` calls in flight to one worker at once.
 const START_MANY_CONCURRENCY: usize = 4;
 
+/// One `worker:start_many` call: its streams (id, generation) and how it went.
+type StartManyOutcome = (Vec<(Uuid, u64)>, Result<Reply, CallError>);
+
 /// A config's size on the wire, roughly (its variable parts and a margin for the rest).
 fn config_bytes(config: &StreamConfig) -> usize {
     let params: usize = config
@@ -273,19 +276,18 @@ impl Supervisor {
         if configs.is_empty() {
             return;
         }
-        let results: Vec<(Vec<(Uuid, u64)>, Result<Reply, CallError>)> =
-            futures::stream::iter(start_batches(configs))
-                .map(|batch| {
-                    let link = session.link.clone();
-                    let timeout = self.inner.call_timeout;
-                    async move {
-                        let ids = batch.iter().map(|c| (c.stream_id, c.generation)).collect();
-                        (ids, link.call(Call::StartMany(batch), timeout).await)
-                    }
-                })
-                .buffer_unordered(START_MANY_CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<StartManyOutcome> = futures::stream::iter(start_batches(configs))
+            .map(|batch| {
+                let link = session.link.clone();
+                let timeout = self.inner.call_timeout;
+                async move {
+                    let ids = batch.iter().map(|c| (c.stream_id, c.generation)).collect();
+                    (ids, link.call(Call::StartMany(batch), timeout).await)
+                }
+            })
+            .buffer_unordered(START_MANY_CONCURRENCY)
+            .collect()
+            .await;
         let mut undo: Vec<(Uuid, &str, i64)> = Vec::new();
         for (ids, reply) in results {
             match reply {
