@@ -14,6 +14,7 @@ use super::docs::{BodyErrors, CommonErrors, NotFoundError};
 use super::{bulk, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::stream::{StreamInput, StreamRow, StreamSpec, StreamUpdate, StreamView};
 use crate::supervisor::Created;
+use serde_json::Value;
 
 /// Parse a path id; a malformed one is the caller's mistake.
 pub(super) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
@@ -44,7 +45,9 @@ pub(super) struct Command<'a> {
     request_body(
         content(
             (StreamInput = "application/json", example = json!(crate::api::docs::example_stream())),
-            (Vec<StreamInput> = "application/x-ndjson"),
+            // NDJSON: one StreamInput object per line (documented as text: OpenAPI has no
+            // schema for a stream of objects).
+            (Value = "application/x-ndjson"),
         ),
         description = "One stream (a JSON object), or many (a JSON array, or NDJSON: one stream per line)"
     ),
