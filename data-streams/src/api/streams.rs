@@ -14,7 +14,6 @@ use super::docs::{BodyErrors, CommonErrors, NotFoundError};
 use super::{bulk, ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::stream::{StreamInput, StreamRow, StreamSpec, StreamUpdate, StreamView};
 use crate::supervisor::Created;
-use serde_json::Value;
 
 /// Parse a path id; a malformed one is the caller's mistake.
 pub(super) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{eventually, spawn_app_on, Backend, TestApp};
+use crate::support::{eventually, spawn_app_on, Backend, TestApp, TestWorker};
 
 crate::on_both_backends! {
     crate::support::with_backend: [
@@ -53,23 +53,44 @@ async fn counts(app: &TestApp, query: &str) -> Value {
     counts
 }
 
-/// Every stream id of the paged list with `query`, page by page (`limit` each).
-async fn all_pages(app: &TestApp, query: &str, limit: usize) -> Vec<String> {
-    let mut ids = Vec::new();
+/// Every stream of the paged list with `query`, page by page (`limit` each).
+async fn all_items(app: &TestApp, query: &str, limit: usize) -> Vec<Value> {
+    let mut items = Vec::new();
     let mut after = String::new();
     loop {
         let (status, page) = app
             .get(&format!("/streams?limit={limit}&after={after}{query}"))
             .await;
         assert_eq!(status, 200, "{page}");
-        let items = page["items"].as_array().expect("items");
-        assert!(items.len() <= limit);
-        ids.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+        let page_items = page["items"].as_array().expect("items");
+        assert!(page_items.len() <= limit);
+        items.extend(page_items.iter().cloned());
         match page["next"].as_str() {
             Some(next) => after = next.to_owned(),
-            None => return ids,
+            None => return items,
         }
     }
+}
+
+/// Every stream id of the paged list with `query`, page by page (`limit` each).
+async fn all_pages(app: &TestApp, query: &str, limit: usize) -> Vec<String> {
+    all_items(app, query, limit)
+        .await
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// In-process workers with these ids and capacities, connected.
+async fn connected_workers(app: &TestApp, workers: &[(&str, u32)]) -> Vec<TestWorker> {
+    let mut started = Vec::new();
+    for &(id, capacity) in workers {
+        started.push(app.spawn_worker(id, capacity).await);
+    }
+    for &(id, _) in workers {
+        app.wait_worker_connected(id, true).await;
+    }
+    started
 }
 
 async fn an_array_and_ndjson_create_many_in_one_request(backend: Backend) {
@@ -242,10 +263,7 @@ async fn start_and_stop_by_filter_and_by_ids_reach_the_workers(backend: Backend)
     let app = spawn_app_on(backend).await;
     // One key for every stream keeps them on one worker while it has room (key affinity):
     // 250 each makes the 400 spread.
-    let _a = app.spawn_worker("bulk-a", 250).await;
-    let _b = app.spawn_worker("bulk-b", 250).await;
-    app.wait_worker_connected("bulk-a", true).await;
-    app.wait_worker_connected("bulk-b", true).await;
+    let _workers = connected_workers(&app, &[("bulk-a", 250), ("bulk-b", 250)]).await;
     let (status, created) = post_many(&app, &streams(&app, 400, false)).await;
     assert_eq!(status, 201, "{created}");
     let ids: Vec<String> = created["ids"]
@@ -393,10 +411,10 @@ async fn batched_assignment_racing_a_worker_disconnect_leaves_every_stream_place
     let app = spawn_app_on(backend).await;
     // The key's home fills first (the smaller id wins the tie): "race-leaving" takes 6,000
     // while the batches go out, the rest go to "race-staying".
-    let leaving = app.spawn_worker("race-leaving", 6_000).await;
-    let _staying = app.spawn_worker("race-staying", 20_000).await;
-    app.wait_worker_connected("race-leaving", true).await;
-    app.wait_worker_connected("race-staying", true).await;
+    let mut workers =
+        connected_workers(&app, &[("race-leaving", 6_000), ("race-staying", 20_000)]).await;
+    let _staying = workers.pop();
+    let leaving = workers.pop().expect("the leaving worker");
     // 12,000 streams: more than one assignment batch, so the sweep is still handing out when
     // one worker goes.
     let (status, created) = post_many(&app, &streams(&app, 12_000, true)).await;
@@ -422,23 +440,16 @@ async fn batched_assignment_racing_a_worker_disconnect_leaves_every_stream_place
     )
     .await;
     assert_eq!(counts(&app, "?worker=race-leaving").await["total"], 0);
-    let generations: BTreeMap<String, i64> = {
-        let mut all = BTreeMap::new();
-        let mut after = String::new();
-        loop {
-            let (_, page) = app.get(&format!("/streams?limit=1000&after={after}")).await;
-            for s in page["items"].as_array().unwrap() {
-                all.insert(
-                    s["id"].as_str().unwrap().to_owned(),
-                    s["generation"].as_i64().unwrap(),
-                );
-            }
-            match page["next"].as_str() {
-                Some(next) => after = next.to_owned(),
-                None => break all,
-            }
-        }
-    };
+    let generations: BTreeMap<String, i64> = all_items(&app, "", 1_000)
+        .await
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_owned(),
+                s["generation"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(generations.len(), 12_000);
     assert!(
         generations.values().all(|g| *g >= 1),
