@@ -10,6 +10,7 @@ mod procs;
 mod protocol_bench;
 mod report;
 mod scale;
+mod supervisor;
 
 use clap::{Parser, ValueEnum};
 
@@ -21,6 +22,7 @@ enum Part {
     Live,
     Pages,
     Ingest,
+    Supervisor,
     All,
 }
 
@@ -50,6 +52,7 @@ fn main() -> anyhow::Result<()> {
             Part::Live,
             Part::Pages,
             Part::Ingest,
+            Part::Supervisor,
         ],
         one => vec![one],
     };
@@ -60,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Part::Live => live::run(&ctx),
         Part::Pages => pages::run(&ctx),
         Part::Ingest => ingest::run(&ctx),
+        Part::Supervisor => supervisor::run(&ctx),
         Part::All => unreachable!("expanded above"),
     });
     if outcome.is_err() || std::env::var_os("BENCH_KEEP_LOGS").is_some() {

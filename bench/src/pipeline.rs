@@ -275,7 +275,7 @@ impl BenchDb {
     }
 
     /// Schedule lags (ms) of the rows stored in `[from, to)` (epoch ms).
-    async fn lags(&self, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
+    pub(crate) async fn lags(&self, from: i64, to: i64) -> anyhow::Result<Vec<i64>> {
         let sql = "SELECT started_at - scheduled_at FROM results \
                    WHERE created_at >= $1 AND created_at < $2 AND scheduled_at IS NOT NULL";
         Ok(on_pool!(self, pool => {
@@ -284,7 +284,7 @@ impl BenchDb {
     }
 
     /// Failed runs recorded in `[from, to)`, by class.
-    async fn failures(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, i64)>> {
+    pub(crate) async fn failures(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, i64)>> {
         let sql = "SELECT class, COUNT(*) FROM run_failures \
                    WHERE at >= $1 AND at < $2 GROUP BY class ORDER BY class";
         Ok(on_pool!(self, pool => {
