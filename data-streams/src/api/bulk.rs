@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::ingest::{content_type, idempotency_key, NDJSON_TYPES};
 use super::results::limit;
 use super::streams::parse_id;
 use super::{ApiError, AppState};
@@ -56,30 +57,13 @@ pub(super) enum StreamsBody {
     Many(Vec<Result<StreamInput, String>>),
 }
 
-/// NDJSON's media types (and the JSON Lines name some clients send).
+/// NDJSON, by the media types a push takes too.
 fn is_ndjson(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|m| {
-        matches!(
-            m.as_str(),
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl"
-        )
-    })
-}
-
-fn media_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        value
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase(),
-    )
+    content_type(headers).is_some_and(|m| NDJSON_TYPES.contains(&m.as_str()))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    media_type(headers).is_some_and(|m| {
+    content_type(headers).is_some_and(|m| {
         m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
     })
 }
@@ -225,19 +209,6 @@ fn derived_id(key: &str, index: usize) -> Uuid {
     bytes.copy_from_slice(&digest[..16]);
     // A UUID of version 4 layout whose "random" bits are the digest.
     uuid::Builder::from_random_bytes(bytes).into_uuid()
-}
-
-/// The request's `Idempotency-Key`, if it sent one; a malformed one is the caller's mistake.
-pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) => Ok(Some(key.to_owned())),
-        _ => Err(ApiError::bad(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-        )),
-    }
 }
 
 /// What a bulk create answers.

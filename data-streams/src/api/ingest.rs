@@ -213,13 +213,13 @@ async fn start(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Start,
 }
 
 /// Content types read as NDJSON.
-const NDJSON_TYPES: [&str; 3] = [
+pub(super) const NDJSON_TYPES: [&str; 3] = [
     "application/x-ndjson",
     "application/jsonl",
     "application/json-lines",
 ];
 
-fn content_type(headers: &HeaderMap) -> Option<String> {
+pub(super) fn content_type(headers: &HeaderMap) -> Option<String> {
     let raw = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
     Some(
         raw.split(';')
@@ -230,7 +230,7 @@ fn content_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
