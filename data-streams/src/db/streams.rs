@@ -400,10 +400,11 @@ impl Db {
         Ok(rows)
     }
 
-    /// The streams assigned to a worker, oldest first.
+    /// The streams assigned to a worker, by id (the order of the `(worker_id, id)` index: no
+    /// sort, even for a quarter of a million).
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker_id))]
     pub async fn streams_of_worker(&self, worker_id: &str) -> Result<Vec<StreamRow>, DbError> {
-        let sql = select_streams("WHERE worker_id = $1 ORDER BY created_at, id");
+        let sql = select_streams("WHERE worker_id = $1 ORDER BY id");
         let rows = dispatch!(Db, self, |pool| {
             sqlx::query_as(&sql).bind(worker_id).fetch_all(pool).await?
         });
