@@ -7,12 +7,19 @@ import { h, fill, time, showError, card, num } from "./ui.js";
 
 const FINDINGS = [
   ["streams", "Streams listed", "streams whose partitions were listed"],
+  ["suspects", "Of a lost worker", "streams listed because the worker that held them restarted or went away"],
   ["objects", "Objects seen", "objects seen in the listed partitions"],
   ["inserted", "References inserted", "objects that had no reference and now have one"],
   ["foreign", "Foreign objects", "objects whose name is not a result id (left alone)"],
   ["unlisted", "Unlisted streams", "streams whose bucket could not be listed (missing bucket, store down)"],
   ["dangling", "Dangling references", "references whose object is missing from the store"],
 ];
+
+const SCOPES = {
+  "watermark/all": "every stream, after its watermark",
+  "watermark/due": "the streams of lost workers and this pass's share of the rotation",
+  "audit/all": "audit: every stream's whole window",
+};
 
 export async function render(main, route, ctx) {
   const tbody = h("tbody");
@@ -62,7 +69,8 @@ export async function render(main, route, ctx) {
     if (pass.status === "fulfilled") {
       const { last_run_at: at, findings } = pass.value;
       fill(reconciler,
-        h("p", {}, "Last pass: ", at ? [time(at), " (", time(at, { relative: true }), ")"] : h("span", { class: "muted" }, "not yet run")),
+        h("p", {}, "Last pass: ", at ? [time(at), " (", time(at, { relative: true }), ")"] : h("span", { class: "muted" }, "not yet run"),
+          findings ? h("span", { class: "muted", "data-test": "reconciler-scope" }, " — ", SCOPES[`${findings.mode}/${findings.scope}`] || findings.mode) : null),
         findings ? h("dl", { class: "findings" }, FINDINGS.map(([key, label, help]) => h("div", {
           class: `finding${findings[key] > 0 && ["unlisted", "dangling", "foreign"].includes(key) ? " warn" : ""}`,
           title: help, "data-key": key,

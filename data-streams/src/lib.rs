@@ -127,13 +127,14 @@ impl Application {
         let http = bind(&settings.http_addr, "HTTP API").await?;
         let worker_port = bind(&settings.worker_addr, "worker port").await?;
         let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days)
-            .with_push_orphan_age(Duration::from_millis(settings.push_orphan_age_ms));
+            .with_push_orphan_age(Duration::from_millis(settings.push_orphan_age_ms))
+            .with_rotation(Duration::from_millis(settings.reconcile_rotation_ms));
         let live = Live::new();
         let supervisor = Supervisor::new(
             db.clone(),
             settings.call_timeout(),
             settings.heartbeat_timeout(),
-            reconciler.trigger(),
+            reconciler.suspects(),
             live.clone(),
         );
         Ok(Application {
@@ -255,6 +256,7 @@ impl Application {
                 max_body_bytes: settings.max_body_bytes,
                 max_bulk_bytes: settings.bulk_max_bytes,
                 max_streams: settings.bulk_max_streams,
+                timeout: std::time::Duration::from_millis(settings.bulk_timeout_ms),
             },
         };
         let app = api::router(state, settings.max_body_bytes);

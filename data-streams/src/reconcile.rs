@@ -13,6 +13,15 @@
 //! such a late object is still listed by the next pass. Streams are visited in pages by id,
 //! their listings a few at a time.
 //!
+//! Nor does a pass list every stream: what a worker stored but did not report is lost only
+//! with its process (a process that lives on replays its outbox). So after the first pass of a
+//! process (over every stream: nobody recorded what the workers of an earlier one left), a
+//! periodic pass lists the *suspects* the supervisor names ([`Suspects`]: the streams of a
+//! worker that went away, or that came back without running them, a restarted process) and its
+//! share of a *rotation* through every stream (`elapsed / rotation` of them, in id order, going
+//! on where the last pass stopped), which finds anything else (an overflowed outbox, a put that
+//! landed after its worker was given up) within [`DEFAULT_ROTATION`].
+//!
 //! The audit pass ([`Reconciler::run_audit`], mode `audit`, `POST /reconciler/audit`) lists the
 //! whole `RECONCILE_DAYS` window of every stream, as every pass once did: it also finds what
 //! landed behind a watermark, and counts references whose object is gone (`dangling`).
@@ -40,6 +49,13 @@ pub const DEFAULT_SAFETY_LAG: Duration = Duration::from_secs(10 * 60);
 /// Streams read from the database at a time: a pass never holds every stream.
 const STREAMS_PER_BATCH: usize = 1_000;
 
+/// How long the periodic passes take to list every stream once (`RECONCILE_ROTATION_MS`): a
+/// million streams and a pass a minute make 16,667 streams a pass. What a worker stored but
+/// could not report is found sooner: the streams of a worker whose process restarted or went
+/// away are listed in the next pass. The rotation finds the rest (an outbox that overflowed,
+/// a put that landed after its worker was given up for lost) within this.
+pub const DEFAULT_ROTATION: Duration = Duration::from_secs(60 * 60);
+
 /// Listings (and object reads) in flight at once: enough to hide S3's round trips.
 const LISTINGS_AT_ONCE: usize = 32;
 
@@ -63,12 +79,91 @@ pub enum Mode {
     Audit,
 }
 
+/// Which streams a pass listed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every stream.
+    #[default]
+    All,
+    /// The suspects (streams of a worker that restarted or went away) and the pass's share of
+    /// the rotation through every stream.
+    Due,
+}
+
+/// What the next periodic pass lists; shared with the supervisor through [`Suspects`].
+#[derive(Debug)]
+struct Plan {
+    /// The next pass lists every stream: true after a start (sessions of an earlier process
+    /// may have left objects unreported, and nobody recorded which), until a pass over all
+    /// of them succeeds.
+    whole: bool,
+    /// Streams a worker held when it restarted or went away.
+    suspects: HashSet<Uuid>,
+    /// The last stream the rotation listed; it goes on after it, and wraps around.
+    cursor: Option<Uuid>,
+    /// When the last periodic pass started: a pass's share of the rotation is the streams for
+    /// the time since.
+    last_start: Option<Instant>,
+}
+
+/// The supervisor's handle on the reconciler's plan: it names the streams of a worker whose
+/// process restarted or went away, and asks for a pass soon.
+#[derive(Clone)]
+pub struct Suspects {
+    plan: Arc<Mutex<Plan>>,
+    soon: Arc<Notify>,
+}
+
+impl Suspects {
+    /// The next pass lists these streams (after their watermarks) whatever the rotation says.
+    pub fn mark(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.suspects.extend(ids);
+        metrics::gauge!("ds_reconciler_suspects").set(plan.suspects.len() as f64);
+    }
+
+    /// Asks for a pass soon (2 s from now, so a reconnected worker's replay lands first).
+    pub fn soon(&self) {
+        self.soon.notify_one();
+    }
+
+    /// How many streams wait for the next pass.
+    pub fn len(&self) -> usize {
+        let plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.suspects.len()
+    }
+
+    /// Whether no stream waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a periodic pass lists, taken from the plan.
+enum Due {
+    All,
+    Some {
+        suspects: Vec<Uuid>,
+        /// The time its share of the rotation covers.
+        elapsed: Duration,
+        cursor: Option<Uuid>,
+    },
+}
+
 /// What one pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Findings {
     /// `watermark` (the periodic pass, listing what is newer than each stream's watermark) or
     /// `audit` (the whole window listed, on demand).
     pub mode: Mode,
+    /// Which streams a `watermark` pass listed: `all` (the first pass after a start, or every
+    /// pass with `RECONCILE_ROTATION_MS=0`), or `due` (the suspects and this pass's share of
+    /// the rotation). An audit lists `all`.
+    pub scope: Scope,
+    /// Streams listed because the worker that held them restarted or went away (what it
+    /// stored but had not reported is lost with it).
+    pub suspects: u64,
     /// Streams whose partitions were listed.
     pub streams: u64,
     /// Objects listed: after the watermarks in a `watermark` pass, the whole window in an
@@ -120,6 +215,11 @@ pub struct Reconciler {
     safety_lag: Duration,
     /// Streams read from the database at a time.
     streams_per_batch: usize,
+    /// What the next periodic pass lists.
+    plan: Arc<Mutex<Plan>>,
+    /// How long the periodic passes take to list every stream once (each lists its share);
+    /// zero: every pass lists every stream.
+    rotation: Duration,
 }
 
 /// An unreported object read back.
@@ -152,6 +252,54 @@ impl Reconciler {
             push_orphan_age: Duration::from_secs(15 * 60),
             safety_lag: DEFAULT_SAFETY_LAG,
             streams_per_batch: STREAMS_PER_BATCH,
+            plan: Arc::new(Mutex::new(Plan {
+                whole: true,
+                suspects: HashSet::new(),
+                cursor: None,
+                last_start: None,
+            })),
+            rotation: DEFAULT_ROTATION,
+        }
+    }
+
+    /// How long the periodic passes take to list every stream once ([`DEFAULT_ROTATION`]):
+    /// each pass lists the streams of a worker that restarted or went away, and its share of
+    /// the rest, in id order, going on where the last one stopped. Zero: every pass lists every
+    /// stream.
+    pub fn with_rotation(mut self, rotation: Duration) -> Self {
+        self.rotation = rotation;
+        self
+    }
+
+    /// The supervisor's handle: streams to list next pass, and a pass soon.
+    pub fn suspects(&self) -> Suspects {
+        Suspects {
+            plan: self.plan.clone(),
+            soon: self.soon.clone(),
+        }
+    }
+
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What this periodic pass lists; the suspects are taken (given back if the pass fails).
+    fn take_due(&self, now: Instant) -> Due {
+        let mut plan = self.plan();
+        let since = plan.last_start.replace(now);
+        if plan.whole || self.rotation.is_zero() {
+            plan.suspects.clear();
+            return Due::All;
+        }
+        let suspects: Vec<Uuid> = plan.suspects.drain().collect();
+        metrics::gauge!("ds_reconciler_suspects").set(0.0);
+        Due::Some {
+            suspects,
+            elapsed: since
+                .map(|s| now.duration_since(s))
+                .unwrap_or(self.rotation)
+                .min(self.rotation),
+            cursor: plan.cursor,
         }
     }
 
@@ -206,7 +354,9 @@ impl Reconciler {
         }
     }
 
-    /// One watermark pass over every stream: what is newer than each stream's watermark.
+    /// One periodic pass: what is newer than each listed stream's watermark, for every stream
+    /// (the first pass, or with a zero rotation) or for the suspects and this pass's share of
+    /// the rotation.
     pub async fn run_once(&self) -> Result<Findings, ReconcileError> {
         self.pass(Mode::Watermark).await
     }
@@ -226,27 +376,34 @@ impl Reconciler {
             ..Findings::default()
         };
         let first_day = Utc::now().date_naive() - ChronoDuration::days(i64::from(self.days) - 1);
-        // An audit lists whole windows, without a cap: a few streams at a time bound its memory.
-        let per_batch = match mode {
-            Mode::Watermark => self.streams_per_batch,
-            Mode::Audit => self.streams_per_batch.min(LISTINGS_AT_ONCE),
+        let due = match mode {
+            Mode::Watermark => self.take_due(started),
+            Mode::Audit => Due::All,
         };
-        let limit = i64::try_from(per_batch).unwrap_or(i64::MAX);
-        let mut next = self.db.reconcile_targets(None, limit).await?;
-        while let Some(last) = next.last() {
-            let after = Some(last.id);
-            let targets = std::mem::take(&mut next);
-            if targets.len() < per_batch {
-                self.batch(targets, mode, first_day, &mut findings).await?;
-                break;
+        match due {
+            Due::All => {
+                self.all_streams(mode, first_day, &mut findings).await?;
+                if mode == Mode::Watermark {
+                    let mut plan = self.plan();
+                    plan.whole = false;
+                    plan.cursor = None;
+                }
             }
-            // The next page is read while this one is listed.
-            let (listed, page) = tokio::join!(
-                self.batch(targets, mode, first_day, &mut findings),
-                self.db.reconcile_targets(after, limit)
-            );
-            listed?;
-            next = page?;
+            Due::Some {
+                suspects,
+                elapsed,
+                cursor,
+            } => {
+                findings.scope = Scope::Due;
+                if let Err(err) = self
+                    .due_streams(&suspects, elapsed, cursor, first_day, &mut findings)
+                    .await
+                {
+                    // Nothing is forgotten: they wait for the next pass.
+                    self.plan().suspects.extend(suspects);
+                    return Err(err.into());
+                }
+            }
         }
         findings.push_orphans_removed = self.remove_push_orphans().await?;
         if findings.inserted > 0 {
@@ -261,6 +418,8 @@ impl Reconciler {
         };
         metrics::counter!("ds_reconciler_inserted_total").increment(findings.inserted);
         metrics::gauge!("ds_reconciler_last_objects").set(findings.objects as f64);
+        metrics::gauge!("ds_reconciler_last_streams", "mode" => mode_label)
+            .set(findings.streams as f64);
         metrics::gauge!("ds_reconciler_last_pass_seconds", "mode" => mode_label)
             .set(started.elapsed().as_secs_f64());
         if mode == Mode::Audit {
@@ -275,16 +434,96 @@ impl Reconciler {
         Ok(findings)
     }
 
+    /// Every stream, a page at a time by id, the next page read while this one is listed.
+    async fn all_streams(
+        &self,
+        mode: Mode,
+        first_day: NaiveDate,
+        findings: &mut Findings,
+    ) -> Result<(), DbError> {
+        // An audit lists whole windows, without a cap: a few streams at a time bound its memory.
+        let per_batch = match mode {
+            Mode::Watermark => self.streams_per_batch,
+            Mode::Audit => self.streams_per_batch.min(LISTINGS_AT_ONCE),
+        };
+        let limit = i64::try_from(per_batch).unwrap_or(i64::MAX);
+        let mut next = self.db.reconcile_targets(None, limit).await?;
+        while let Some(last) = next.last() {
+            let after = Some(last.id);
+            let targets = std::mem::take(&mut next);
+            if targets.len() < per_batch {
+                self.batch(targets, mode, first_day, findings).await?;
+                break;
+            }
+            let (listed, page) = tokio::join!(
+                self.batch(targets, mode, first_day, findings),
+                self.db.reconcile_targets(after, limit)
+            );
+            listed?;
+            next = page?;
+        }
+        Ok(())
+    }
+
+    /// The suspects, then this pass's share of the rotation: `elapsed / rotation` of every
+    /// stream, going on after `cursor` in id order and wrapping around.
+    async fn due_streams(
+        &self,
+        suspects: &[Uuid],
+        elapsed: Duration,
+        cursor: Option<Uuid>,
+        first_day: NaiveDate,
+        findings: &mut Findings,
+    ) -> Result<(), DbError> {
+        let per_batch = self.streams_per_batch;
+        for chunk in suspects.chunks(per_batch) {
+            // A suspect deleted meanwhile is not read back.
+            let targets = self.db.reconcile_targets_of(chunk).await?;
+            findings.suspects += targets.len() as u64;
+            let unlisted = self
+                .batch(targets, Mode::Watermark, first_day, findings)
+                .await?;
+            // One whose bucket could not be listed stays a suspect.
+            if !unlisted.is_empty() {
+                self.suspects().mark(unlisted);
+            }
+        }
+        let total = self.db.count_reconcile_targets().await?;
+        let share = (total as f64 * elapsed.as_secs_f64() / self.rotation.as_secs_f64()).ceil();
+        let mut remaining = (share as u64).clamp(1, total.max(1));
+        let mut after = cursor;
+        let mut wrapped = after.is_none();
+        while remaining > 0 {
+            let limit = remaining.min(per_batch as u64) as i64;
+            let targets = self.db.reconcile_targets(after, limit).await?;
+            if targets.is_empty() {
+                after = None;
+                if wrapped {
+                    break;
+                }
+                wrapped = true;
+                continue;
+            }
+            remaining = remaining.saturating_sub(targets.len() as u64);
+            after = targets.last().map(|t| t.id);
+            self.batch(targets, Mode::Watermark, first_day, findings)
+                .await?;
+        }
+        self.plan().cursor = after;
+        Ok(())
+    }
+
     /// One batch of streams: list each (a few at a time), look up every listed result id at
     /// once, insert the missing references, count dangling ones (audit), and move the
-    /// watermarks forward in one statement.
+    /// watermarks forward in one statement. Returns the streams whose bucket could not be
+    /// listed.
     async fn batch(
         &self,
         targets: Vec<ReconcileTarget>,
         mode: Mode,
         first_day: NaiveDate,
         findings: &mut Findings,
-    ) -> Result<(), DbError> {
+    ) -> Result<Vec<Uuid>, DbError> {
         findings.streams += targets.len() as u64;
         // The futures are made before they go into the stream (here and below): a closure
         // over borrowed tuples inside a spawned pass trips rustc's higher-ranked lifetime
@@ -409,7 +648,11 @@ impl Reconciler {
                 tracing::warn!("reconciler cannot move its watermarks forward: {err}");
             }
         }
-        Ok(())
+        Ok(listings
+            .iter()
+            .filter(|(_, listing)| matches!(listing, Listing::Failed))
+            .map(|(target, _)| target.id)
+            .collect())
     }
 
     /// One stream's objects in both layouts (objects stored before the warehouse layout are found

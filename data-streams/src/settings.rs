@@ -81,6 +81,10 @@ pub struct Settings {
     /// Most streams (or ids) one bulk request may name.
     #[arg(long, env = "BULK_MAX_STREAMS", default_value_t = 100_000)]
     pub bulk_max_streams: usize,
+    /// How long a bulk request may take before it is abandoned (408, rolled back), in ms.
+    /// Other requests have 30 s.
+    #[arg(long, env = "BULK_TIMEOUT_MS", default_value_t = 600_000)]
+    pub bulk_timeout_ms: u64,
     /// Push ingestion: the longest line (record) accepted, in bytes.
     #[arg(long, env = "INGEST_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     pub ingest_max_line_bytes: usize,
@@ -110,6 +114,11 @@ pub struct Settings {
     /// How many days of `dt=` partitions (UTC, today included) the reconciler lists.
     #[arg(long, env = "RECONCILE_DAYS", default_value_t = 2)]
     pub reconcile_days: u32,
+    /// How long the reconciler's periodic passes take to list every stream once, in ms: each
+    /// pass lists the streams of workers that restarted or went away, and its share of the
+    /// rest. 0: every pass lists every stream.
+    #[arg(long, env = "RECONCILE_ROTATION_MS", default_value_t = 3_600_000)]
+    pub reconcile_rotation_ms: u64,
     /// Most raw objects a re-parse job reads per second (0: no limit), so the event path keeps
     /// its pace.
     #[arg(long, env = "REPARSE_OBJECTS_PER_SECOND", default_value_t = 50)]
@@ -200,8 +209,8 @@ impl Settings {
             "http_addr={} worker_addr={} worker_tls={} worker_token={} api_token={} database_url={} \
              object_store_url={} create_buckets={} heartbeat_interval_ms={} heartbeat_timeout_ms={} \
              call_timeout_ms={} handshake_timeout_ms={} max_worker_connections={} max_frame_bytes={} max_body_bytes={} \
-             bulk_max_bytes={} bulk_max_streams={} \
-             assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} \
+             bulk_max_bytes={} bulk_max_streams={} bulk_timeout_ms={} \
+             assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} reconcile_rotation_ms={} \
              reparse_objects_per_second={} ingest_max_line_bytes={} ingest_max_json_bytes={} \
              ingest_stream_inflight_bytes={} ingest_total_inflight_bytes={}",
             self.http_addr,
@@ -225,9 +234,11 @@ impl Settings {
             self.max_body_bytes,
             self.bulk_max_bytes,
             self.bulk_max_streams,
+            self.bulk_timeout_ms,
             self.assign_interval_ms,
             self.reconcile_interval_ms,
             self.reconcile_days,
+            self.reconcile_rotation_ms,
             self.reparse_objects_per_second,
             self.ingest_max_line_bytes,
             self.ingest_max_json_bytes,

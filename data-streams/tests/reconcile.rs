@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use data_streams::db::{Db, Watermarks};
-use data_streams::reconcile::{Mode, Reconciler};
+use data_streams::reconcile::{Mode, Reconciler, Scope};
 use data_streams::stream::{StreamInput, StreamSpec, StreamState};
 use objects::test_server::S3TestServer;
 use objects::{FolderStore, Layout, ObjectKey, ObjectMeta, ObjectStore, S3Store, StoreOptions};
@@ -22,6 +22,7 @@ crate::on_both_backends! {
     crate::support::with_backend: [
         super::watermarks_on_a_folder_store => watermarks_on_a_folder_store,
         super::watermarks_on_s3 => watermarks_on_s3,
+        super::suspects_and_the_rotation => suspects_and_the_rotation,
     ],
 }
 
@@ -154,7 +155,11 @@ async fn watermarks_across_a_restart(
 
     let first = Reconciler::new(db.clone(), store.clone(), 2).with_streams_per_batch(2);
     let pass = first.run_once().await.expect("the first pass");
-    assert_eq!(pass.mode, Mode::Watermark, "{pass:?}");
+    assert_eq!(
+        (pass.mode, pass.scope),
+        (Mode::Watermark, Scope::All),
+        "{pass:?}"
+    );
     assert_eq!(
         (pass.streams, pass.objects, pass.inserted, pass.unlisted),
         (3, 7, 7, 0),
@@ -201,7 +206,10 @@ async fn watermarks_across_a_restart(
     let b_legacy_late = store_legacy_object(&*store, b, now - 4 * MINUTE).await;
     let a_legacy_late = store_legacy_object(&*store, a, now - 4 * MINUTE).await;
 
-    let second = Reconciler::new(db.clone(), store.clone(), 2).with_streams_per_batch(2);
+    // Every pass over every stream (no rotation), as the assertions below count.
+    let second = Reconciler::new(db.clone(), store.clone(), 2)
+        .with_streams_per_batch(2)
+        .with_rotation(std::time::Duration::ZERO);
     let pass = second.run_once().await.expect("the pass after the restart");
     // Listed: `a` after its watermark (a_8, a_2 again, a_1), `b` after its (b_5, and the late
     // legacy one), `c` (c_3): 6 of the 14 objects in the window.
@@ -261,5 +269,83 @@ async fn watermarks_across_a_restart(
     assert_eq!(pass.dangling, 0, "{pass:?}");
     let audit = second.run_audit().await.expect("another audit");
     assert_eq!((audit.objects, audit.dangling), (13, 1), "{audit:?}");
+    db.close().await;
+}
+
+/// After its first pass (every stream: what an earlier process's workers left unreported is not
+/// known), a periodic pass lists the suspects the supervisor named (streams of a worker that
+/// restarted or went away) and its share of the rotation, going on in id order where the last
+/// pass stopped, so every stream is listed once per rotation and an unreported object of any
+/// stream is found within it.
+async fn suspects_and_the_rotation(backend: Backend) {
+    let database = FreshDatabase::create(backend, "ds_recon_rot");
+    let db = Db::connect(&database.url).await.expect("connect");
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        FolderStore::new(folder.path(), OPTIONS)
+            .await
+            .expect("the folder store"),
+    );
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        streams.push(create_stream(&db).await);
+    }
+    streams.sort();
+    let now = common::now_ms();
+    for s in &streams {
+        store_object(&*store, *s, now - 30 * MINUTE).await;
+    }
+    // A rotation of an hour: passes moments apart each list one stream of the rotation.
+    let reconciler = Reconciler::new(db.clone(), store.clone(), 2)
+        .with_streams_per_batch(2)
+        .with_rotation(std::time::Duration::from_secs(3600));
+    let suspects = reconciler.suspects();
+    let first = reconciler.run_once().await.expect("the first pass");
+    assert_eq!(
+        (first.scope, first.streams, first.inserted),
+        (Scope::All, 6, 6),
+        "{first:?}"
+    );
+
+    // Unreported objects of the last stream (its worker restarted) and of the fourth.
+    let last = store_object(&*store, streams[5], now - 20 * MINUTE).await;
+    let fourth = store_object(&*store, streams[3], now - 20 * MINUTE).await;
+    suspects.mark([streams[5], Uuid::now_v7()]);
+    assert_eq!(suspects.len(), 2);
+    let pass = reconciler.run_once().await.expect("a pass with a suspect");
+    // The suspect (the unknown id is no stream: not listed) and the rotation's first stream.
+    assert_eq!(
+        (pass.scope, pass.suspects, pass.streams, pass.inserted),
+        (Scope::Due, 1, 2, 1),
+        "{pass:?}"
+    );
+    assert!(suspects.is_empty(), "the suspects were taken");
+    assert_eq!(referenced(&db, &[&last, &fourth]).await, [true, false]);
+
+    // The rotation goes on: the second and third streams, then the fourth, whose object it
+    // finds.
+    for expected in [0, 0, 1] {
+        let pass = reconciler.run_once().await.expect("a rotation pass");
+        assert_eq!(
+            (pass.scope, pass.suspects, pass.streams, pass.inserted),
+            (Scope::Due, 0, 1, expected),
+            "{pass:?}"
+        );
+    }
+    assert_eq!(referenced(&db, &[&fourth]).await, [true]);
+    // The fifth and the sixth, then it wraps around to the first.
+    let first_again = store_object(&*store, streams[0], now - 10 * MINUTE).await;
+    for expected in [0, 0, 1] {
+        let pass = reconciler.run_once().await.expect("a rotation pass");
+        assert_eq!((pass.streams, pass.inserted), (1, expected), "{pass:?}");
+    }
+    assert_eq!(referenced(&db, &[&first_again]).await, [true]);
+    // The audit still lists every stream.
+    let audit = reconciler.run_audit().await.expect("the audit");
+    assert_eq!(
+        (audit.scope, audit.streams, audit.objects, audit.inserted),
+        (Scope::All, 6, 9, 0),
+        "{audit:?}"
+    );
     db.close().await;
 }

@@ -35,6 +35,8 @@ pub struct BulkLimits {
     pub max_bulk_bytes: usize,
     /// The most streams (or ids) one bulk request names.
     pub max_streams: usize,
+    /// How long a bulk request may take before it is abandoned (408, rolled back).
+    pub timeout: std::time::Duration,
 }
 
 /// Problems reported per item at most; the count says how many there were in all.

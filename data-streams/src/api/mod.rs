@@ -22,16 +22,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::State;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
-use axum::middleware;
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use objects::ObjectStore;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -152,10 +152,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/assets/{*path}", get(crate::console::asset))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
         // After the limit and the timeout: a push may be a never-ending NDJSON body, bounded
         // by its own line and in-flight limits instead.
         .merge(Router::from(push).layer(DefaultBodyLimit::disable()))
@@ -168,6 +165,39 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// How long a request may take, bulk routes aside.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every request has a deadline: [`REQUEST_TIMEOUT`], or the bulk routes' own
+/// ([`BulkLimits::timeout`]): 100,000 streams in one transaction can take longer than 30 s on a
+/// busy database. A request over its deadline answers 408; its transaction is dropped, so
+/// nothing it wrote is kept.
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let bulk = req.method() == Method::POST
+        && matches!(
+            req.uri().path(),
+            "/streams" | "/streams/start" | "/streams/stop"
+        );
+    let limit = if bulk {
+        state.bulk.timeout
+    } else {
+        REQUEST_TIMEOUT
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Busy {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "timeout".into(),
+            message: format!(
+                "the request did not finish within {} s and was abandoned: nothing it wrote was kept",
+                limit.as_secs()
+            ),
+            retry_after_s: 1,
+        }
+        .into_response(),
+    }
 }
 
 /// `Json` whose rejections come back in our error format instead of axum's plain text.

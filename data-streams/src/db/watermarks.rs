@@ -45,6 +45,19 @@ type TargetTuple = (
     Option<String>,
 );
 
+fn target(
+    (id, adapter, bucket, timeout_ms, visited, hive, legacy): TargetTuple,
+) -> ReconcileTarget {
+    ReconcileTarget {
+        id,
+        adapter,
+        bucket,
+        timeout_ms,
+        visited,
+        watermarks: Watermarks { hive, legacy },
+    }
+}
+
 impl Db {
     /// Up to `limit` streams whose objects the reconciler indexes (every adapter but `PUSH`,
     /// whose objects are referenced in the request that stores them), with id after `after`
@@ -67,19 +80,56 @@ impl Db {
             .bind(limit)
             .fetch_all(pool)
             .await?);
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, adapter, bucket, timeout_ms, visited, hive, legacy)| ReconcileTarget {
-                    id,
-                    adapter,
-                    bucket,
-                    timeout_ms,
-                    visited,
-                    watermarks: Watermarks { hive, legacy },
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(target).collect())
+    }
+
+    /// The streams of `ids` the reconciler indexes, by id, each with its watermarks (deleted
+    /// ones and `PUSH` streams left out). At most 1,000 ids a call.
+    #[tracing::instrument(level = "debug", skip_all, fields(ids = ids.len()))]
+    pub async fn reconcile_targets_of(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<ReconcileTarget>, DbError> {
+        // Looked up by id (SQLite, unhinted, may walk the adapter index instead).
+        let streams = match self {
+            Db::Sqlite(_) => "streams AS s INDEXED BY sqlite_autoindex_streams_1",
+            Db::Postgres(_) => "streams AS s",
+        };
+        let mut targets = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(WATERMARK_ROWS) {
+            let rows: Vec<TargetTuple> = dispatch!(Db, self, |pool, DB| {
+                let mut query = QueryBuilder::<DB>::new(format!(
+                    "SELECT s.id, s.adapter, s.bucket_name, s.timeout_ms, \
+                     w.stream_id IS NOT NULL, w.hive_after, w.legacy_after \
+                     FROM {streams} \
+                     LEFT JOIN reconcile_watermarks w ON w.stream_id = s.id \
+                     WHERE s.adapter <> "
+                ));
+                query
+                    .push_bind(catalogue::push::NAME)
+                    .push(" AND s.id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(") ORDER BY s.id");
+                query.build_query_as().fetch_all(pool).await?
+            });
+            targets.extend(rows.into_iter().map(target));
+        }
+        Ok(targets)
+    }
+
+    /// How many streams the reconciler indexes (every adapter but `PUSH`).
+    #[tracing::instrument(level = "debug", skip(self))]
+    pub async fn count_reconcile_targets(&self) -> Result<u64, DbError> {
+        let count: i64 = dispatch!(Db, self, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM streams WHERE adapter <> $1")
+                .bind(catalogue::push::NAME)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Moves the watermarks of many streams forward, one statement per 1,000 streams, and marks

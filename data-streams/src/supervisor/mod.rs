@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::now_ms;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
 use crate::live::{Live, LiveMessage};
+use crate::reconcile::Suspects;
 use crate::stream::{Invalid, StreamRow, StreamSpec, StreamState, StreamUpdate};
 use sessions::Sessions;
 
@@ -58,8 +58,9 @@ struct Inner {
     call_timeout: Duration,
     /// How long a disconnected worker keeps its streams (the heartbeat timeout).
     grace: Duration,
-    /// Wakes the reconciler (a worker (re)connected: what it stored unreported gets indexed).
-    reconcile_soon: Arc<Notify>,
+    /// The reconciler's plan: the streams of a worker that restarted or went away are listed
+    /// in its next pass, which comes soon after a worker (re)connects.
+    reconcile: Suspects,
     /// Where commits and status changes are announced (`GET /live`).
     live: Live,
 }
@@ -82,13 +83,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor over `db`. A disconnected worker keeps its streams for `grace` (the heartbeat
-    /// timeout) so a quick restart does not shuffle them; `reconcile_soon` is notified when a
-    /// worker (re)connects.
+    /// timeout) so a quick restart does not shuffle them; `reconcile` hears of the streams a
+    /// worker may have stored unreported (it restarted or went away).
     pub fn new(
         db: Db,
         call_timeout: Duration,
         grace: Duration,
-        reconcile_soon: Arc<Notify>,
+        reconcile: Suspects,
         live: Live,
     ) -> Self {
         Supervisor {
@@ -99,7 +100,7 @@ impl Supervisor {
                 assign_queued: std::sync::atomic::AtomicBool::new(false),
                 call_timeout,
                 grace,
-                reconcile_soon,
+                reconcile,
                 live,
             }),
         }

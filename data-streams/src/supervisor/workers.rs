@@ -77,12 +77,13 @@ impl Supervisor {
     }
 
     /// Answer `data-streams:worker_available` (every connect): index what the worker stored
-    /// but could not report (the reconciler, soon), stop what it runs that is no longer its own,
+    /// but could not report (the reconciler, soon: the streams it held and no longer runs, a
+    /// restarted process, are its suspects), stop what it runs that is no longer its own,
     /// (re)start what it should run, then assign pending streams. It calls the worker over the
     /// link whose session reported this, so the session runs it beside its loop, never in it.
     pub async fn worker_available(&self, worker_id: &str, running: Vec<RunningStream>) {
-        self.inner.reconcile_soon.notify_one();
         self.bring_in_line(worker_id, running).await;
+        self.inner.reconcile.soon();
     }
 
     /// Commit a batch of a worker's events (one transaction), then mark failed the streams whose
