@@ -19,6 +19,9 @@ pub struct NewStream<'a> {
     pub id: Uuid,
     pub spec: &'a StreamSpec,
     pub state: StreamState,
+    /// The worker it is placed on as it is stored (generation 1), if any: a running stream
+    /// placed in the same transaction needs no assignment write of its own.
+    pub worker: Option<&'a str>,
 }
 
 /// What a bulk insert did.
@@ -183,7 +186,7 @@ impl Db {
             .filter(|s| !existing.contains_key(&s.id))
             .collect();
         let mut created = HashSet::with_capacity(fresh.len());
-        // 16 binds a row: 500 rows stay under both backends' parameter limits.
+        // 18 binds a row: 500 rows stay under both backends' parameter limits.
         for chunk in fresh.chunks(CHUNK_ROWS) {
             let columns: Vec<SpecColumns<'_>> =
                 chunk.iter().map(|s| SpecColumns::of(s.spec)).collect();
@@ -208,7 +211,8 @@ impl Db {
                         .push_bind(c.rate[1])
                         .push_bind(c.rate[2])
                         .push_bind(s.state.as_str())
-                        .push_unseparated(", NULL, 0")
+                        .push_bind(s.worker)
+                        .push_bind(i64::from(s.worker.is_some()))
                         .push_bind(now_ms)
                         .push_bind(now_ms)
                         .push_bind(c.source.as_str())

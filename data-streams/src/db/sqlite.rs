@@ -70,5 +70,57 @@ pub(super) async fn connect(
         .await
         .map_err(unreachable)?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    if !in_memory {
+        spawn_checkpointer(pool.clone());
+    }
     Ok(pool)
+}
+
+/// How often the WAL is checkpointed and truncated.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(15);
+/// How long a checkpoint waits for readers of older snapshots (writers wait meanwhile).
+const CHECKPOINT_WAIT_MS: u64 = 250;
+
+/// Keeps the write-ahead log short. SQLite's own checkpoints (every 1,000 pages written) are
+/// passive: while some reader is always active, as under the API's polling, the event path's
+/// reads and the reconciler, none of them can start the log over, and it grows without bound
+/// (6.6 GB beside a 750 MB database in the million-stream run). Every page read then searches
+/// a wal-index that grows with it, so every query slows down: counts took 2-3 s and one
+/// worker's streams 18 s. A `TRUNCATE` checkpoint waits (briefly) for readers of older
+/// snapshots, copies everything back and empties the log. When readers hold it up past
+/// [`CHECKPOINT_WAIT_MS`], it gives up until the next round.
+fn spawn_checkpointer(pool: SqlitePool) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            let Ok(mut conn) = pool.acquire().await else {
+                continue;
+            };
+            let wait = format!("PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}");
+            let restore = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+            if sqlx::query(&wait).execute(&mut *conn).await.is_err() {
+                continue;
+            }
+            let done: Result<(i64, i64, i64), _> =
+                sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&mut *conn)
+                    .await;
+            match done {
+                Ok((busy, log_frames, checkpointed)) => {
+                    tracing::debug!(busy, log_frames, checkpointed, "WAL checkpoint");
+                }
+                Err(err) => tracing::debug!("WAL checkpoint: {err}"),
+            }
+            if sqlx::query(&restore).execute(&mut *conn).await.is_err() {
+                // A connection left with the short timeout would fail writes early: drop it.
+                let _ = conn.detach();
+            }
+        }
+    });
 }

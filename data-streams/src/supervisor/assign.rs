@@ -128,16 +128,8 @@ impl Supervisor {
                 Some(counts) => counts,
                 None => {
                     let keys = Instant::now();
-                    let connected: HashSet<&str> =
-                        sessions.iter().map(|(id, _)| id.as_str()).collect();
-                    homes = placement::key_homes(
-                        db.assigned_keys()
-                            .await?
-                            .into_iter()
-                            .map(|(worker, key, count)| (worker, key.fingerprint(), count)),
-                        &connected,
-                    );
-                    let read = db.assigned_counts().await?;
+                    let (read, read_homes) = self.placement_state(&sessions).await?;
+                    homes = read_homes;
                     sweep.keys += keys.elapsed();
                     counts.insert(read)
                 }
@@ -205,19 +197,47 @@ impl Supervisor {
                 let _ = sending.await;
                 sweep.send_wait += waited.elapsed();
             }
-            let this = self.clone();
-            sweep.sending = Some(tokio::spawn(async move {
-                let calls = sends.into_iter().map(|(worker_id, session, configs)| {
-                    let this = this.clone();
-                    async move { this.start_many(&worker_id, &session, configs).await }
-                });
-                futures::future::join_all(calls).await;
-            }));
+            sweep.sending = Some(self.start_in_background(sends));
             // Nothing placeable (no capacity, no adapter) or the last batch: stop looking.
             if placed == 0 || (pending.len() as i64) < ASSIGN_BATCH {
                 return Ok(());
             }
         }
+    }
+
+    /// What placement starts from: each worker's assigned streams, and each key's home among
+    /// the connected `sessions` (read once per sweep or bulk create, then kept up to date in
+    /// memory as streams are placed).
+    pub(super) async fn placement_state(
+        &self,
+        sessions: &[(String, Session)],
+    ) -> Result<(HashMap<String, i64>, HashMap<u64, String>), DbError> {
+        let db = &self.inner.db;
+        let connected: HashSet<&str> = sessions.iter().map(|(id, _)| id.as_str()).collect();
+        let homes = placement::key_homes(
+            db.assigned_keys()
+                .await?
+                .into_iter()
+                .map(|(worker, key, count)| (worker, key.fingerprint(), count)),
+            &connected,
+        );
+        Ok((db.assigned_counts().await?, homes))
+    }
+
+    /// Starts configs on their workers in the background (a task per call): the caller does
+    /// not wait for the workers' replies. A failed or refused start is unassigned, as always.
+    pub(super) fn start_in_background(
+        &self,
+        sends: Vec<(String, Session, Vec<StreamConfig>)>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let calls = sends.into_iter().map(|(worker_id, session, configs)| {
+                let this = this.clone();
+                async move { this.start_many(&worker_id, &session, configs).await }
+            });
+            futures::future::join_all(calls).await;
+        })
     }
 
     /// Take every stream away from a worker that is gone, and hand them to the others.

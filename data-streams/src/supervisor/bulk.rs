@@ -10,9 +10,12 @@ use common::now_ms;
 use protocol::Call;
 use uuid::Uuid;
 
+use protocol::StreamConfig;
+
+use super::placement::{self, PendingStream, WorkerSlot};
 use super::{Supervisor, SupervisorError};
 use crate::db::{BulkInsert, Changed, NewStream, Selection};
-use crate::stream::{StreamSpec, StreamState};
+use crate::stream::{StreamRow, StreamSpec, StreamState};
 
 /// One stream of a bulk create: its id (the client's, or one derived from the request's
 /// `Idempotency-Key`, or a new UUIDv7), its validated spec, and whether it starts.
@@ -33,12 +36,50 @@ pub enum BulkCreated {
 }
 
 impl Supervisor {
-    /// Stores every item in one transaction, all or nothing, and has the running ones assigned
-    /// in the background.
+    /// Stores every item in one transaction, all or nothing. The running ones are placed on
+    /// the connected workers as they are stored (generation 1, in the same rows: no assignment
+    /// write of their own), and their `worker:start_many` calls go out in the background; what
+    /// no worker could take is left to an assignment sweep.
     pub async fn create_many(&self, items: &[BulkItem]) -> Result<BulkCreated, SupervisorError> {
+        let placeable = |item: &BulkItem| item.start && !item.spec.is_push();
+        // Placed under the assignment lock: no sweep hands out the same room meanwhile.
+        let guard = if items.iter().any(placeable) {
+            Some(self.inner.assign_lock.lock().await)
+        } else {
+            None
+        };
+        let sessions = self.inner.sessions.snapshot();
+        let mut placed: Vec<Option<usize>> = vec![None; items.len()];
+        if guard.is_some() && !sessions.is_empty() {
+            let (counts, mut homes) = self.placement_state(&sessions).await?;
+            let mut slots: Vec<WorkerSlot<'_>> = sessions
+                .iter()
+                .map(|(id, s)| WorkerSlot {
+                    id,
+                    adapters: &s.adapters,
+                    capacity: s.capacity,
+                    load: counts.get(id).copied().unwrap_or(0),
+                })
+                .collect();
+            let at: Vec<usize> = (0..items.len()).filter(|&i| placeable(&items[i])).collect();
+            let wanted: Vec<PendingStream<'_>> = at
+                .iter()
+                .map(|&i| PendingStream {
+                    adapter: items[i].spec.adapter(),
+                    key: items[i].spec.secret_key().fingerprint(),
+                })
+                .collect();
+            for (i, slot) in at
+                .into_iter()
+                .zip(placement::place(&wanted, &mut slots, &mut homes))
+            {
+                placed[i] = slot;
+            }
+        }
         let streams: Vec<NewStream<'_>> = items
             .iter()
-            .map(|item| NewStream {
+            .zip(&placed)
+            .map(|(item, slot)| NewStream {
                 id: item.id,
                 spec: &item.spec,
                 state: if item.start {
@@ -46,17 +87,64 @@ impl Supervisor {
                 } else {
                     StreamState::Stopped
                 },
+                worker: slot.map(|slot| sessions[slot].0.as_str()),
             })
             .collect();
-        match self.inner.db.insert_streams(&streams, now_ms()).await? {
+        let now = now_ms();
+        match self.inner.db.insert_streams(&streams, now).await? {
             BulkInsert::Conflicts(at) => Ok(BulkCreated::Conflicts(at)),
             BulkInsert::Done { created, existing } => {
+                let mut per_worker: HashMap<usize, Vec<StreamConfig>> = HashMap::new();
+                let mut unplaced = false;
+                let announce = !self.inner.live.is_idle();
+                for (item, slot) in items.iter().zip(&placed) {
+                    if !item.start || !created.contains(&item.id) {
+                        continue;
+                    }
+                    let Some(slot) = *slot else {
+                        unplaced |= placeable(item);
+                        continue;
+                    };
+                    let row = StreamRow {
+                        id: item.id,
+                        spec: item.spec.clone(),
+                        state: StreamState::Running,
+                        worker_id: Some(sessions[slot].0.clone()),
+                        generation: 1,
+                        last_result_at: None,
+                        last_error: None,
+                        last_error_at: None,
+                        created_at: now,
+                        updated_at: now,
+                        window_end_ms: None,
+                    };
+                    per_worker
+                        .entry(slot)
+                        .or_default()
+                        .push(StreamConfig::from(&row));
+                    if announce {
+                        self.announce(&row);
+                    }
+                }
+                let placed_count: usize = per_worker.values().map(Vec::len).sum();
                 tracing::info!(
                     created = created.len(),
                     existing = existing.len(),
+                    placed = placed_count,
                     "streams created in bulk"
                 );
-                if items.iter().any(|i| i.start && created.contains(&i.id)) {
+                if placed_count > 0 {
+                    self.start_in_background(
+                        per_worker
+                            .into_iter()
+                            .map(|(slot, configs)| {
+                                let (worker_id, session) = sessions[slot].clone();
+                                (worker_id, session, configs)
+                            })
+                            .collect(),
+                    );
+                }
+                if unplaced {
                     self.assign_soon();
                 }
                 Ok(BulkCreated::Done {

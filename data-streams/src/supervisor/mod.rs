@@ -159,6 +159,7 @@ impl Supervisor {
                     } else {
                         StreamState::Stopped
                     },
+                    worker: None,
                 }],
                 now_ms(),
             )

@@ -27,6 +27,8 @@ crate::on_both_backends! {
             => the_paged_list_holds_still_while_streams_are_inserted,
         super::batched_assignment_racing_a_worker_disconnect_leaves_every_stream_placed_once
             => batched_assignment_racing_a_worker_disconnect_leaves_every_stream_placed_once,
+        super::running_streams_are_placed_as_they_are_stored
+            => running_streams_are_placed_as_they_are_stored,
     ],
 }
 
@@ -455,4 +457,51 @@ async fn batched_assignment_racing_a_worker_disconnect_leaves_every_stream_place
         generations.values().all(|g| *g >= 1),
         "every stream was assigned"
     );
+}
+
+/// A bulk create places its running streams on the connected workers in the rows it inserts
+/// (generation 1), so the answer finds them assigned already, within each worker's room; what no
+/// worker has room for stays pending for a sweep, and a stopped stream is placed nowhere.
+async fn running_streams_are_placed_as_they_are_stored(backend: Backend) {
+    let app = spawn_app_on(backend).await;
+    let _workers = connected_workers(&app, &[("placed-a", 300), ("placed-b", 300)]).await;
+    let mut body = streams(&app, 700, true);
+    body.extend(streams(&app, 5, false));
+    let (status, created) = post_many(&app, &body).await;
+    assert_eq!(status, 201, "{created}");
+    // No waiting: the answer came after the rows that place them committed.
+    let (a, b) = (
+        counts(&app, "?worker=placed-a").await,
+        counts(&app, "?worker=placed-b").await,
+    );
+    assert_eq!(
+        (a["total"].clone(), b["total"].clone()),
+        (json!(300), json!(300)),
+        "{a} / {b}"
+    );
+    let all = counts(&app, "").await;
+    assert_eq!(
+        (
+            all["pending"].clone(),
+            all["stopped"].clone(),
+            all["total"].clone()
+        ),
+        (json!(100), json!(5), json!(705)),
+        "{all}"
+    );
+    let placed = all_items(&app, "&worker=placed-a", 1_000).await;
+    assert!(
+        placed.iter().all(|s| s["generation"] == json!(1)),
+        "placed once, as stored"
+    );
+    // The workers got them: all 600 run.
+    eventually(Duration::from_secs(30), "600 running", || async {
+        let c = counts(&app, "").await;
+        if c["running"] == json!(600) {
+            Ok(())
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
 }
