@@ -400,14 +400,41 @@ impl Db {
         Ok(rows)
     }
 
-    /// The streams assigned to a worker, by id (the order of the `(worker_id, id)` index: no
-    /// sort, even for a quarter of a million).
+    /// The streams assigned to a worker, in no particular order.
+    ///
+    /// On SQLite, a worker that holds a large share of all streams (a restarted one of four
+    /// holding a million) is read with one pass over the table: a quarter of a million lookups
+    /// through the `worker_id` index cost 1.9 s against 0.3 s for the scan (the rows of one
+    /// worker are spread over the whole table). A worker with a small share is read through the
+    /// index. PostgreSQL's planner makes the same choice from its statistics.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker_id))]
     pub async fn streams_of_worker(&self, worker_id: &str) -> Result<Vec<StreamRow>, DbError> {
-        let sql = select_streams("WHERE worker_id = $1 ORDER BY id");
-        let rows = dispatch!(Db, self, |pool| {
-            sqlx::query_as(&sql).bind(worker_id).fetch_all(pool).await?
-        });
+        let rows = match self {
+            Db::Sqlite(pool) => {
+                let (mine, all): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM streams WHERE worker_id = $1), \
+                     (SELECT COUNT(*) FROM streams)",
+                )
+                .bind(worker_id)
+                .fetch_one(pool)
+                .await?;
+                let table = if mine.saturating_mul(20) > all {
+                    "NOT INDEXED"
+                } else {
+                    "INDEXED BY streams_worker_id_idx"
+                };
+                sqlx::query_as(&select_streams(&format!("{table} WHERE worker_id = $1")))
+                    .bind(worker_id)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(&select_streams("WHERE worker_id = $1"))
+                    .bind(worker_id)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
         Ok(rows)
     }
 
