@@ -147,6 +147,7 @@ impl Supervisor {
                 if unplaced {
                     self.assign_soon();
                 }
+                self.analyze_soon(created.len());
                 Ok(BulkCreated::Done {
                     created: created.len(),
                     existing: existing.len(),
@@ -165,6 +166,7 @@ impl Supervisor {
             .set_state_many(selection, StreamState::Running, &connected, now_ms())
             .await?;
         tracing::info!(streams = changed.len(), "streams started in bulk");
+        self.analyze_soon(changed.len());
         if !changed.is_empty() {
             self.assign_soon();
         }
@@ -181,6 +183,7 @@ impl Supervisor {
             .set_state_many(selection, StreamState::Stopped, &connected, now_ms())
             .await?;
         tracing::info!(streams = changed.len(), "streams stopped in bulk");
+        self.analyze_soon(changed.len());
         self.stop_assigned(&changed).await;
         Ok(changed.len())
     }
@@ -215,6 +218,28 @@ impl Supervisor {
             }
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// After a bulk change of at least this many streams, the planner's statistics are
+    /// refreshed (PostgreSQL).
+    const ANALYZE_AFTER: usize = 10_000;
+
+    /// Refreshes the database's statistics of the streams in the background after a bulk change
+    /// of `changed` streams (when that is many); requests made while one is queued share it.
+    pub(crate) fn analyze_soon(&self, changed: usize) {
+        if changed < Self::ANALYZE_AFTER || self.inner.analyze_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let supervisor = self.clone();
+        tokio::spawn(async move {
+            supervisor
+                .inner
+                .analyze_queued
+                .store(false, Ordering::Release);
+            if let Err(err) = supervisor.inner.db.analyze_streams().await {
+                tracing::warn!("cannot refresh the statistics of the streams: {err}");
+            }
+        });
     }
 
     /// Runs an assignment sweep in the background, soon; requests made while one is queued

@@ -55,6 +55,8 @@ struct Inner {
     assign_lock: tokio::sync::Mutex<()>,
     /// An assignment sweep is queued ([`Supervisor::assign_soon`]).
     assign_queued: std::sync::atomic::AtomicBool,
+    /// A refresh of the planner's statistics is queued ([`Supervisor::analyze_soon`]).
+    analyze_queued: std::sync::atomic::AtomicBool,
     call_timeout: Duration,
     /// How long a disconnected worker keeps its streams (the heartbeat timeout).
     grace: Duration,
@@ -98,6 +100,7 @@ impl Supervisor {
                 sessions: Sessions::default(),
                 assign_lock: tokio::sync::Mutex::new(()),
                 assign_queued: std::sync::atomic::AtomicBool::new(false),
+                analyze_queued: std::sync::atomic::AtomicBool::new(false),
                 call_timeout,
                 grace,
                 reconcile,
