@@ -272,22 +272,80 @@ impl Supervisor {
     }
 
     /// A worker said what it runs: stop what is no longer its own (stale generations),
-    /// (re)start what it should run, then assign pending streams.
+    /// (re)start what it should run, then assign pending streams. Its streams are read in
+    /// chunks, and each chunk's `worker:start_many` calls go out while the next is read.
     pub(super) async fn bring_in_line(&self, worker_id: &str, running: Vec<RunningStream>) {
         let Some(session) = self.inner.sessions.get(worker_id) else {
             return;
         };
-        let assigned = {
+        let running_now: HashSet<(Uuid, u64)> = running
+            .iter()
+            .map(|r| (r.stream_id, r.generation))
+            .collect();
+        let runs: HashSet<Uuid> = running.iter().map(|r| r.stream_id).collect();
+        let mut own: HashMap<Uuid, i64> = HashMap::new();
+        let mut lost: Vec<Uuid> = Vec::new();
+        let mut started = 0usize;
+        {
             let _guard = self.inner.assign_lock.lock().await;
-            match self.inner.db.streams_of_worker(worker_id).await {
-                Ok(rows) => rows,
-                Err(err) => {
-                    tracing::error!(worker_id, "cannot read the worker's streams: {err}");
-                    return;
+            let (sends, mut to_send) =
+                tokio::sync::mpsc::channel::<Vec<StreamConfig>>(START_MANY_CONCURRENCY);
+            let sender = {
+                let this = self.clone();
+                let worker_id = worker_id.to_owned();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    let batches = futures::stream::poll_fn(move |cx| to_send.poll_recv(cx));
+                    batches
+                        .for_each_concurrent(START_MANY_CONCURRENCY, |configs| {
+                            let (this, worker_id, session) = (&this, &worker_id, &session);
+                            async move { this.start_many(worker_id, session, configs).await }
+                        })
+                        .await;
+                })
+            };
+            let mut chunks = self
+                .inner
+                .db
+                .streams_of_worker_chunks(worker_id, START_MANY_STREAMS);
+            let mut failed = None;
+            while let Some(chunk) = chunks.recv().await {
+                let rows = match chunk {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
+                };
+                let mut configs = Vec::new();
+                for row in &rows {
+                    own.insert(row.id, row.generation);
+                    // A stream it held and no longer runs at all: its process restarted, and
+                    // what that process stored but had not reported is gone with its outbox.
+                    if !runs.contains(&row.id) {
+                        lost.push(row.id);
+                    }
+                    if !running_now.contains(&(row.id, row.generation as u64)) {
+                        configs.push(StreamConfig::from(row));
+                    }
+                }
+                started += configs.len();
+                if !configs.is_empty() && sends.send(configs).await.is_err() {
+                    break;
                 }
             }
-        };
-        let own: HashMap<Uuid, i64> = assigned.iter().map(|s| (s.id, s.generation)).collect();
+            drop(sends);
+            let _ = sender.await;
+            if let Some(err) = failed {
+                // What was started stays started; the rest waits for the worker's next
+                // connection (or its release).
+                tracing::error!(worker_id, "cannot read the worker's streams: {err}");
+                return;
+            }
+        }
+        // The reconciler lists them in its next pass (a process that lived on replays its
+        // outbox instead).
+        self.inner.reconcile.mark(lost);
         let stale: Vec<Call> = running
             .iter()
             .filter(|r| own.get(&r.stream_id) != Some(&(r.generation as i64)))
@@ -296,35 +354,15 @@ impl Supervisor {
                 generation: r.generation,
             })
             .collect();
-        let running_now: HashSet<(Uuid, u64)> = running
-            .iter()
-            .map(|r| (r.stream_id, r.generation))
-            .collect();
-        let to_start: Vec<StreamConfig> = assigned
-            .iter()
-            .filter(|s| !running_now.contains(&(s.id, s.generation as u64)))
-            .map(StreamConfig::from)
-            .collect();
-        // Streams it held that it no longer runs at all: its process restarted, and what that
-        // process stored but had not reported is gone with its outbox. The reconciler lists
-        // them in its next pass (a process that lived on replays its outbox instead).
-        let runs: HashSet<Uuid> = running.iter().map(|r| r.stream_id).collect();
-        self.inner.reconcile.mark(
-            assigned
-                .iter()
-                .map(|s| s.id)
-                .filter(|id| !runs.contains(id)),
-        );
-        if !stale.is_empty() || !to_start.is_empty() {
+        if !stale.is_empty() || started > 0 {
             tracing::info!(
                 worker_id,
                 stop = stale.len(),
-                start = to_start.len(),
-                "bringing the worker in line with its assignment"
+                start = started,
+                "brought the worker in line with its assignment"
             );
         }
         self.call_many(worker_id, &session, stale).await;
-        self.start_many(worker_id, &session, to_start).await;
         self.assign_pending().await;
     }
 
