@@ -193,7 +193,7 @@ fn result_pool() -> Vec<Event> {
     (0..POOL)
         .map(|i| {
             let result_id = Uuid::now_v7();
-            Event::Results(ResultRecord {
+            Event::Results(Arc::new(ResultRecord {
                 result_id,
                 stream_id,
                 adapter: "IQAIR_DAILY".into(),
@@ -210,7 +210,7 @@ fn result_pool() -> Vec<Event> {
                 records: None,
                 attempts: 1,
                 ends_run: true,
-            })
+            }))
         })
         .collect()
 }
@@ -316,7 +316,7 @@ async fn worker_side(
         tokio::select! {
             msg = incoming.recv() => match msg {
                 Some(Incoming::Call { id, call }) => {
-                    let reply = match call {
+                    let reply = match *call {
                         Call::Start(config) => {
                             Reply::ok(format!("Started fetching from adapter {}.", config.adapter))
                         }
@@ -630,7 +630,7 @@ fn limit(w: &Workload) -> anyhow::Result<Figures> {
     let config = start_config();
     let call_len = codec::encode(&Frame::Call {
         id: 1_000_000,
-        call: Call::Start(config),
+        call: Box::new(Call::Start(config)),
     })?
     .len();
     let pool = result_pool();

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use common::SecretKey;
 use serde::{Deserialize, Serialize};
@@ -18,18 +19,23 @@ pub use catalogue::iqair::Measurement;
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Everything that crosses the link, in either direction.
+///
+/// Frames are moved through the decoder and the link's queues by value, so the large payloads
+/// sit behind a pointer (a `worker:start` config, a hello, a result record): a frame is a few
+/// dozen bytes, not a few hundred. serde encodes a `Box` or an `Arc` exactly as what it holds,
+/// so the wire does not change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     /// supervisor → worker, first frame on a new connection.
     Challenge(Challenge),
     /// worker → supervisor, the answer to the challenge.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// supervisor → worker: the hello was accepted.
     Welcome(Welcome),
     /// supervisor → worker: the hello was refused; the socket closes after this frame.
     Reject(Reject),
     /// A request that expects a [`Frame::Reply`] with the same id.
-    Call { id: u64, call: Call },
+    Call { id: u64, call: Box<Call> },
     /// The answer to the call with the same id.
     Reply { id: u64, reply: Reply },
     /// worker → supervisor: a numbered event, kept by the worker until acknowledged.
@@ -253,12 +259,16 @@ impl Default for RateLimit {
 }
 
 /// Events from a worker to the supervisor.
+///
+/// The records are shared (`Arc`): the worker keeps every event until it is acknowledged and
+/// sends a copy, which then costs a reference count instead of the record's strings. A decoded
+/// record is held once, so [`Arc::unwrap_or_clone`] takes it out without copying.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// `data-streams:results` — a raw object was stored; here is its reference and reading.
-    Results(ResultRecord),
+    Results(#[serde(with = "shared")] Arc<ResultRecord>),
     /// `data-streams:run_failed` — a run ended without an object.
-    RunFailed(RunFailure),
+    RunFailed(#[serde(with = "shared")] Arc<RunFailure>),
     /// `data-streams:worker_available` — sent on every (re)connect with what the worker runs,
     /// in as many parts as the frame size needs ([`Event::worker_available`]); the supervisor
     /// acts on the whole list, when the part with `last` arrives.
@@ -305,6 +315,24 @@ impl Event {
             Event::WorkerAvailable { .. } => "data-streams:worker_available",
             Event::Run(_) => "data-streams:run",
         }
+    }
+}
+
+/// An `Arc<T>` on the wire exactly as `T`. serde's own `rc` impl would decode through a `Box`
+/// and copy into the `Arc`: two allocations where one does.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+        T::serialize(value, s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
     }
 }
 
