@@ -8,8 +8,8 @@
 //!
 //! Call deadlines share one timer: each call puts its deadline in a queue next to its waiter, and
 //! the actor keeps a single sleep armed for the earliest one. When it fires, every call past its
-//! deadline is answered with [`CallError::Timeout`]. A call costs a heap push, not a timer of its
-//! own (registering and cancelling a tokio timer per call was about 3% of a busy link).
+//! deadline is answered with [`CallError::Timeout`]. A call costs a heap push, not a timer entry
+//! of its own to register in tokio's wheel and cancel again.
 //!
 //! Outgoing frames take one of two lanes: events take the event lane; calls, replies and acks
 //! take the control lane, which the writer drains first. A peer with thousands of events queued
