@@ -10,7 +10,8 @@
 //! Warm-up first (5,000 calls at C = 16 and 20,000 events), as the peer does. `--quick` divides
 //! every count by 10. For profiling one system: `BENCH_PROTOCOL_SYSTEMS` (a comma list of
 //! `data_streams`, `nestjs_tcp`, `limit`; ratios print only for pairs that ran),
-//! `BENCH_PROTOCOL_N` and `BENCH_PROTOCOL_M` (the measured counts).
+//! `BENCH_PROTOCOL_N` and `BENCH_PROTOCOL_M` (the measured counts), `BENCH_PROTOCOL_CONCS` (a
+//! comma list of call concurrencies, `1,64` by default; ratios need both).
 //!
 //! Threads: the machine has 2 cores, and the peer runs as two single-threaded node processes
 //! (client and server). Ours runs the same shape: each side of the link (and each side of the
@@ -58,10 +59,10 @@ const STUCK: Duration = Duration::from_secs(120);
 /// Concurrency of the warm-up calls (the peer's).
 const WARM_CONC: usize = 16;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Workload {
     calls: usize,
-    concs: [usize; 2],
+    concs: Vec<usize>,
     events: usize,
     warm_calls: usize,
     warm_events: usize,
@@ -83,7 +84,14 @@ pub fn run(ctx: &Context) -> anyhow::Result<()> {
     };
     let w = Workload {
         calls: env_count("BENCH_PROTOCOL_N", 50_000 / div)?,
-        concs: [1, 64],
+        concs: match std::env::var("BENCH_PROTOCOL_CONCS") {
+            Ok(v) => v
+                .split(',')
+                .map(|c| c.trim().parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("BENCH_PROTOCOL_CONCS={v:?} is not a list of counts"))?,
+            Err(_) => vec![1, 64],
+        },
         events: env_count("BENCH_PROTOCOL_M", 200_000 / div)?,
         warm_calls: 5_000 / div,
         warm_events: 20_000 / div,
@@ -193,7 +201,7 @@ fn result_pool() -> Vec<Event> {
     (0..POOL)
         .map(|i| {
             let result_id = Uuid::now_v7();
-            Event::Results(ResultRecord {
+            Event::Results(Arc::new(ResultRecord {
                 result_id,
                 stream_id,
                 adapter: "IQAIR_DAILY".into(),
@@ -210,7 +218,7 @@ fn result_pool() -> Vec<Event> {
                 records: None,
                 attempts: 1,
                 ends_run: true,
-            })
+            }))
         })
         .collect()
 }
@@ -316,7 +324,7 @@ async fn worker_side(
         tokio::select! {
             msg = incoming.recv() => match msg {
                 Some(Incoming::Call { id, call }) => {
-                    let reply = match call {
+                    let reply = match *call {
                         Call::Start(config) => {
                             Reply::ok(format!("Started fetching from adapter {}.", config.adapter))
                         }
@@ -394,7 +402,7 @@ async fn supervisor_side(
     let mut next_seq = 1u64;
     ds_events(&link, &mut incoming, &cmds, acked, next_seq, w.warm_events).await?;
     next_seq += w.warm_events as u64;
-    for c in w.concs {
+    for &c in &w.concs {
         let (elapsed, h) = ds_calls(&link, &config, w.calls, c).await?;
         call_figures(&mut figures, c, w.calls, elapsed, &h);
     }
@@ -550,7 +558,14 @@ fn nestjs_inner(ctx: &Context, w: &Workload) -> anyhow::Result<Figures> {
         .current_dir(&dir)
         .env("PORT", port.to_string())
         .env("N", w.calls.to_string())
-        .env("CONCS", w.concs.map(|c| c.to_string()).join(","))
+        .env(
+            "CONCS",
+            w.concs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .env("M", w.events.to_string())
         .env("WARM_CALLS", w.warm_calls.to_string())
         .env("WARM_EVENTS", w.warm_events.to_string())
@@ -630,7 +645,7 @@ fn limit(w: &Workload) -> anyhow::Result<Figures> {
     let config = start_config();
     let call_len = codec::encode(&Frame::Call {
         id: 1_000_000,
-        call: Call::Start(config),
+        call: Box::new(Call::Start(config)),
     })?
     .len();
     let pool = result_pool();
@@ -660,7 +675,7 @@ fn limit(w: &Workload) -> anyhow::Result<Figures> {
         let mut f = Figures::new();
         echo_calls(&mut rd, &mut wr, &call_body, w.warm_calls, WARM_CONC).await?;
         echo_events(&mut rd, &mut wr, &event_body, w.warm_events, &counted_at).await?;
-        for c in w.concs {
+        for &c in &w.concs {
             let (elapsed, h) = echo_calls(&mut rd, &mut wr, &call_body, w.calls, c).await?;
             call_figures(&mut f, c, w.calls, elapsed, &h);
         }

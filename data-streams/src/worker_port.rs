@@ -289,8 +289,9 @@ async fn collect(
         Incoming::Event { seq, event } => {
             batch.max_seq = batch.max_seq.max(seq);
             match event {
-                Event::Results(r) => batch.results.push(r),
-                Event::RunFailed(f) => batch.failures.push(f),
+                // Held once after decoding: taken out without a copy.
+                Event::Results(r) => batch.results.push(Arc::unwrap_or_clone(r)),
+                Event::RunFailed(f) => batch.failures.push(Arc::unwrap_or_clone(f)),
                 Event::Run(report) => batch.runs.push(*report),
                 Event::WorkerAvailable { .. } => {}
             }

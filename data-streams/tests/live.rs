@@ -96,7 +96,7 @@ async fn a_result_reaches_its_subscriber_after_the_commit_and_a_replay_is_not_ne
 
     let record = result(stream, T0 + 5_000, Some(reading(T0, 142.0)));
     raw.link
-        .event(1, Event::Results(record.clone()))
+        .event(1, Event::Results(record.clone().into()))
         .await
         .expect("sent");
     let message = next(&mut socket).await;
@@ -119,7 +119,7 @@ async fn a_result_reaches_its_subscriber_after_the_commit_and_a_replay_is_not_ne
 
     // A replay stores nothing new, so it is not published; the next message is the failure.
     raw.link
-        .event(2, Event::Results(record.clone()))
+        .event(2, Event::Results(record.clone().into()))
         .await
         .expect("sent");
     let failure = RunFailure {
@@ -134,7 +134,7 @@ async fn a_result_reaches_its_subscriber_after_the_commit_and_a_replay_is_not_ne
         attempts: 1,
     };
     raw.link
-        .event(3, Event::RunFailed(failure.clone()))
+        .event(3, Event::RunFailed(failure.clone().into()))
         .await
         .expect("sent");
     raw.wait_ack(3).await;
@@ -146,7 +146,7 @@ async fn a_result_reaches_its_subscriber_after_the_commit_and_a_replay_is_not_ne
     // A second result of the same pollution hour is a result without a new reading.
     let again = result(stream, T0 + 7_000, Some(reading(T0, 142.0)));
     raw.link
-        .event(4, Event::Results(again.clone()))
+        .event(4, Event::Results(again.clone().into()))
         .await
         .expect("sent");
     let message = next(&mut socket).await;
@@ -169,7 +169,7 @@ async fn filters_deliver_only_the_streams_asked_for() {
     for (seq, stream) in [(1, a), (2, b), (3, c)] {
         let record = result(stream, T0 + seq as i64 * 1_000, None);
         raw.link
-            .event(seq, Event::Results(record))
+            .event(seq, Event::Results(record.into()))
             .await
             .expect("sent");
     }
@@ -211,7 +211,7 @@ async fn a_client_that_stops_reading_slows_no_commit_and_learns_what_it_missed()
             .map(|_| {
                 seq += 1;
                 fetched += 1;
-                Event::Results(result(stream, fetched, None))
+                Event::Results(result(stream, fetched, None).into())
             })
             .collect();
         (seq, events)

@@ -190,7 +190,9 @@ async fn wrong_version(addr: SocketAddr) {
         running: 0,
         mac: handshake::sign(WORKER_TOKEN.as_bytes(), &c.nonce, "from-the-future"),
     };
-    conn.write_frame(&Frame::Hello(hello)).await.expect("hello");
+    conn.write_frame(&Frame::Hello(Box::new(hello)))
+        .await
+        .expect("hello");
     let ending = read_until_closed(&mut conn, Duration::from_secs(10)).await;
     let reason = ending.rejected.expect("a Reject frame before the close");
     assert!(

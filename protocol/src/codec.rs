@@ -145,3 +145,232 @@ impl Encoder<Frame> for FrameCodec {
         Encoder::<&Frame>::encode(self, &frame, dst)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The boxed and shared payloads of `Frame` (protocol 5) must encode exactly as the inline
+    //! ones did: `Old*` below are the types as they were, field for field.
+
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::message::*;
+
+    #[derive(Serialize, Deserialize)]
+    enum OldFrame {
+        Challenge(Challenge),
+        Hello(Hello),
+        Welcome(Welcome),
+        Reject(Reject),
+        Call { id: u64, call: Call },
+        Reply { id: u64, reply: Reply },
+        Event { seq: u64, event: OldEvent },
+        Ack { seq: u64 },
+        Heartbeat,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    enum OldEvent {
+        Results(ResultRecord),
+        RunFailed(RunFailure),
+        WorkerAvailable {
+            running: Vec<RunningStream>,
+            last: bool,
+        },
+        Run(Box<RunReport>),
+    }
+
+    fn old_encode(frame: &OldFrame) -> Vec<u8> {
+        bincode::serde::encode_to_vec(frame, config()).unwrap()
+    }
+
+    fn config_sample() -> StreamConfig {
+        StreamConfig {
+            stream_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            generation: 300,
+            adapter: "IQAIR_DAILY".into(),
+            endpoint: "http://api.airvisual.com/v2/nearest_city".into(),
+            secret_key: "k-123".into(),
+            schedule: Schedule::Cron {
+                expr: "0 */15 * * * *".into(),
+            },
+            timeout_ms: 180_000,
+            bucket_name: "results".into(),
+            params: [("lat".to_owned(), "52.52".to_owned())].into(),
+            rate_limit: RateLimit::COMMUNITY,
+            source: "{}".into(),
+            window_start_ms: Some(-5),
+        }
+    }
+
+    fn record() -> ResultRecord {
+        let id = Uuid::from_u128(7 << 64 | 9);
+        ResultRecord {
+            result_id: id,
+            stream_id: Uuid::from_u128(3),
+            adapter: "IQAIR_DAILY".into(),
+            bucket: "results".into(),
+            key: format!("IQAIR_DAILY/stream_id=3/dt=2026-12-06/{id}.json"),
+            fetched_at_ms: 1_765_000_000_000,
+            scheduled_at_ms: 1_764_999_999_000,
+            started_at_ms: 1_764_999_999_010,
+            size: 1_234,
+            sha256: "ab".repeat(32),
+            measurement: Some(Box::new(Measurement {
+                city: Some("Berlin".into()),
+                aqius: Some(17.0),
+                ..Measurement::default()
+            })),
+            run_id: Uuid::from_u128(11),
+            page: 2,
+            records: Some(40),
+            attempts: 3,
+            ends_run: false,
+        }
+    }
+
+    fn failure() -> RunFailure {
+        RunFailure {
+            run_id: Uuid::from_u128(12),
+            stream_id: Uuid::from_u128(3),
+            at_ms: 1_765_000_000_000,
+            class: FailureClass::RateLimited,
+            message: "call_per_minute_limit_reached".into(),
+            stream_stopped: true,
+            scheduled_at_ms: 1,
+            started_at_ms: 2,
+            attempts: 0,
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "worker-1".into(),
+            capacity: 10_000,
+            adapters: vec!["IQAIR_DAILY".into(), "HTTP_JSON".into()],
+            running: 12,
+            mac: vec![9; 32],
+        }
+    }
+
+    /// Every reshaped variant, as it is now and as it was.
+    fn pairs() -> Vec<(Frame, OldFrame)> {
+        let start = Call::Start(config_sample());
+        let many = Call::StartMany(vec![config_sample(), config_sample()]);
+        vec![
+            (Frame::Hello(Box::new(hello())), OldFrame::Hello(hello())),
+            (
+                Frame::Call {
+                    id: 1 << 40,
+                    call: Box::new(start.clone()),
+                },
+                OldFrame::Call {
+                    id: 1 << 40,
+                    call: start,
+                },
+            ),
+            (
+                Frame::Call {
+                    id: 2,
+                    call: Box::new(many.clone()),
+                },
+                OldFrame::Call { id: 2, call: many },
+            ),
+            (
+                Frame::Event {
+                    seq: 77,
+                    event: Event::Results(Arc::new(record())),
+                },
+                OldFrame::Event {
+                    seq: 77,
+                    event: OldEvent::Results(record()),
+                },
+            ),
+            (
+                Frame::Event {
+                    seq: 78,
+                    event: Event::RunFailed(Arc::new(failure())),
+                },
+                OldFrame::Event {
+                    seq: 78,
+                    event: OldEvent::RunFailed(failure()),
+                },
+            ),
+            (
+                Frame::Event {
+                    seq: 0,
+                    event: Event::WorkerAvailable {
+                        running: vec![RunningStream {
+                            stream_id: Uuid::from_u128(5),
+                            generation: 6,
+                        }],
+                        last: true,
+                    },
+                },
+                OldFrame::Event {
+                    seq: 0,
+                    event: OldEvent::WorkerAvailable {
+                        running: vec![RunningStream {
+                            stream_id: Uuid::from_u128(5),
+                            generation: 6,
+                        }],
+                        last: true,
+                    },
+                },
+            ),
+            (Frame::Ack { seq: 9 }, OldFrame::Ack { seq: 9 }),
+            (Frame::Heartbeat, OldFrame::Heartbeat),
+        ]
+    }
+
+    #[test]
+    fn boxed_and_shared_payloads_encode_byte_for_byte_as_inline_ones() {
+        for (frame, old) in pairs() {
+            let bytes = encode(&frame).unwrap();
+            assert_eq!(bytes, old_encode(&old), "{}", frame.kind());
+            // And the codec's in-place encoding writes the same body after its prefix.
+            let mut buf = BytesMut::new();
+            FrameCodec::default().encode(&frame, &mut buf).unwrap();
+            assert_eq!(&buf[PREFIX..], &bytes[..], "{}", frame.kind());
+            assert_eq!(decode(&bytes).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn a_decoded_record_is_held_once_and_taken_out_without_a_copy() {
+        let frame = Frame::Event {
+            seq: 1,
+            event: Event::Results(Arc::new(record())),
+        };
+        let Frame::Event {
+            event: Event::Results(decoded),
+            ..
+        } = decode(&encode(&frame).unwrap()).unwrap()
+        else {
+            panic!("not a results event");
+        };
+        assert_eq!(Arc::strong_count(&decoded), 1);
+        let key_at = decoded.key.as_ptr();
+        let owned = Arc::unwrap_or_clone(decoded);
+        assert_eq!(owned.key.as_ptr(), key_at, "the record was copied");
+        assert_eq!(owned, record());
+    }
+
+    #[test]
+    fn the_codec_decodes_frames_from_the_read_buffer() {
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::new();
+        for (frame, _) in pairs() {
+            codec.encode(&frame, &mut buf).unwrap();
+        }
+        for (frame, _) in pairs() {
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame));
+        }
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+}

@@ -97,7 +97,7 @@ pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
         conn.write_frame(&Frame::Challenge(challenge.clone()))
             .await?;
         match conn.read_frame().await? {
-            Some(Frame::Hello(hello)) => Ok(hello),
+            Some(Frame::Hello(hello)) => Ok(*hello),
             Some(other) => Err(ProtocolError::Unexpected {
                 expected: "hello",
                 got: other.kind(),
@@ -170,7 +170,7 @@ pub async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
             running: identity.running,
             mac,
         };
-        conn.write_frame(&Frame::Hello(hello)).await?;
+        conn.write_frame(&Frame::Hello(Box::new(hello))).await?;
         match conn.read_frame().await? {
             Some(Frame::Welcome(w)) => Ok(w),
             Some(Frame::Reject(r)) => Err(ProtocolError::Rejected(r.reason)),

@@ -6,18 +6,25 @@
 //! Reading and writing are driven concurrently inside the one task, so two peers that both write
 //! a lot can never deadlock on full socket buffers.
 //!
+//! Call deadlines share one timer: each call puts its deadline in a queue next to its waiter, and
+//! the actor keeps a single sleep armed for the earliest one. When it fires, every call past its
+//! deadline is answered with [`CallError::Timeout`]. A call costs a heap push, not a timer entry
+//! of its own to register in tokio's wheel and cancel again.
+//!
 //! Outgoing frames take one of two lanes: events take the event lane; calls, replies and acks
 //! take the control lane, which the writer drains first. A peer with thousands of events queued
 //! still answers a call (or acknowledges what it committed) after at most one write batch of
 //! events, not after all of them. The wire is the same: only the order in which this side
 //! writes its frames changes, and no one orders a reply or an ack against an event.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -60,16 +67,32 @@ impl Default for LinkConfig {
 /// What the peer sent that is not a reply or a heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    /// The peer asks something; answer with [`LinkHandle::reply`].
-    Call { id: u64, call: Call },
+    /// The peer asks something; answer with [`LinkHandle::reply`]. Boxed like
+    /// [`Frame::Call`]: a `worker:start` is ten times the size of everything else here.
+    Call { id: u64, call: Box<Call> },
     /// A numbered event; acknowledge with [`LinkHandle::ack`] once it is durable.
     Event { seq: u64, event: Event },
     /// Every event up to `seq` is durable at the peer.
     Ack { seq: u64 },
 }
 
+/// What a waiting caller is told.
+#[derive(Debug)]
+enum Answer {
+    /// The peer's reply.
+    Reply(Reply),
+    /// The deadline passed first.
+    Expired,
+}
+
+/// A call waiting for its reply: where to send it, and until when.
+struct Waiter {
+    tx: oneshot::Sender<Answer>,
+    deadline: Instant,
+}
+
 /// Calls waiting for their reply, by call id.
-type Pending = HashMap<u64, oneshot::Sender<Reply>, BuildHasherDefault<IdHasher>>;
+type Pending = HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>;
 
 /// Call ids are a local counter, never chosen by the peer (a reply with an unknown id is only
 /// looked up): a multiplicative hash is enough, and much cheaper than SipHash on the hot path.
@@ -92,23 +115,78 @@ impl Hasher for IdHasher {
     }
 }
 
-struct Shared {
-    pending: Mutex<Pending>,
-    next_call_id: AtomicU64,
-    closed: AtomicBool,
+/// The calls in flight and their deadlines.
+#[derive(Default)]
+struct Calls {
+    pending: Pending,
+    /// `(deadline, id)` of the calls made, earliest first. An answered call's entry stays until
+    /// it comes due or the queue is rebuilt from `pending` (when stale entries outnumber live
+    /// ones), so an answer costs no search here.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The deadline the actor's timer is armed for, if any.
+    armed: Option<Instant>,
 }
 
-impl Shared {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // A panic while holding this lock leaves the map consistent (single insert/remove), so a
-        // poisoned lock is still usable.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+impl Calls {
+    /// Register a call. True when its deadline comes before the one the timer waits for (the
+    /// actor must re-arm).
+    fn insert(&mut self, id: u64, tx: oneshot::Sender<Answer>, deadline: Instant) -> bool {
+        self.pending.insert(id, Waiter { tx, deadline });
+        if self.deadlines.len() >= 2 * self.pending.len() + 64 {
+            // Mostly answered calls: keep the queue as small as what is in flight.
+            self.deadlines = self
+                .pending
+                .iter()
+                .map(|(&id, waiter)| Reverse((waiter.deadline, id)))
+                .collect();
+        } else {
+            self.deadlines.push(Reverse((deadline, id)));
+        }
+        self.armed.is_none_or(|armed| deadline < armed)
+    }
+
+    /// Answer every call whose deadline is at or before `now` with [`Answer::Expired`]; the
+    /// next deadline to wait for, now armed.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        self.armed = loop {
+            let Some(&Reverse((deadline, id))) = self.deadlines.peek() else {
+                break None;
+            };
+            if deadline > now {
+                break Some(deadline);
+            }
+            self.deadlines.pop();
+            if let Some(waiter) = self.pending.remove(&id) {
+                // A caller that gave up already has nobody listening.
+                let _ = waiter.tx.send(Answer::Expired);
+            }
+        };
+        self.armed
     }
 }
 
-/// What the writer task sends. `Close` comes once per connection and every other message is a
-/// frame, so the size gap costs nothing; boxing frames would cost an allocation per frame.
-#[allow(clippy::large_enum_variant)]
+struct Shared {
+    calls: Mutex<Calls>,
+    next_call_id: AtomicU64,
+    closed: AtomicBool,
+    /// Set by a call whose deadline is earlier than the armed one: the actor re-arms its timer.
+    rearm: AtomicBool,
+}
+
+impl Shared {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        // A panic while holding this lock leaves the map and queue consistent (single
+        // insert/remove/push/pop), so a poisoned lock is still usable.
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where a deadline too far off to represent is put (tokio's own choice for `Sleep`).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// What the writer task sends on the event lane: frames, and once per connection `Close`.
 enum Outgoing {
     Frame(Frame),
     Close,
@@ -139,26 +217,36 @@ impl std::fmt::Debug for LinkHandle {
 pub struct LinkClosed;
 
 impl LinkHandle {
-    /// Make a call and wait at most `timeout` for its reply.
+    /// Make a call and wait at most `timeout` for its reply (counted from now, including any
+    /// wait for room in the queue). The link's one deadline timer ends the wait: no timer per
+    /// call.
     pub async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, CallError> {
         let name = call.name();
         let id = self.shared.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.shared.pending().insert(id, reply_tx);
-        if self.send(Frame::Call { id, call }).await.is_err() {
-            self.shared.pending().remove(&id);
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future);
+        if self.shared.calls().insert(id, reply_tx, deadline) {
+            // Seen by the actor when it takes the call's frame from the queue, below.
+            self.shared.rearm.store(true, Ordering::Release);
+        }
+        let frame = Frame::Call {
+            id,
+            call: Box::new(call),
+        };
+        if self.send(frame).await.is_err() {
+            self.shared.calls().pending.remove(&id);
             return Err(CallError::LinkClosed { call: name });
         }
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(CallError::LinkClosed { call: name }),
-            Err(_) => {
-                self.shared.pending().remove(&id);
-                Err(CallError::Timeout {
-                    call: name,
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
+        match reply_rx.await {
+            Ok(Answer::Reply(reply)) => Ok(reply),
+            Ok(Answer::Expired) => Err(CallError::Timeout {
+                call: name,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            // The actor ended and dropped every waiter.
+            Err(_) => Err(CallError::LinkClosed { call: name }),
         }
     }
 
@@ -223,9 +311,10 @@ where
     let (control_tx, control_rx) = mpsc::channel(config.outgoing_capacity.max(1));
     let (in_tx, in_rx) = mpsc::channel(config.incoming_capacity.max(1));
     let shared = Arc::new(Shared {
-        pending: Mutex::new(Pending::default()),
+        calls: Mutex::new(Calls::default()),
         next_call_id: AtomicU64::new(1),
         closed: AtomicBool::new(false),
+        rearm: AtomicBool::new(false),
     });
     let handle = LinkHandle {
         tx: out_tx,
@@ -236,7 +325,10 @@ where
         let result = run(conn, config, control_rx, out_rx, in_tx, &shared).await;
         shared.closed.store(true, Ordering::Release);
         // Dropping the senders wakes every waiting caller with LinkClosed.
-        shared.pending().clear();
+        let mut calls = shared.calls();
+        calls.pending.clear();
+        calls.deadlines.clear();
+        drop(calls);
         result
     });
     (handle, in_rx, task)
@@ -281,6 +373,9 @@ where
     let mut last_heard = Instant::now();
     let mut last_sent = Instant::now();
     let mut closing = false;
+    // The one timer for every call's deadline, armed for the earliest (`Calls::armed`).
+    let mut deadline_timer = std::pin::pin!(tokio::time::sleep_until(far_future()));
+    let mut timer_armed = false;
 
     std::future::poll_fn(|cx| loop {
         let mut progress = false;
@@ -360,9 +455,11 @@ where
             let incoming = match frame {
                 Frame::Heartbeat => continue,
                 Frame::Reply { id, reply } => {
-                    // A reply to a call that timed out has no one waiting: drop it.
-                    if let Some(waiter) = shared.pending().remove(&id) {
-                        let _ = waiter.send(reply);
+                    // A reply to a call that timed out has no one waiting: drop it. Its deadline
+                    // stays queued until it comes due or the queue is rebuilt.
+                    let waiter = shared.calls().pending.remove(&id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.tx.send(Answer::Reply(reply));
                     }
                     continue;
                 }
@@ -408,9 +505,210 @@ where
             }
         }
 
+        // Call deadlines: re-arm when a call came with an earlier one, and when the timer
+        // fires, time out every call past its deadline and arm for the next.
+        if shared.rearm.swap(false, Ordering::AcqRel) {
+            let mut calls = shared.calls();
+            let next = calls.deadlines.peek().map(|&Reverse((at, _))| at);
+            calls.armed = next;
+            drop(calls);
+            if let Some(at) = next {
+                deadline_timer.as_mut().reset(at);
+            }
+            timer_armed = next.is_some();
+        }
+        while timer_armed && deadline_timer.as_mut().poll(cx).is_ready() {
+            // The timer fired, so its deadline has passed, whatever the clock's rounding: each
+            // round times out at least the earliest call, so this loop ends.
+            let now = Instant::now().max(deadline_timer.deadline());
+            let next = shared.calls().expire(now);
+            if let Some(at) = next {
+                deadline_timer.as_mut().reset(at);
+            }
+            timer_armed = next.is_some();
+        }
+
         if !progress {
             return Poll::Pending;
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DEFAULT_MAX_FRAME;
+    use uuid::Uuid;
+
+    fn stop() -> Call {
+        Call::Stop {
+            stream_id: Uuid::nil(),
+            generation: 0,
+        }
+    }
+
+    /// A link over an in-memory pipe, and the raw other end (which answers nothing unless told).
+    fn linked() -> (
+        LinkHandle,
+        mpsc::Receiver<Incoming>,
+        Connection<tokio::io::DuplexStream>,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        // The raw peer sends no heartbeats: let it stay silent for longer than any test waits.
+        let quiet = LinkConfig {
+            heartbeat_interval: Duration::from_secs(3_600),
+            heartbeat_timeout: Duration::from_secs(7_200),
+            ..LinkConfig::default()
+        };
+        let (link, incoming, _task) = spawn(Connection::new(ours, DEFAULT_MAX_FRAME), quiet);
+        (link, incoming, Connection::new(theirs, DEFAULT_MAX_FRAME))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_call_times_out_through_the_shared_timer() {
+        let (link, _incoming, mut peer) = linked();
+        let t0 = Instant::now();
+        let err = link
+            .call(stop(), Duration::from_millis(250))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CallError::Timeout {
+                call: "worker:stop",
+                timeout_ms: 250
+            }
+        );
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_millis(260),
+            "{waited:?}"
+        );
+        // The call did go out, and nothing waits for it any more.
+        match peer.read_frame().await.unwrap() {
+            Some(Frame::Call { id, .. }) => {
+                assert!(!link.shared.calls().pending.contains_key(&id))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_call_with_an_earlier_deadline_rearms_the_timer() {
+        let (link, _incoming, _peer) = linked();
+        let t0 = Instant::now();
+        let slow = tokio::spawn({
+            let link = link.clone();
+            async move { link.call(stop(), Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let quick = link.call(stop(), Duration::from_millis(100)).await;
+        assert!(
+            matches!(
+                quick,
+                Err(CallError::Timeout {
+                    timeout_ms: 100,
+                    ..
+                })
+            ),
+            "{quick:?}"
+        );
+        // 10 ms after the first call, plus its own 100 ms: not the first call's minute.
+        assert!(
+            t0.elapsed() < Duration::from_millis(120),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(!slow.is_finished());
+        let slow = slow.await.unwrap();
+        assert!(
+            matches!(
+                slow,
+                Err(CallError::Timeout {
+                    timeout_ms: 60_000,
+                    ..
+                })
+            ),
+            "{slow:?}"
+        );
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_secs(60) && waited < Duration::from_millis(60_010),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn answered_calls_leave_no_deadline_behind_for_long() {
+        let (link, _incoming, peer) = linked();
+        // The peer answers every call.
+        let answering = tokio::spawn(async move {
+            let mut peer = peer;
+            while let Ok(Some(frame)) = peer.read_frame().await {
+                if let Frame::Call { id, .. } = frame {
+                    let reply = Frame::Reply {
+                        id,
+                        reply: Reply::ok("ok"),
+                    };
+                    if peer.write_frame(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        for _ in 0..1_000 {
+            let reply = link.call(stop(), Duration::from_secs(30)).await.unwrap();
+            assert_eq!(reply, Reply::ok("ok"));
+        }
+        {
+            let calls = link.shared.calls();
+            assert!(calls.pending.is_empty());
+            // Stale entries are dropped once they outnumber the calls in flight (at most 2 x 1
+            // + 64 while the last call was made).
+            assert!(calls.deadlines.len() <= 66, "{}", calls.deadlines.len());
+        }
+        link.close().await;
+        answering.await.unwrap();
+    }
+
+    #[test]
+    fn deadlines_expire_in_order_and_skip_answered_calls() {
+        let t0 = Instant::now();
+        let mut calls = Calls::default();
+        let mut rxs = Vec::new();
+        for (id, after_ms) in [(1, 300), (2, 100), (3, 200)] {
+            let (tx, rx) = oneshot::channel();
+            calls.insert(id, tx, t0 + Duration::from_millis(after_ms));
+            rxs.push((id, rx));
+        }
+        // Call 3 was answered: its deadline stays queued but times nothing out.
+        let answered = calls.pending.remove(&3).unwrap();
+        let _ = answered.tx.send(Answer::Reply(Reply::ok("done")));
+        assert_eq!(
+            calls.expire(t0 + Duration::from_millis(250)),
+            Some(t0 + Duration::from_millis(300))
+        );
+        assert_eq!(calls.armed, Some(t0 + Duration::from_millis(300)));
+        let mut outcome: Vec<(u64, String)> = rxs
+            .iter_mut()
+            .map(|(id, rx)| (*id, format!("{:?}", rx.try_recv())))
+            .collect();
+        outcome.sort();
+        assert_eq!(outcome[0], (1, "Err(Empty)".to_owned()));
+        assert_eq!(outcome[1], (2, "Ok(Expired)".to_owned()));
+        assert!(outcome[2].1.starts_with("Ok(Reply("), "{:?}", outcome[2]);
+        assert_eq!(calls.expire(t0 + Duration::from_millis(300)), None);
+        assert!(calls.pending.is_empty() && calls.deadlines.is_empty());
+        // With nothing armed, any new call needs the timer.
+        let (tx, _rx) = oneshot::channel();
+        assert!(calls.insert(4, tx, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn frames_and_incoming_messages_are_small() {
+        // Both are moved through the decoder and the link's queues by value.
+        assert!(size_of::<Frame>() <= 80, "{}", size_of::<Frame>());
+        assert!(size_of::<Incoming>() <= 56, "{}", size_of::<Incoming>());
+    }
 }

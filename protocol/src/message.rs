@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use common::SecretKey;
 use serde::{Deserialize, Serialize};
@@ -18,18 +19,23 @@ pub use catalogue::iqair::Measurement;
 pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Everything that crosses the link, in either direction.
+///
+/// Frames are moved through the decoder and the link's queues by value, so the large payloads
+/// sit behind a pointer (a `worker:start` config, a hello, a result record): a frame is a few
+/// dozen bytes, not a few hundred. serde encodes a `Box` or an `Arc` exactly as what it holds,
+/// so the wire does not change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     /// supervisor → worker, first frame on a new connection.
     Challenge(Challenge),
     /// worker → supervisor, the answer to the challenge.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// supervisor → worker: the hello was accepted.
     Welcome(Welcome),
     /// supervisor → worker: the hello was refused; the socket closes after this frame.
     Reject(Reject),
     /// A request that expects a [`Frame::Reply`] with the same id.
-    Call { id: u64, call: Call },
+    Call { id: u64, call: Box<Call> },
     /// The answer to the call with the same id.
     Reply { id: u64, reply: Reply },
     /// worker → supervisor: a numbered event, kept by the worker until acknowledged.
@@ -132,6 +138,7 @@ impl Call {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
     pub success: bool,
+    #[serde(deserialize_with = "text::deserialize")]
     pub message: String,
     /// `worker:start_many`: the streams that did not start and why (empty otherwise).
     pub refused: Vec<Refused>,
@@ -180,8 +187,10 @@ pub struct StreamConfig {
     /// Settles stale claims: a worker's run of an older generation is stopped.
     pub generation: u64,
     /// e.g. `IQAIR_DAILY`.
+    #[serde(deserialize_with = "text::deserialize")]
     pub adapter: String,
     /// e.g. `http://api.airvisual.com/v2/nearest_city`.
+    #[serde(deserialize_with = "text::deserialize")]
     pub endpoint: String,
     /// The external API key; the one secret the wire carries on purpose.
     #[serde(with = "common::secret::expose")]
@@ -190,6 +199,7 @@ pub struct StreamConfig {
     /// Per-fetch timeout (fetch, retries and upload together).
     pub timeout_ms: u64,
     /// The bucket (or folder under the `file://` root) that raw objects go to.
+    #[serde(deserialize_with = "text::deserialize")]
     pub bucket_name: String,
     /// Adapter parameters as strings, e.g. `lat`/`lon`, or `city`/`state`/`country`.
     pub params: BTreeMap<String, String>,
@@ -200,6 +210,7 @@ pub struct StreamConfig {
     /// The source's own description of what to call, as JSON text (`HTTP_JSON`: `request`,
     /// `pagination`, `records`, `max_pages`, `page_concurrency`, `job`; see
     /// `catalogue::http_json::Spec`); empty for sources that need none (IQAir).
+    #[serde(deserialize_with = "text::deserialize")]
     pub source: String,
     /// Where the next run's incremental window starts, ms since the Unix epoch: the end of the
     /// last window the supervisor has stored, or the stream's `start_at`. `None`: one schedule
@@ -253,12 +264,16 @@ impl Default for RateLimit {
 }
 
 /// Events from a worker to the supervisor.
+///
+/// The records are shared (`Arc`): the worker keeps every event until it is acknowledged and
+/// sends a copy, which then costs a reference count instead of the record's strings. A decoded
+/// record is held once, so [`Arc::unwrap_or_clone`] takes it out without copying.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// `data-streams:results` — a raw object was stored; here is its reference and reading.
-    Results(ResultRecord),
+    Results(#[serde(with = "shared")] Arc<ResultRecord>),
     /// `data-streams:run_failed` — a run ended without an object.
-    RunFailed(RunFailure),
+    RunFailed(#[serde(with = "shared")] Arc<RunFailure>),
     /// `data-streams:worker_available` — sent on every (re)connect with what the worker runs,
     /// in as many parts as the frame size needs ([`Event::worker_available`]); the supervisor
     /// acts on the whole list, when the part with `last` arrives.
@@ -308,15 +323,68 @@ impl Event {
     }
 }
 
+/// An `Arc<T>` on the wire exactly as `T`. serde's own `rc` impl would decode through a `Box`
+/// and copy into the `Arc`: two allocations where one does.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+        T::serialize(value, s)
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
+    }
+}
+
+/// A `String` decoded in one copy. serde's own `String` asks the decoder for an owned string,
+/// which bincode builds in a zeroed buffer (`calloc`, then a copy); asking for a `str` gets a
+/// slice of the frame, copied once into an exact allocation. The bytes on the wire are the same.
+/// For the strings of the frames that come by the thousand: results, `worker:start`, replies.
+mod text {
+    use std::fmt;
+
+    use serde::de::{Deserializer, Error, Visitor};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        struct Text;
+
+        impl Visitor<'_> for Text {
+            type Value = String;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+
+            fn visit_string<E: Error>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+        }
+
+        d.deserialize_str(Text)
+    }
+}
+
 /// A reference to one stored raw object, plus the reading parsed from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRecord {
     /// UUIDv7: time ordered, and the object's file name.
     pub result_id: Uuid,
     pub stream_id: Uuid,
+    #[serde(deserialize_with = "text::deserialize")]
     pub adapter: String,
+    #[serde(deserialize_with = "text::deserialize")]
     pub bucket: String,
     /// Object key inside the bucket (`objects::ObjectKey`).
+    #[serde(deserialize_with = "text::deserialize")]
     pub key: String,
     /// Milliseconds since the Unix epoch, when the response arrived.
     pub fetched_at_ms: i64,
@@ -326,6 +394,7 @@ pub struct ResultRecord {
     pub started_at_ms: i64,
     pub size: u64,
     /// Hex SHA-256 of the raw bytes.
+    #[serde(deserialize_with = "text::deserialize")]
     pub sha256: String,
     /// The parsed reading; `None` when the response held no reading. Boxed: it is most of the
     /// record's size, and events are moved through channels and queues many times.

@@ -6,6 +6,7 @@
 //! a long run is e.g. `PROTOCOL_FUZZ_CASES=2000000 cargo test --release -p protocol --test fuzz`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -134,7 +135,7 @@ fn event() -> impl Strategy<Value = Event> {
         )
             .prop_map(
                 |(result_id, stream_id, key, fetched_at_ms, size, measurement)| {
-                    Event::Results(ResultRecord {
+                    Event::Results(Arc::new(ResultRecord {
                         result_id,
                         stream_id,
                         adapter: "IQAIR_DAILY".into(),
@@ -151,12 +152,12 @@ fn event() -> impl Strategy<Value = Event> {
                         records: None,
                         attempts: 1,
                         ends_run: true,
-                    })
+                    }))
                 }
             ),
         (uuid(), uuid(), any::<i64>(), class(), text(), any::<bool>()).prop_map(
             |(run_id, stream_id, at_ms, class, message, stream_stopped)| {
-                Event::RunFailed(RunFailure {
+                Event::RunFailed(Arc::new(RunFailure {
                     run_id,
                     stream_id,
                     at_ms,
@@ -166,7 +167,7 @@ fn event() -> impl Strategy<Value = Event> {
                     scheduled_at_ms: at_ms,
                     started_at_ms: at_ms,
                     attempts: 1,
-                })
+                }))
             }
         ),
         (running(), any::<bool>())
@@ -190,14 +191,14 @@ fn frame() -> impl Strategy<Value = Frame> {
             prop::collection::vec(any::<u8>(), 0..40)
         )
             .prop_map(|(protocol_version, worker_id, capacity, running, mac)| {
-                Frame::Hello(Hello {
+                Frame::Hello(Box::new(Hello {
                     protocol_version,
                     worker_id,
                     capacity,
                     adapters: vec!["IQAIR_DAILY".into()],
                     running,
                     mac,
-                })
+                }))
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(a, b)| Frame::Welcome(Welcome {
             heartbeat_interval_ms: a,
@@ -206,7 +207,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         text().prop_map(|reason| Frame::Reject(Reject { reason })),
         (any::<u64>(), stream_config()).prop_map(|(id, c)| Frame::Call {
             id,
-            call: Call::Start(c)
+            call: Box::new(Call::Start(c))
         }),
         (
             any::<u64>(),
@@ -214,15 +215,15 @@ fn frame() -> impl Strategy<Value = Frame> {
         )
             .prop_map(|(id, configs)| Frame::Call {
                 id,
-                call: Call::StartMany(configs)
+                call: Box::new(Call::StartMany(configs))
             }),
         (any::<u64>(), uuid(), any::<u64>()).prop_map(|(id, stream_id, generation)| {
             Frame::Call {
                 id,
-                call: Call::Stop {
+                call: Box::new(Call::Stop {
                     stream_id,
                     generation,
-                },
+                }),
             }
         }),
         (any::<u64>(), any::<bool>(), text(), uuid(), any::<u64>()).prop_map(

@@ -1,6 +1,7 @@
 //! The wire over real loopback TCP: round trips, hostile bytes, the handshake, calls and timeouts.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::codec;
@@ -51,14 +52,14 @@ fn every_frame() -> Vec<Frame> {
             protocol_version: PROTOCOL_VERSION,
             nonce: [7; 32],
         }),
-        Frame::Hello(Hello {
+        Frame::Hello(Box::new(Hello {
             protocol_version: PROTOCOL_VERSION,
             worker_id: "worker-1".into(),
             capacity: 10_000,
             adapters: vec!["IQAIR_DAILY".into()],
             running: running.len() as u64,
             mac: vec![1, 2, 3],
-        }),
+        })),
         Frame::Welcome(Welcome {
             heartbeat_interval_ms: 5000,
             heartbeat_timeout_ms: 15000,
@@ -68,14 +69,14 @@ fn every_frame() -> Vec<Frame> {
         }),
         Frame::Call {
             id: 1,
-            call: Call::Start(config()),
+            call: Box::new(Call::Start(config())),
         },
         Frame::Call {
             id: 2,
-            call: Call::Stop {
+            call: Box::new(Call::Stop {
                 stream_id,
                 generation: 7,
-            },
+            }),
         },
         Frame::Reply {
             id: 1,
@@ -83,7 +84,7 @@ fn every_frame() -> Vec<Frame> {
         },
         Frame::Event {
             seq: 1,
-            event: Event::Results(ResultRecord {
+            event: Event::Results(Arc::new(ResultRecord {
                 result_id,
                 stream_id,
                 adapter: "IQAIR_DAILY".into(),
@@ -106,7 +107,7 @@ fn every_frame() -> Vec<Frame> {
                 records: None,
                 attempts: 1,
                 ends_run: true,
-            }),
+            })),
         },
         Frame::Event {
             seq: 3,
@@ -142,7 +143,7 @@ fn every_frame() -> Vec<Frame> {
         },
         Frame::Event {
             seq: 2,
-            event: Event::RunFailed(RunFailure {
+            event: Event::RunFailed(Arc::new(RunFailure {
                 run_id: Uuid::now_v7(),
                 stream_id,
                 at_ms: 1,
@@ -152,7 +153,7 @@ fn every_frame() -> Vec<Frame> {
                 scheduled_at_ms: 1,
                 started_at_ms: 1,
                 attempts: 1,
-            }),
+            })),
         },
         Frame::Event {
             seq: 3,
@@ -310,14 +311,14 @@ async fn handshake_rejects_a_wrong_protocol_version() {
     let Some(Frame::Challenge(c)) = w.read_frame().await.unwrap() else {
         panic!("no challenge")
     };
-    w.write_frame(&Frame::Hello(Hello {
+    w.write_frame(&Frame::Hello(Box::new(Hello {
         protocol_version: PROTOCOL_VERSION + 1,
         worker_id: "w1".into(),
         capacity: 1,
         adapters: vec![],
         running: 0,
         mac: handshake::sign(TOKEN, &c.nonce, "w1"),
-    }))
+    })))
     .await
     .unwrap();
     let Some(Frame::Reject(r)) = w.read_frame().await.unwrap() else {
@@ -500,7 +501,7 @@ fn a_long_running_list_goes_out_in_parts_that_each_fit_a_frame() {
 
 /// An event of about a kilobyte: a run failure with a long message.
 fn bulky_event(seq: u64) -> Event {
-    Event::RunFailed(RunFailure {
+    Event::RunFailed(Arc::new(RunFailure {
         run_id: Uuid::now_v7(),
         stream_id: Uuid::nil(),
         at_ms: seq as i64,
@@ -510,7 +511,7 @@ fn bulky_event(seq: u64) -> Event {
         scheduled_at_ms: 0,
         started_at_ms: 0,
         attempts: 1,
-    })
+    }))
 }
 
 #[tokio::test]
@@ -535,9 +536,12 @@ async fn replies_and_acks_overtake_queued_events() {
         stream_id: Uuid::nil(),
         generation: 3,
     };
-    peer.write_frame(&Frame::Call { id: 42, call })
-        .await
-        .unwrap();
+    peer.write_frame(&Frame::Call {
+        id: 42,
+        call: Box::new(call),
+    })
+    .await
+    .unwrap();
     match incoming.recv().await.unwrap() {
         Incoming::Call { id, call } => {
             assert_eq!(id, 42);

@@ -241,7 +241,7 @@ where
             biased;
             msg = incoming.recv() => match msg {
                 Some(Incoming::Call { id, call }) => {
-                    let reply = handle_call(scheduler, call);
+                    let reply = handle_call(scheduler, *call);
                     // The control lane: written before any queued event (protocol::link).
                     let _ = link.reply(id, reply).await;
                 }

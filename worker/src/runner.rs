@@ -221,7 +221,7 @@ impl Runner {
         }
         let outcome = self.attempt(cfg, tick).await;
         let event = match &outcome {
-            RunOutcome::Stored(record) => Event::Results(record.clone()),
+            RunOutcome::Stored(record) => Event::Results(Arc::new(record.clone())),
             RunOutcome::Failed(failure) => {
                 tracing::warn!(
                     stream_id = %cfg.stream_id,
@@ -229,7 +229,7 @@ impl Runner {
                     stream_stopped = failure.stream_stopped,
                     "run failed: {}", failure.message
                 );
-                Event::RunFailed(failure.clone())
+                Event::RunFailed(Arc::new(failure.clone()))
             }
             RunOutcome::Paged(report) => Event::Run(report.clone()),
         };
@@ -685,7 +685,7 @@ impl RunRecord<'_> {
             }
             report.run_id
         };
-        self.runner.outbox.push(Event::Results(ResultRecord {
+        let record = ResultRecord {
             result_id,
             stream_id: cfg.stream_id,
             adapter: cfg.adapter.clone(),
@@ -702,7 +702,8 @@ impl RunRecord<'_> {
             records,
             attempts: self.calls.load(Ordering::Relaxed),
             ends_run: false,
-        }));
+        };
+        self.runner.outbox.push(Event::Results(Arc::new(record)));
         Ok(())
     }
 

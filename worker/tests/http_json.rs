@@ -128,7 +128,9 @@ impl Rig {
             .after(0, usize::MAX)
             .into_iter()
             .filter_map(|(_, event)| match event {
-                Event::Results(record) if record.run_id == run_id => Some(record),
+                Event::Results(record) if record.run_id == run_id => {
+                    Some(std::sync::Arc::unwrap_or_clone(record))
+                }
                 _ => None,
             })
             .collect();

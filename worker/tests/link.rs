@@ -24,7 +24,7 @@ const TOKEN: &str = "link-test-token";
 
 /// A run failure of 32 KiB: a few of these fill the socket's buffers.
 fn bulky_event() -> Event {
-    Event::RunFailed(RunFailure {
+    Event::RunFailed(std::sync::Arc::new(RunFailure {
         run_id: Uuid::now_v7(),
         stream_id: Uuid::now_v7(),
         at_ms: 0,
@@ -34,7 +34,7 @@ fn bulky_event() -> Event {
         scheduled_at_ms: 0,
         started_at_ms: 0,
         attempts: 1,
-    })
+    }))
 }
 
 /// A stream that never comes due during the test (once a year, on 1 January).
@@ -134,7 +134,10 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
     for (id, stream_id) in (1..).zip(&streams) {
         let call = Call::Start(yearly(*stream_id));
         supervisor
-            .feed_frame(&Frame::Call { id, call })
+            .feed_frame(&Frame::Call {
+                id,
+                call: Box::new(call),
+            })
             .await
             .unwrap();
     }

@@ -81,7 +81,7 @@ fn failures(rig: &Rig) -> Vec<RunFailure> {
         .after(0, 100_000)
         .into_iter()
         .filter_map(|(_, e)| match e {
-            Event::RunFailed(f) => Some(f),
+            Event::RunFailed(f) => Some(std::sync::Arc::unwrap_or_clone(f)),
             _ => None,
         })
         .collect()

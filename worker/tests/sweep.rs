@@ -171,7 +171,9 @@ impl Rig {
             .after(0, 100_000)
             .into_iter()
             .filter_map(|(_, event)| match event {
-                Event::Results(r) if r.run_id == report.run_id => Some(r),
+                Event::Results(r) if r.run_id == report.run_id => {
+                    Some(std::sync::Arc::unwrap_or_clone(r))
+                }
                 _ => None,
             })
             .collect();

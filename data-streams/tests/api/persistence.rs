@@ -187,11 +187,11 @@ async fn a_result_replayed_over_the_worker_port_is_stored_once(backend: Backend)
 
     let mut raw = RawWorker::connect(app.worker_addr, "w-replay").await;
     raw.link
-        .event(1, Event::Results(record.clone()))
+        .event(1, Event::Results(record.clone().into()))
         .await
         .expect("send");
     raw.link
-        .event(2, Event::Results(record.clone()))
+        .event(2, Event::Results(record.clone().into()))
         .await
         .expect("send");
     raw.wait_ack(2).await;
@@ -199,7 +199,7 @@ async fn a_result_replayed_over_the_worker_port_is_stored_once(backend: Backend)
     drop(raw);
     let mut raw = RawWorker::connect(app.worker_addr, "w-replay").await;
     raw.link
-        .event(1, Event::Results(record.clone()))
+        .event(1, Event::Results(record.clone().into()))
         .await
         .expect("send");
     raw.wait_ack(1).await;

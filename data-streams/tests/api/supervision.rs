@@ -273,7 +273,7 @@ async fn a_stale_auth_failure_does_not_fail_a_stream_another_worker_runs() {
         .link
         .event(
             1,
-            Event::RunFailed(RunFailure {
+            Event::RunFailed(std::sync::Arc::new(RunFailure {
                 run_id: uuid::Uuid::now_v7(),
                 stream_id: uuid::Uuid::parse_str(&id).unwrap(),
                 at_ms: now,
@@ -283,7 +283,7 @@ async fn a_stale_auth_failure_does_not_fail_a_stream_another_worker_runs() {
                 scheduled_at_ms: now,
                 started_at_ms: now,
                 attempts: 1,
-            }),
+            })),
         )
         .await
         .expect("send");
@@ -327,11 +327,10 @@ async fn a_running_list_in_parts_is_acted_on_once_whole() {
             .await
             .expect("stop calls within 10 s")
             .expect("the link stays up");
-        if let protocol::Incoming::Call {
-            id,
-            call: protocol::Call::Stop { stream_id, .. },
-        } = msg
-        {
+        let protocol::Incoming::Call { id, call } = msg else {
+            continue;
+        };
+        if let protocol::Call::Stop { stream_id, .. } = *call {
             stopped.push(stream_id);
             raw.link
                 .reply(id, protocol::Reply::ok("Stopped."))
