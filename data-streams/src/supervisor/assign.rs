@@ -25,6 +25,22 @@ const START_MANY_BYTES: usize = 512 * 1024;
 /// `worker:start_many` calls in flight to one worker at once.
 const START_MANY_CONCURRENCY: usize = 4;
 
+/// The connected workers as placement sees them, each with its assigned streams in `counts`.
+pub(super) fn worker_slots<'a>(
+    sessions: &'a [(String, Session)],
+    counts: &HashMap<String, i64>,
+) -> Vec<WorkerSlot<'a>> {
+    sessions
+        .iter()
+        .map(|(id, s)| WorkerSlot {
+            id,
+            adapters: &s.adapters,
+            capacity: s.capacity,
+            load: counts.get(id).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 /// One assignment sweep: what it placed, where its time went, and its calls in flight.
 #[derive(Default)]
 struct Sweep {
@@ -134,15 +150,7 @@ impl Supervisor {
                     counts.insert(read)
                 }
             };
-            let mut slots: Vec<WorkerSlot<'_>> = sessions
-                .iter()
-                .map(|(id, s)| WorkerSlot {
-                    id,
-                    adapters: &s.adapters,
-                    capacity: s.capacity,
-                    load: counts.get(id).copied().unwrap_or(0),
-                })
-                .collect();
+            let mut slots = worker_slots(&sessions, counts);
             let wanted: Vec<PendingStream<'_>> = pending
                 .iter()
                 .map(|row| PendingStream {

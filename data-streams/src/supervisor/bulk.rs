@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use protocol::StreamConfig;
 
-use super::placement::{self, PendingStream, WorkerSlot};
+use super::placement::{self, PendingStream};
 use super::{Supervisor, SupervisorError};
 use crate::db::{BulkInsert, Changed, NewStream, Selection};
 use crate::stream::{StreamRow, StreamSpec, StreamState};
@@ -52,15 +52,7 @@ impl Supervisor {
         let mut placed: Vec<Option<usize>> = vec![None; items.len()];
         if guard.is_some() && !sessions.is_empty() {
             let (counts, mut homes) = self.placement_state(&sessions).await?;
-            let mut slots: Vec<WorkerSlot<'_>> = sessions
-                .iter()
-                .map(|(id, s)| WorkerSlot {
-                    id,
-                    adapters: &s.adapters,
-                    capacity: s.capacity,
-                    load: counts.get(id).copied().unwrap_or(0),
-                })
-                .collect();
+            let mut slots = super::assign::worker_slots(&sessions, &counts);
             let at: Vec<usize> = (0..items.len()).filter(|&i| placeable(&items[i])).collect();
             let wanted: Vec<PendingStream<'_>> = at
                 .iter()
