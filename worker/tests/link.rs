@@ -100,6 +100,7 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
         reconnect_max: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(5),
         tls: None,
+        send_window: worker::link::DEFAULT_SEND_WINDOW,
     };
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::link::run(
