@@ -13,6 +13,10 @@
 //!   before and after the window);
 //! - `lag_p50_ms`, `lag_p99_ms`: schedule lag, `started_at - scheduled_at` of the rows stored
 //!   during the window;
+//! - `fetch_p50_ms`, `fetch_p99_ms`: `fetched_at - started_at` of the same rows (the fetch);
+//! - `fetched_to_commit_p50_ms`, `fetched_to_commit_p99_ms`: `created_at - fetched_at` (the
+//!   put and its wait for a put permit, then the event's wait for the send window and the
+//!   commit);
 //! - `failures`: failed runs recorded during the window (a healthy run has none);
 //! - `cpu_pct_<process>`: CPU of each process over the window (100 = one core), to show what
 //!   bounds the rate;
@@ -283,6 +287,17 @@ impl BenchDb {
         }))
     }
 
+    /// Where the time of the rows stored in `[from, to)` went (ms): `fetched_at - started_at`
+    /// (the fetch) and `created_at - fetched_at` (the put, its wait for a put permit, the
+    /// event's wait for the send window, the commit).
+    pub(crate) async fn run_times(&self, from: i64, to: i64) -> anyhow::Result<Vec<(i64, i64)>> {
+        let sql = "SELECT fetched_at - started_at, created_at - fetched_at FROM results \
+                   WHERE created_at >= $1 AND created_at < $2 AND started_at IS NOT NULL";
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(sql).bind(from).bind(to).fetch_all(pool).await?
+        }))
+    }
+
     /// Failed runs recorded in `[from, to)`, by class.
     pub(crate) async fn failures(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, i64)>> {
         let sql = "SELECT class, COUNT(*) FROM run_failures \
@@ -487,12 +502,21 @@ async fn pipeline(
         for lag in db.lags(from, to).await? {
             lags.record(lag.max(0) as u64)?;
         }
+        let (mut fetches, mut commits) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+        for (fetch, commit) in db.run_times(from, to).await? {
+            fetches.record(fetch.max(0) as u64)?;
+            commits.record(commit.max(0) as u64)?;
+        }
         let failures = db.failures(from, to).await?;
         db.close().await;
 
         figure(system, "results_per_s", rate);
         figure(system, "lag_p50_ms", pct(&lags, 50.0));
         figure(system, "lag_p99_ms", pct(&lags, 99.0));
+        figure(system, "fetch_p50_ms", pct(&fetches, 50.0));
+        figure(system, "fetch_p99_ms", pct(&fetches, 99.0));
+        figure(system, "fetched_to_commit_p50_ms", pct(&commits, 50.0));
+        figure(system, "fetched_to_commit_p99_ms", pct(&commits, 99.0));
         figure(
             system,
             "failures",
@@ -510,8 +534,8 @@ async fn pipeline(
         }
         // Restart through the real supervisor: SIGKILL the worker, start a new process with the
         // same id, and time from its spawn until it has started every stream again (it logs
-        // each `stream started`; the supervisor restarts them from the database on
-        // `worker_available`, 256 calls in flight).
+        // each `stream started` of a `worker:start`, and once per `worker:start_many` how many
+        // it started; the supervisor restarts them from the database on `worker_available`).
         if let Some(old) = procs.iter_mut().find(|p| p.name == "worker") {
             old.kill();
         }
@@ -539,8 +563,9 @@ async fn pipeline(
             }
             if let Some(end) = fresh.iter().rposition(|b| *b == b'\n') {
                 started += String::from_utf8_lossy(&fresh[..=end])
-                    .matches("stream started")
-                    .count();
+                    .lines()
+                    .map(started_in_line)
+                    .sum::<usize>();
                 read += end as u64 + 1;
             }
             if started >= n {
@@ -569,6 +594,20 @@ async fn pipeline(
         }
     }
     outcome
+}
+
+/// How many streams one line of the worker's log says it started: one for a `worker:start`
+/// (`stream started every …`), `started=N` for a `worker:start_many` (`streams started in one
+/// call started=N refused=M`), none for any other line.
+fn started_in_line(line: &str) -> usize {
+    if line.contains("streams started in one call") {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("started="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    } else {
+        usize::from(line.contains("stream started"))
+    }
 }
 
 /// `data-streams` on `database_url` and the store in `store_env`, both ports chosen by the
@@ -703,4 +742,21 @@ pub(crate) async fn wait_assigned(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     bail!("the worker did not get all {n} streams within 120 s: {last}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::started_in_line;
+
+    #[test]
+    fn started_streams_are_read_from_single_and_batched_start_lines() {
+        let single = "2026-12-06T09:54:09.262604Z  INFO worker::calls: stream started every \
+                      1000 ms stream_id=6f1c adapter=IQAIR_DAILY started=Started";
+        let batch = "2026-12-06T09:54:09.262604Z  INFO worker::calls: streams started in one \
+                     call started=1000 refused=0";
+        let other = "2026-12-06T09:54:09.262604Z  INFO worker::link: connected to the supervisor";
+        assert_eq!(started_in_line(single), 1);
+        assert_eq!(started_in_line(batch), 1000);
+        assert_eq!(started_in_line(other), 0);
+    }
 }

@@ -87,6 +87,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         reconnect_max: Duration::from_millis(settings.reconnect_max_ms.max(100)),
         connect_timeout: Duration::from_secs(5),
         tls,
+        send_window: settings.send_window,
     };
     let link_shutdown = CancellationToken::new();
     let link_task = tokio::spawn(link::run(

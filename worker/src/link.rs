@@ -54,12 +54,14 @@ pub struct LinkSettings {
     pub connect_timeout: Duration,
     /// When set, the link runs over TLS.
     pub tls: Option<LinkTls>,
+    /// Most events sent and not yet acknowledged (`WORKER_SEND_WINDOW`).
+    pub send_window: usize,
 }
 
 /// How many events go out before the sender lets other tasks run.
 const SEND_BATCH: usize = 256;
-/// Most events sent and not yet acknowledged: two of the supervisor's commit batches.
-const SEND_WINDOW: usize = 2048;
+/// Most events sent and not yet acknowledged, by default (see RFC.md §5, "Send window").
+pub const DEFAULT_SEND_WINDOW: usize = 2048;
 
 /// Keep the worker connected until `shutdown`.
 pub async fn run(
@@ -232,7 +234,11 @@ where
 
     // The events go out from a task of their own, so a call never waits while the sender
     // copies a batch; it ends with the session (the guard drops on every return).
-    let sender = tokio::spawn(send_events(link.clone(), outbox.clone()));
+    let sender = tokio::spawn(send_events(
+        link.clone(),
+        outbox.clone(),
+        settings.send_window.max(1),
+    ));
     let _sender = AbortOnDrop(sender);
     loop {
         // Biased: a call from the supervisor, or an ack that opens the send window, is handled
@@ -285,7 +291,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Send every unacknowledged event (a replay, on a fresh link), then each new one as it comes.
-async fn send_events(link: LinkHandle, outbox: Arc<Outbox>) {
+async fn send_events(link: LinkHandle, outbox: Arc<Outbox>, window: usize) {
     let mut sent = 0u64;
     loop {
         // Flow control: the supervisor reads as fast as it commits, and replies to its calls
@@ -297,11 +303,11 @@ async fn send_events(link: LinkHandle, outbox: Arc<Outbox>) {
         tokio::pin!(acked);
         acked.as_mut().enable();
         let in_flight = outbox.unacked_through(sent);
-        if in_flight >= SEND_WINDOW {
+        if in_flight >= window {
             acked.await;
             continue;
         }
-        let batch = outbox.after(sent, SEND_BATCH.min(SEND_WINDOW - in_flight));
+        let batch = outbox.after(sent, SEND_BATCH.min(window - in_flight));
         if batch.is_empty() {
             outbox.changed().await;
             continue;

@@ -61,6 +61,10 @@ pub struct Settings {
     /// time starts then), so an overloaded store slows runs down instead of failing them.
     #[arg(long, env = "WORKER_STORE_CONCURRENCY", default_value_t = crate::runner::DEFAULT_STORE_CONCURRENCY)]
     pub store_concurrency: usize,
+    /// Most events sent to the supervisor and not yet acknowledged. Replies to its calls share
+    /// the connection, so what is in flight is what a reply may wait behind.
+    #[arg(long, env = "WORKER_SEND_WINDOW", default_value_t = crate::link::DEFAULT_SEND_WINDOW)]
+    pub send_window: usize,
 }
 
 impl Settings {

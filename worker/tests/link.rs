@@ -100,6 +100,7 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
         reconnect_max: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(5),
         tls: None,
+        send_window: worker::link::DEFAULT_SEND_WINDOW,
     };
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(worker::link::run(
@@ -176,6 +177,119 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
     );
     assert_eq!(scheduler.len(), CALLS as usize);
     assert_eq!(outbox.len(), BACKLOG, "nothing was acknowledged");
+
+    shutdown.cancel();
+    worker.await.unwrap();
+}
+
+/// A run failure of a few bytes.
+fn small_event() -> Event {
+    Event::RunFailed(RunFailure {
+        run_id: Uuid::now_v7(),
+        stream_id: Uuid::now_v7(),
+        at_ms: 0,
+        class: FailureClass::Storage,
+        message: "small".into(),
+        stream_stopped: false,
+        scheduled_at_ms: 0,
+        started_at_ms: 0,
+        attempts: 1,
+    })
+}
+
+/// Numbered events that arrive until the link has been quiet for `quiet`.
+async fn events_until_quiet(
+    supervisor: &mut Connection<tokio::net::TcpStream>,
+    quiet: Duration,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Ok(frame) = tokio::time::timeout(quiet, supervisor.read_frame()).await {
+        match frame.unwrap().expect("the worker keeps the link open") {
+            Frame::Event { seq: 0, .. } | Frame::Heartbeat => {}
+            Frame::Event { seq, .. } => seqs.push(seq),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_send_window_bounds_events_in_flight_and_an_ack_opens_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    const BACKLOG: usize = 500;
+    const WINDOW: usize = 100;
+    let outbox = Arc::new(Outbox::new(10_000));
+    for _ in 0..BACKLOG {
+        outbox.push(small_event());
+    }
+    let folder = tempfile::tempdir().unwrap();
+    let store = objects::open(
+        &format!("file://{}", folder.path().display()),
+        objects::StoreOptions {
+            create_buckets: true,
+        },
+    )
+    .await
+    .unwrap();
+    let adapters = worker::adapters::registry(reqwest::Client::new());
+    let scheduler = Scheduler::new(
+        Arc::new(Runner::new(adapters.clone(), store, outbox.clone())),
+        Clock::System,
+        10,
+    );
+    let settings = LinkSettings {
+        supervisor_addr: addr.to_string(),
+        token: TOKEN.into(),
+        worker_id: "worker-window-test".into(),
+        capacity: 10,
+        adapters: adapters.names(),
+        max_frame: protocol::codec::DEFAULT_MAX_FRAME,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        tls: None,
+        send_window: WINDOW,
+    };
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(worker::link::run(
+        settings,
+        scheduler,
+        outbox.clone(),
+        shutdown.clone(),
+    ));
+    let (socket, _) = listener.accept().await.unwrap();
+    let mut supervisor = Connection::new(socket, protocol::codec::DEFAULT_MAX_FRAME);
+    let welcome = Welcome {
+        heartbeat_interval_ms: 60_000,
+        heartbeat_timeout_ms: 600_000,
+    };
+    handshake::accept(
+        &mut supervisor,
+        TOKEN.as_bytes(),
+        welcome,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    // Read everything, acknowledging nothing: the window's worth arrives, oldest first.
+    let quiet = Duration::from_millis(500);
+    let first = events_until_quiet(&mut supervisor, quiet).await;
+    assert_eq!(first, (1..=WINDOW as u64).collect::<Vec<_>>());
+
+    // Acknowledging the first 40 lets exactly 40 more go out.
+    supervisor
+        .feed_frame(&Frame::Ack { seq: 40 })
+        .await
+        .unwrap();
+    supervisor.flush().await.unwrap();
+    let second = events_until_quiet(&mut supervisor, quiet).await;
+    assert_eq!(
+        second,
+        (WINDOW as u64 + 1..=WINDOW as u64 + 40).collect::<Vec<_>>()
+    );
+    assert_eq!(outbox.len(), BACKLOG - 40);
 
     shutdown.cancel();
     worker.await.unwrap();
