@@ -184,7 +184,7 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
 
 /// A run failure of a few bytes.
 fn small_event() -> Event {
-    Event::RunFailed(RunFailure {
+    Event::RunFailed(Arc::new(RunFailure {
         run_id: Uuid::now_v7(),
         stream_id: Uuid::now_v7(),
         at_ms: 0,
@@ -194,7 +194,7 @@ fn small_event() -> Event {
         scheduled_at_ms: 0,
         started_at_ms: 0,
         attempts: 1,
-    })
+    }))
 }
 
 /// Numbered events that arrive until the link has been quiet for `quiet`.
