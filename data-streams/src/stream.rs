@@ -807,7 +807,15 @@ impl StreamRow {
 /// What a worker runs for this stream, under its current generation.
 impl From<&StreamRow> for StreamConfig {
     fn from(row: &StreamRow) -> Self {
-        let spec = &row.spec;
+        row.spec.config(row.id, row.generation, row.window_end_ms)
+    }
+}
+
+impl StreamSpec {
+    /// What a worker runs for stream `id` of this spec under `generation`, its windows going
+    /// on from `window_end_ms` (else from the spec's `start_at`).
+    pub fn config(&self, id: Uuid, generation: i64, window_end_ms: Option<i64>) -> StreamConfig {
+        let spec = self;
         let params = spec
             .params
             .iter()
@@ -820,8 +828,8 @@ impl From<&StreamRow> for StreamConfig {
             })
             .collect();
         StreamConfig {
-            stream_id: row.id,
-            generation: u64::try_from(row.generation).unwrap_or(0),
+            stream_id: id,
+            generation: u64::try_from(generation).unwrap_or(0),
             adapter: spec.adapter.clone(),
             endpoint: spec.endpoint.clone(),
             secret_key: spec.secret_key.clone(),
@@ -831,7 +839,7 @@ impl From<&StreamRow> for StreamConfig {
             params,
             rate_limit: spec.rate_limit,
             source: spec.source_text(),
-            window_start_ms: row.window_end_ms.or(spec.start_at_ms),
+            window_start_ms: window_end_ms.or(spec.start_at_ms),
         }
     }
 }

@@ -97,25 +97,24 @@ impl Supervisor {
                         unplaced |= placeable(item);
                         continue;
                     };
-                    let row = StreamRow {
-                        id: item.id,
-                        spec: item.spec.clone(),
-                        state: StreamState::Running,
-                        worker_id: Some(sessions[slot].0.clone()),
-                        generation: 1,
-                        last_result_at: None,
-                        last_error: None,
-                        last_error_at: None,
-                        created_at: now,
-                        updated_at: now,
-                        window_end_ms: None,
-                    };
                     per_worker
                         .entry(slot)
                         .or_default()
-                        .push(StreamConfig::from(&row));
+                        .push(item.spec.config(item.id, 1, None));
                     if announce {
-                        self.announce(&row);
+                        self.announce(&StreamRow {
+                            id: item.id,
+                            spec: item.spec.clone(),
+                            state: StreamState::Running,
+                            worker_id: Some(sessions[slot].0.clone()),
+                            generation: 1,
+                            last_result_at: None,
+                            last_error: None,
+                            last_error_at: None,
+                            created_at: now,
+                            updated_at: now,
+                            window_end_ms: None,
+                        });
                     }
                 }
                 let placed_count: usize = per_worker.values().map(Vec::len).sum();
