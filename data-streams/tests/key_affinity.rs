@@ -94,6 +94,110 @@ async fn a_full_worker_sends_the_key_elsewhere() {
     assert_eq!(split, [2, 3], "{workers:?}");
 }
 
+/// A stream on `key` with IQAir's Community budget (the default `rate_limit`).
+fn budgeted_on(app: &TestApp, key: &str) -> Value {
+    let mut body = stream_on(app, key);
+    body.as_object_mut()
+        .expect("an object")
+        .remove("rate_limit");
+    body
+}
+
+/// (status, worker, generation) of each stream.
+async fn placements(app: &TestApp, ids: &[String]) -> Vec<(String, Option<String>, u64)> {
+    let mut placed = Vec::new();
+    for id in ids {
+        let s = app.stream(id).await;
+        placed.push((
+            s["status"].as_str().expect("a status").to_owned(),
+            s["worker_id"].as_str().map(str::to_owned),
+            s["generation"].as_u64().expect("a generation"),
+        ));
+    }
+    placed
+}
+
+/// A key with a call budget is held by one worker, so one budget covers it: when that worker
+/// is full the key's next streams wait rather than run elsewhere on a second budget, a worker
+/// without room for the whole key does not take it, and one with room takes it whole (new
+/// generations, so the old worker's runs are stale).
+#[tokio::test]
+async fn a_budgeted_key_waits_for_room_and_moves_whole() {
+    let app = spawn_app().await;
+    let _w1 = app.spawn_worker("budget-home", 3).await;
+    app.wait_worker_connected("budget-home", true).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let created = app.create_stream(&budgeted_on(&app, "key-a")).await;
+        assert_eq!(rate_limit_of(&created), (5, 500, 10_000));
+        ids.push(created["id"].as_str().expect("an id").to_owned());
+    }
+    let home = |placed: &[(String, Option<String>, u64)]| {
+        let running = placed
+            .iter()
+            .filter(|(status, worker, _)| {
+                status == "running" && worker.as_deref() == Some("budget-home")
+            })
+            .count();
+        let pending = placed
+            .iter()
+            .filter(|(status, ..)| status == "pending")
+            .count();
+        (running, pending)
+    };
+    let before = eventually(Duration::from_secs(20), "3 at home, 2 waiting", || async {
+        let placed = placements(&app, &ids).await;
+        match home(&placed) {
+            (3, 2) => Ok(placed),
+            _ => Err(format!("{placed:?}")),
+        }
+    })
+    .await;
+
+    // Room for the two waiting, not for the whole key: nothing moves, nothing spills.
+    let _w2 = app.spawn_worker("budget-small", 2).await;
+    app.wait_worker_connected("budget-small", true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // ten assignment sweeps
+    let placed = placements(&app, &ids).await;
+    assert_eq!(home(&placed), (3, 2), "{placed:?}");
+
+    // Room for all five: the key moves whole.
+    let _w3 = app.spawn_worker("budget-big", 10).await;
+    app.wait_worker_connected("budget-big", true).await;
+    let after = eventually(Duration::from_secs(20), "the key moved whole", || async {
+        let placed = placements(&app, &ids).await;
+        let all_big = placed.iter().all(|(status, worker, _)| {
+            status == "running" && worker.as_deref() == Some("budget-big")
+        });
+        if all_big {
+            Ok(placed)
+        } else {
+            Err(format!("{placed:?}"))
+        }
+    })
+    .await;
+    for ((_, was, before), (_, _, now)) in before.iter().zip(&after) {
+        if was.is_some() {
+            assert!(
+                now > before,
+                "a moved stream gets a new generation: {after:?}"
+            );
+        }
+    }
+    let (status, workers) = app.get("/workers").await;
+    assert_eq!(status, 200, "{workers}");
+    let held = |id: &str| {
+        workers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["id"] == id)
+            .map(|w| w["streams"].clone())
+    };
+    assert_eq!(held("budget-home"), Some(json!(0)), "{workers}");
+    assert_eq!(held("budget-big"), Some(json!(5)), "{workers}");
+}
+
 fn rate_limit_of(view: &Value) -> (u64, u64, u64) {
     let r = &view["rate_limit"];
     (

@@ -304,6 +304,63 @@ impl Db {
         Ok(cleared)
     }
 
+    /// The running streams of one key on one worker: a budgeted key about to move.
+    #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker))]
+    pub async fn key_streams_on(
+        &self,
+        worker: &str,
+        secret_key: &str,
+    ) -> Result<Vec<StreamRow>, DbError> {
+        let sql = select_streams(
+            "WHERE worker_id = $1 AND secret_key = $2 AND state = 'running' ORDER BY id",
+        );
+        let rows = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(worker)
+                .bind(secret_key)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Moves streams that are still (`from`, generation) and running to `to`, bumping their
+    /// generations; one transaction, a statement each (a key's streams: a few). Returns (stream,
+    /// new generation) for those moved.
+    #[tracing::instrument(level = "debug", skip_all, fields(from, to, streams = streams.len()))]
+    pub async fn move_streams(
+        &self,
+        streams: &[(Uuid, i64)],
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(Uuid, i64)>, DbError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "UPDATE {} SET worker_id = $1, generation = generation + 1 \
+             WHERE id = $2 AND worker_id = $3 AND generation = $4 AND state = 'running' \
+             RETURNING id, generation",
+            tx.streams_by_id_table()
+        );
+        let mut moved = Vec::with_capacity(streams.len());
+        for (id, generation) in streams {
+            let row: Option<(Uuid, i64)> = dispatch!(Tx, &mut tx, |tx| {
+                sqlx::query_as(&sql)
+                    .bind(to)
+                    .bind(*id)
+                    .bind(from)
+                    .bind(*generation)
+                    .fetch_optional(&mut **tx)
+                    .await?
+            });
+            moved.extend(row);
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     /// Clears the assignments of stopped streams on `worker` (a stream started again since
     /// keeps its assignment). One statement per chunk.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker, streams = ids.len()))]

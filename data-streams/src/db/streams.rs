@@ -380,22 +380,39 @@ impl Db {
     }
 
     /// Running streams with no worker, oldest first, at most `limit`.
-    #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
     pub async fn assignable_streams(&self, limit: i64) -> Result<Vec<StreamRow>, DbError> {
+        self.assignable_streams_after(None, limit).await
+    }
+
+    /// Running streams with no worker, oldest first, at most `limit`, after the stream
+    /// (created_at, id) `after` in that order: a sweep reads on past streams it could not
+    /// place.
+    #[tracing::instrument(level = "debug", skip_all, fields(limit = limit))]
+    pub async fn assignable_streams_after(
+        &self,
+        after: Option<(i64, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<StreamRow>, DbError> {
         let table = match self {
             Db::Sqlite(_) => super::sqlite::STREAMS_UNASSIGNED,
             Db::Postgres(_) => super::postgres::STREAMS_UNASSIGNED,
         };
+        let cursor = if after.is_some() {
+            "AND (created_at, id) > ($2, $3) "
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {STREAM_COLUMNS} FROM {table} \
-             WHERE state = 'running' AND worker_id IS NULL AND adapter <> 'PUSH' \
+             WHERE state = 'running' AND worker_id IS NULL AND adapter <> 'PUSH' {cursor}\
              ORDER BY created_at, id LIMIT $1"
         );
         let rows = dispatch!(Db, self, |pool| {
-            sqlx::query_as(&sql)
-                .bind(limit.max(0))
-                .fetch_all(pool)
-                .await?
+            let mut query = sqlx::query_as(&sql).bind(limit.max(0));
+            if let Some((created_at, id)) = after {
+                query = query.bind(created_at).bind(id);
+            }
+            query.fetch_all(pool).await?
         });
         Ok(rows)
     }

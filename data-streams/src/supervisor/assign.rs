@@ -24,6 +24,28 @@ const START_MANY_STREAMS: usize = 1_000;
 const START_MANY_BYTES: usize = 512 * 1024;
 /// `worker:start_many` calls in flight to one worker at once.
 const START_MANY_CONCURRENCY: usize = 4;
+/// Batches in a row that place nothing (streams whose adapter no worker runs, budgeted keys
+/// waiting for room) before a sweep stops reading: a sweep's work stays bounded.
+const FRUITLESS_BATCHES: usize = 5;
+
+/// Whether a stream's key has a call budget: it is then held by one worker at a time.
+fn budgeted(row: &StreamRow) -> bool {
+    row.spec.rate_limit() != protocol::RateLimit::UNLIMITED
+}
+
+/// Budgeted keys whose home was full during a sweep, by fingerprint.
+type Waiting = HashMap<u64, WaitingKey>;
+
+/// A budgeted key with streams waiting because its home is full.
+struct WaitingKey {
+    /// The key itself, to find its streams at home.
+    secret_key: String,
+    home: String,
+    /// Adapters of the waiting streams (the key's streams at home add theirs).
+    adapters: HashSet<String>,
+    /// Streams waiting.
+    streams: i64,
+}
 
 /// The connected workers as placement sees them, each with its assigned streams in `counts`.
 pub(super) fn worker_slots<'a>(
@@ -124,22 +146,47 @@ impl Supervisor {
     }
 
     async fn assign_pending_locked(&self, sweep: &mut Sweep) -> Result<(), DbError> {
+        let waiting = self.place_pending(sweep).await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        // A key's starts at home are answered before its streams are stopped there.
+        if let Some(sending) = sweep.sending.take() {
+            let waited = Instant::now();
+            let _ = sending.await;
+            sweep.send_wait += waited.elapsed();
+        }
+        if self.move_keys(waiting).await? == 0 {
+            return Ok(());
+        }
+        // Keys moved whole: their waiting streams follow them to their new home.
+        self.place_pending(sweep).await?;
+        Ok(())
+    }
+
+    /// Places pending streams batch by batch; returns the budgeted keys left waiting because
+    /// their home is full.
+    async fn place_pending(&self, sweep: &mut Sweep) -> Result<Waiting, DbError> {
         let db = &self.inner.db;
         // Read once per sweep and kept up to date in memory as streams are placed: a sweep over
         // a million streams does not count every assignment again for each batch.
         let mut counts: Option<HashMap<String, i64>> = None;
         let mut homes: HashMap<u64, String> = HashMap::new();
+        let mut waiting = Waiting::new();
+        let mut after: Option<(i64, Uuid)> = None;
+        let mut fruitless = 0;
         loop {
             let sessions = self.inner.sessions.snapshot();
             if sessions.is_empty() {
-                return Ok(());
+                return Ok(waiting);
             }
             let read = Instant::now();
-            let pending = db.assignable_streams(ASSIGN_BATCH).await?;
+            let pending = db.assignable_streams_after(after, ASSIGN_BATCH).await?;
             sweep.read += read.elapsed();
-            if pending.is_empty() {
-                return Ok(());
-            }
+            let Some(last) = pending.last() else {
+                return Ok(waiting);
+            };
+            after = Some((last.created_at, last.id));
             let counts = match &mut counts {
                 Some(counts) => counts,
                 None => {
@@ -156,9 +203,24 @@ impl Supervisor {
                 .map(|row| PendingStream {
                     adapter: row.spec.adapter(),
                     key: row.spec.secret_key().fingerprint(),
+                    budgeted: budgeted(row),
                 })
                 .collect();
             let decisions = placement::place(&wanted, &mut slots, &mut homes);
+            for ((row, stream), slot) in pending.iter().zip(&wanted).zip(&decisions) {
+                let home = homes.get(&stream.key);
+                if let (None, true, Some(home)) = (slot, stream.budgeted, home) {
+                    let key = waiting.entry(stream.key).or_insert_with(|| WaitingKey {
+                        secret_key: row.spec.secret_key().expose().to_owned(),
+                        home: home.clone(),
+                        adapters: HashSet::new(),
+                        streams: 0,
+                    });
+                    key.adapters.insert(stream.adapter.to_owned());
+                    key.streams += 1;
+                }
+            }
+            let room = slots.iter().any(|w| w.load < i64::from(w.capacity));
             let chosen: Vec<(Uuid, &str)> = pending
                 .iter()
                 .zip(&decisions)
@@ -206,11 +268,83 @@ impl Supervisor {
                 sweep.send_wait += waited.elapsed();
             }
             sweep.sending = Some(self.start_in_background(sends));
-            // Nothing placeable (no capacity, no adapter) or the last batch: stop looking.
-            if placed == 0 || (pending.len() as i64) < ASSIGN_BATCH {
-                return Ok(());
+            // The last batch, no room left anywhere, or batch after batch of streams nobody
+            // can take (no worker runs their adapter): stop looking.
+            fruitless = if placed == 0 { fruitless + 1 } else { 0 };
+            if (pending.len() as i64) < ASSIGN_BATCH || !room || fruitless >= FRUITLESS_BATCHES {
+                return Ok(waiting);
             }
         }
+    }
+
+    /// Moves each waiting budgeted key whole (its streams at home and those waiting) to a
+    /// worker with room for all of it, so the key stays on one worker and within one budget:
+    /// stops at home first, then the assignment and the starts. A key no worker has room for
+    /// waits at home. Returns the streams moved.
+    async fn move_keys(&self, waiting: Waiting) -> Result<usize, DbError> {
+        let db = &self.inner.db;
+        let sessions = self.inner.sessions.snapshot();
+        let counts = db.assigned_counts().await?;
+        let mut slots = worker_slots(&sessions, &counts);
+        let mut moved_streams = 0;
+        for (fingerprint, key) in waiting {
+            let at_home = db.key_streams_on(&key.home, &key.secret_key).await?;
+            let mut adapters: HashSet<&str> = key.adapters.iter().map(String::as_str).collect();
+            adapters.extend(at_home.iter().map(|row| row.spec.adapter()));
+            let adapters: Vec<&str> = adapters.into_iter().collect();
+            let whole = at_home.len() as i64 + key.streams;
+            let Some(target) = placement::move_target(&slots, &key.home, &adapters, whole) else {
+                tracing::debug!(
+                    key = format!("{fingerprint:016x}"),
+                    home = key.home,
+                    waiting = key.streams,
+                    "a budgeted key waits: its worker is full and no other has room for all of it"
+                );
+                metrics::counter!("ds_budgeted_key_waits_total").increment(1);
+                continue;
+            };
+            slots[target].load += whole;
+            let target_id = sessions[target].0.clone();
+            if let Some(home) = self.inner.sessions.get(&key.home) {
+                let stops = at_home
+                    .iter()
+                    .map(|row| Call::Stop {
+                        stream_id: row.id,
+                        generation: row.generation as u64,
+                    })
+                    .collect();
+                self.call_many(&key.home, &home, stops).await;
+            }
+            let from: Vec<(Uuid, i64)> = at_home.iter().map(|r| (r.id, r.generation)).collect();
+            let moved: HashMap<Uuid, i64> = db
+                .move_streams(&from, &key.home, &target_id)
+                .await?
+                .into_iter()
+                .collect();
+            let mut configs = Vec::with_capacity(moved.len());
+            for row in &at_home {
+                let Some(&generation) = moved.get(&row.id) else {
+                    continue;
+                };
+                let mut row = row.clone();
+                row.generation = generation;
+                row.worker_id = Some(target_id.clone());
+                configs.push(StreamConfig::from(&row));
+                self.announce(&row);
+            }
+            tracing::info!(
+                key = format!("{fingerprint:016x}"),
+                from = key.home,
+                to = target_id,
+                streams = configs.len(),
+                waiting = key.streams,
+                "a budgeted key moved whole: its worker was full"
+            );
+            moved_streams += configs.len();
+            let session = sessions[target].1.clone();
+            self.start_many(&target_id, &session, configs).await;
+        }
+        Ok(moved_streams)
     }
 
     /// What placement starts from: each worker's assigned streams, and each key's home among

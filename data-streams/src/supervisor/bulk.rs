@@ -59,6 +59,7 @@ impl Supervisor {
                 .map(|&i| PendingStream {
                     adapter: items[i].spec.adapter(),
                     key: items[i].spec.secret_key().fingerprint(),
+                    budgeted: items[i].spec.rate_limit() != protocol::RateLimit::UNLIMITED,
                 })
                 .collect();
             for (i, slot) in at

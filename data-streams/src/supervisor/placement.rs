@@ -27,6 +27,9 @@ pub struct PendingStream<'a> {
     pub adapter: &'a str,
     /// Its key's fingerprint (`SecretKey::fingerprint`).
     pub key: u64,
+    /// Its key has a call budget (a `rate_limit` other than all zeros): the key is held by one
+    /// worker at a time, so one budget covers it.
+    pub budgeted: bool,
 }
 
 /// For each key, the connected worker that runs most of its streams (ties: the smaller id),
@@ -58,8 +61,12 @@ pub fn key_homes(
 ///
 /// - to its key's home when that worker has the adapter and room, so one worker's budget
 ///   covers the whole key (the API counts calls per key);
-/// - else to the least loaded worker that has the adapter and room (ties: the smaller id), which
-///   becomes the key's home if it had none;
+/// - a budgeted key's stream whose home cannot take it is not placed (`None`): the key stays
+///   on one worker, and the sweep moves the whole key when another worker has room for all of
+///   it ([`move_target`]);
+/// - else to the least loaded worker that has the adapter and room (ties: the smaller id),
+///   which becomes the key's home if it had none. A budgeted key new to placement goes to the
+///   least loaded worker with room for all its streams in `pending`, when one has;
 /// - `None` when no worker can take it (no capacity, no adapter).
 ///
 /// `workers`' loads and `homes` are updated as streams are placed.
@@ -68,22 +75,41 @@ pub fn place(
     workers: &mut [WorkerSlot<'_>],
     homes: &mut HashMap<u64, String>,
 ) -> Vec<Option<usize>> {
+    // How many streams each budgeted key without a home brings, to seat the key whole.
+    let mut arriving: HashMap<u64, i64> = HashMap::new();
+    for stream in pending.iter().filter(|s| s.budgeted) {
+        if !homes.contains_key(&stream.key) {
+            *arriving.entry(stream.key).or_insert(0) += 1;
+        }
+    }
     pending
         .iter()
         .map(|stream| {
-            let home = homes.get(&stream.key).and_then(|home| {
-                workers
-                    .iter()
-                    .position(|w| w.id == home && w.fits(stream.adapter))
-            });
-            let chosen = home.or_else(|| {
+            if let Some(home) = homes.get(&stream.key) {
+                let at_home = workers.iter().position(|w| w.id == home);
+                if let Some(i) = at_home.filter(|&i| workers[i].fits(stream.adapter)) {
+                    workers[i].load += 1;
+                    return Some(i);
+                }
+                if stream.budgeted && at_home.is_some() {
+                    return None;
+                }
+            }
+            let fitting = || {
                 workers
                     .iter()
                     .enumerate()
                     .filter(|(_, w)| w.fits(stream.adapter))
-                    .min_by(|(_, a), (_, b)| a.load.cmp(&b.load).then(a.id.cmp(b.id)))
-                    .map(|(i, _)| i)
-            })?;
+            };
+            let least = |(_, a): &(usize, &WorkerSlot<'_>), (_, b): &(usize, &WorkerSlot<'_>)| {
+                a.load.cmp(&b.load).then(a.id.cmp(b.id))
+            };
+            let whole = arriving.get(&stream.key).and_then(|&n| {
+                fitting()
+                    .filter(|(_, w)| i64::from(w.capacity) - w.load >= n)
+                    .min_by(least)
+            });
+            let chosen = whole.or_else(|| fitting().min_by(least))?.0;
             workers[chosen].load += 1;
             homes
                 .entry(stream.key)
@@ -91,6 +117,25 @@ pub fn place(
             Some(chosen)
         })
         .collect()
+}
+
+/// Where a budgeted key moves when its home is full: the least loaded other worker (ties: the
+/// smaller id) that runs every adapter in `adapters` and has room for `streams` more (the
+/// key's streams at home and those waiting). `None`: the key waits at home for room.
+pub fn move_target(
+    workers: &[WorkerSlot<'_>],
+    home: &str,
+    adapters: &[&str],
+    streams: i64,
+) -> Option<usize> {
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.id != home)
+        .filter(|(_, w)| adapters.iter().all(|a| w.adapters.iter().any(|b| b == a)))
+        .filter(|(_, w)| i64::from(w.capacity) - w.load >= streams)
+        .min_by(|(_, a), (_, b)| a.load.cmp(&b.load).then(a.id.cmp(b.id)))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -105,6 +150,23 @@ mod tests {
         PendingStream {
             adapter: "IQAIR_DAILY",
             key,
+            budgeted: false,
+        }
+    }
+
+    fn budgeted(key: u64) -> PendingStream<'static> {
+        PendingStream {
+            budgeted: true,
+            ..stream(key)
+        }
+    }
+
+    fn slot<'a>(id: &'a str, adapters: &'a [String], capacity: u32, load: i64) -> WorkerSlot<'a> {
+        WorkerSlot {
+            id,
+            adapters,
+            capacity,
+            load,
         }
     }
 
@@ -155,6 +217,39 @@ mod tests {
         // The first goes home; a is then full, so the second spills to b; 8 is new.
         assert_eq!(placed, [Some(0), Some(1), Some(1)]);
         assert_eq!(homes[&7], "a", "a full home stays the home");
+    }
+
+    #[test]
+    fn a_budgeted_key_waits_at_a_full_home_and_moves_whole() {
+        let adapters = iqair();
+        let mut workers = [slot("a", &adapters, 3, 2), slot("b", &adapters, 10, 0)];
+        let mut homes = HashMap::from([(7, "a".to_owned())]);
+        let placed = place(
+            &[budgeted(7), budgeted(7), budgeted(8)],
+            &mut workers,
+            &mut homes,
+        );
+        // The first fills its home; the second waits rather than spend a second budget on b.
+        assert_eq!(placed, [Some(0), None, Some(1)]);
+        // b (load 1 now) has room for the key's 3 streams at home and the one waiting.
+        assert_eq!(move_target(&workers, "a", &["IQAIR_DAILY"], 4), Some(1));
+        assert_eq!(move_target(&workers, "a", &["IQAIR_DAILY"], 10), None);
+        assert_eq!(move_target(&workers, "a", &["OTHER"], 1), None);
+    }
+
+    #[test]
+    fn a_new_budgeted_key_goes_where_all_of_it_fits() {
+        let adapters = iqair();
+        let mut workers = [slot("a", &adapters, 2, 0), slot("b", &adapters, 10, 1)];
+        let mut homes = HashMap::new();
+        let placed = place(
+            &[budgeted(7), budgeted(7), budgeted(7), stream(8)],
+            &mut workers,
+            &mut homes,
+        );
+        // a is less loaded but cannot hold all three; the unbudgeted key takes the least loaded.
+        assert_eq!(placed, [Some(1), Some(1), Some(1), Some(0)]);
+        assert_eq!(homes[&7], "b");
     }
 
     #[test]

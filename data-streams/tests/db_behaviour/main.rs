@@ -28,6 +28,10 @@ crate::on_both_backends! {
         crate::streams::release_worker_frees_its_streams => release_worker_frees_its_streams,
         crate::streams::assignable_streams_order_limit_and_filter
             => assignable_streams_order_limit_and_filter,
+        crate::streams::assignable_streams_read_on_after_a_cursor
+            => assignable_streams_read_on_after_a_cursor,
+        crate::streams::key_streams_move_under_their_generation
+            => key_streams_move_under_their_generation,
         crate::streams::assigned_counts_per_worker => assigned_counts_per_worker,
         crate::streams::workers_lifecycle => workers_lifecycle,
         crate::streams::corrupt_rows_are_reported_as_corrupt

@@ -428,6 +428,102 @@ pub async fn assignable_streams_order_limit_and_filter(db: Db) {
         .is_empty());
 }
 
+/// The sweep reads on past streams it could not place: `assignable_streams_after` continues
+/// after a (created_at, id) in that order.
+pub async fn assignable_streams_read_on_after_a_cursor(db: Db) {
+    let mut made = Vec::new();
+    for at in [T0 + 100, T0 + 200, T0 + 200, T0 + 300] {
+        made.push(stream(&db, at).await);
+    }
+    let ids = |rows: Vec<StreamRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let all = ids(db.assignable_streams(10).await.expect("all"));
+    assert_eq!(all.len(), 4);
+    let first_two = db.assignable_streams(2).await.expect("page");
+    let last = first_two.last().expect("two");
+    let rest = ids(db
+        .assignable_streams_after(Some((last.created_at, last.id)), 10)
+        .await
+        .expect("after"));
+    // The two streams created in the same millisecond are split by id, and none is skipped.
+    assert_eq!(
+        [ids(first_two), rest].concat(),
+        all,
+        "a page and what follows it are the whole list"
+    );
+}
+
+/// A budgeted key moves whole: its running streams on one worker are found by key, and moved
+/// only while still (worker, generation); a stale generation or a stopped stream stays.
+pub async fn key_streams_move_under_their_generation(db: Db) {
+    let key = spec().secret_key().expose().to_owned();
+    let a = stream(&db, T0).await;
+    let b = stream(&db, T0 + 1).await;
+    let stopped = stream(&db, T0 + 2).await;
+    let mut other_body = stream_body();
+    other_body["secret_key"] = json!("sk-other");
+    let other = db
+        .insert_stream(
+            Uuid::new_v4(),
+            &spec_of(other_body),
+            StreamState::Running,
+            T0 + 3,
+        )
+        .await
+        .expect("insert");
+    for row in [&a, &b, &stopped, &other] {
+        db.assign(row.id, "home").await.expect("assign");
+    }
+    db.set_state(stopped.id, StreamState::Stopped, None, false, T0 + 4)
+        .await
+        .expect("stop");
+
+    let at_home = db.key_streams_on("home", &key).await.expect("by key");
+    let found: Vec<Uuid> = at_home.iter().map(|r| r.id).collect();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    assert_eq!(found, expected, "the key's running streams at home only");
+    assert!(db
+        .key_streams_on("elsewhere", &key)
+        .await
+        .expect("none")
+        .is_empty());
+
+    // b's generation is stale by the time of the move: it stays.
+    let from: Vec<(Uuid, i64)> = at_home
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                if r.id == b.id {
+                    r.generation - 1
+                } else {
+                    r.generation
+                },
+            )
+        })
+        .collect();
+    let moved = db.move_streams(&from, "home", "away").await.expect("move");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, a.id);
+    let a_now = db.get_stream(a.id).await.expect("get").expect("a");
+    assert_eq!(a_now.worker_id.as_deref(), Some("away"));
+    assert_eq!(a_now.generation, moved[0].1);
+    assert!(a_now.generation > at_home[0].generation.min(at_home[1].generation));
+    let b_now = db.get_stream(b.id).await.expect("get").expect("b");
+    assert_eq!(b_now.worker_id.as_deref(), Some("home"));
+    // Moving from the wrong worker moves nothing.
+    assert!(db
+        .move_streams(&[(b.id, b_now.generation)], "nobody", "away")
+        .await
+        .expect("move")
+        .is_empty());
+    assert!(db
+        .move_streams(&[], "home", "away")
+        .await
+        .expect("empty")
+        .is_empty());
+}
+
 pub async fn assigned_counts_per_worker(db: Db) {
     assert!(db.assigned_counts().await.expect("counts").is_empty());
     for i in 0..5 {
