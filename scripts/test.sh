@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, behaviour (SQLite and PostgreSQL, folder and loopback S3),
 # protocol, adapter/simulator, end-to-end tests with the real binaries, the console in a real
-# browser (headless Chromium) and schemathesis against the API's OpenAPI document.
+# browser (headless Chromium), schemathesis against the API's OpenAPI document and the Kubernetes
+# manifests against the Kubernetes schema (scripts/k8s-validate.sh).
 # PostgreSQL is found or started by scripts/pg.sh; Chromium, chromedriver and schemathesis are
 # installed when missing. No test skips: a missing dependency fails loudly.
 set -euo pipefail
@@ -33,6 +34,11 @@ if [[ ! -x $venv/bin/schemathesis ]] || ! "$venv/bin/python" -c 'import duckdb' 
 fi
 export SCHEMATHESIS=${SCHEMATHESIS:-$PWD/$venv/bin/schemathesis}
 export DUCKDB_PYTHON=${DUCKDB_PYTHON:-$PWD/$venv/bin/python}
+
+# The Kubernetes manifests (deploy/k8s) against the Kubernetes schema, with kubernetes-validate
+# from PyPI in the same virtual environment. About a second; first, so a bad manifest fails
+# before the build.
+bash scripts/k8s-validate.sh
 
 state=$(mktemp -t ds-pg-state.XXXXXX)
 trap 'bash scripts/pg-stop.sh "$state"' EXIT
