@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::SecretKey;
-use protocol::handshake;
+use protocol::handshake::{self, Admission};
 use protocol::link::{self, Incoming, LinkConfig, LinkHandle};
 use protocol::tls::TlsAcceptor;
 use protocol::{
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::db::DbError;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Role, Supervisor};
 
 /// Events persisted per transaction, at most.
 const PERSIST_BATCH: usize = 1024;
@@ -165,17 +165,29 @@ where
         heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
         heartbeat_timeout_ms: settings.heartbeat_timeout.as_millis() as u64,
     };
-    let hello = handshake::accept(
+    let admission = match supervisor.role() {
+        Role::Leader => Admission::Welcome(welcome),
+        Role::Follower { leader_worker_addr } => Admission::Redirect(leader_worker_addr),
+    };
+    let accepted = handshake::accept(
         &mut conn,
         settings.token.expose().as_bytes(),
-        welcome,
+        admission,
         deadline.saturating_duration_since(tokio::time::Instant::now()),
     )
-    .await
-    .map_err(|e| {
-        metrics::counter!("ds_handshake_rejections_total").increment(1);
-        SessionError::Handshake(e)
-    })?;
+    .await;
+    let hello = match accepted {
+        Ok(hello) => hello,
+        Err(ProtocolError::Redirected(leader)) => {
+            metrics::counter!("ds_worker_redirects_total").increment(1);
+            tracing::debug!(leader = ?leader, "a worker dialled this follower: sent to the leader");
+            return Ok(());
+        }
+        Err(e) => {
+            metrics::counter!("ds_handshake_rejections_total").increment(1);
+            return Err(SessionError::Handshake(e));
+        }
+    };
     let worker_id = hello.worker_id.clone();
     let config = LinkConfig {
         heartbeat_interval: settings.heartbeat_interval,
@@ -198,11 +210,20 @@ where
     );
 
     let mut batch = Batch::default();
+    let mut role = supervisor.role_changes();
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 link.close().await;
                 break Ok(());
+            }
+            // No longer the leader: the worker goes, and its next dial is redirected.
+            changed = role.changed() => {
+                if changed.is_err() || *role.borrow_and_update() != Role::Leader {
+                    tracing::info!(worker_id, "this supervisor no longer leads: closing the worker's link");
+                    link.close().await;
+                    break Ok(());
+                }
             }
             ended = &mut task => {
                 break match ended {

@@ -14,6 +14,7 @@ use protocol::{Connection, Frame, Hello, ProtocolError, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use data_streams::supervisor::Role;
 use support::{eventually, ids_of, logged, settled, spawn_app, unique, TestApp, WORKER_TOKEN};
 
 /// How a bad connection ended, seen from the client.
@@ -332,4 +333,46 @@ async fn after_a_supervisor_restart_the_worker_reconnects_and_nothing_is_lost_or
             .unwrap() as usize,
         files.len()
     );
+}
+
+/// Workers follow the leader: a follower verifies a worker's hello and sends it to the leader's
+/// worker address, a worker given several addresses tries them in turn (the first here has
+/// nobody listening), and when the leader steps down its workers' links close and their next
+/// dial finds the new leader.
+#[tokio::test]
+async fn workers_follow_the_leader_across_a_change_of_roles() {
+    let first = spawn_app().await;
+    let second = spawn_app().await;
+    second.supervisor().set_role(Role::Follower {
+        leader_worker_addr: Some(first.worker_addr.to_string()),
+    });
+    // A port nobody listens on, the follower, then the leader (reached first by the redirect).
+    let nobody = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        listener.local_addr().expect("its address")
+    };
+    let addrs = format!("{nobody},{},{}", second.worker_addr, first.worker_addr);
+    let _worker = support::spawn_worker(&addrs, &first.store_url, "follower-1", 10).await;
+    first.wait_worker_connected("follower-1", true).await;
+    assert!(
+        !second.workers().await.contains_key("follower-1"),
+        "the follower never took the worker"
+    );
+
+    // The roles swap: the old leader closes the link, and the worker's next dial through its
+    // own list reaches the new leader.
+    second.supervisor().set_role(Role::Leader);
+    first.supervisor().set_role(Role::Follower {
+        leader_worker_addr: Some(second.worker_addr.to_string()),
+    });
+    second.wait_worker_connected("follower-1", true).await;
+    first.wait_worker_connected("follower-1", false).await;
+
+    // A follower that knows no leader yet sends the worker on to its other addresses, and
+    // one of them leads again.
+    second.supervisor().set_role(Role::Follower {
+        leader_worker_addr: None,
+    });
+    first.supervisor().set_role(Role::Leader);
+    first.wait_worker_connected("follower-1", true).await;
 }

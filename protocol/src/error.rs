@@ -21,6 +21,8 @@ pub enum ProtocolError {
     Handshake(String),
     #[error("rejected by the supervisor: {0}")]
     Rejected(String),
+    #[error("this supervisor is not the leader; the leader takes workers at {}", .0.as_deref().unwrap_or("(no leader yet)"))]
+    Redirected(Option<String>),
     #[error("peer silent for {0:?}, declared gone")]
     PeerSilent(std::time::Duration),
     #[error("unexpected {got} frame while waiting for {expected}")]

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::connection::Connection;
 use crate::error::ProtocolError;
-use crate::message::{Challenge, Frame, Hello, Reject, Welcome, PROTOCOL_VERSION};
+use crate::message::{Challenge, Frame, Hello, Redirect, Reject, Welcome, PROTOCOL_VERSION};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -84,12 +84,28 @@ pub fn verify(token: &[u8], challenge: &Challenge, hello: &Hello) -> Result<(), 
         .map_err(|_| HelloRejection::BadToken)
 }
 
-/// Supervisor side: send a challenge, read the hello, verify it, and answer with a welcome or a
-/// reject. On a reject the caller should close the socket; the error says why.
+/// How a supervisor answers a verified hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// It leads: the worker is welcome.
+    Welcome(Welcome),
+    /// It follows: the worker is sent to the leader's worker address (`None`: not known yet).
+    Redirect(Option<String>),
+}
+
+impl From<Welcome> for Admission {
+    fn from(welcome: Welcome) -> Self {
+        Admission::Welcome(welcome)
+    }
+}
+
+/// Supervisor side: send a challenge, read the hello, verify it, and answer with a welcome, a
+/// redirect to the leader ([`ProtocolError::Redirected`] once sent) or a reject. On an error
+/// the caller should close the socket; the error says why.
 pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Connection<T>,
     token: &[u8],
-    welcome: Welcome,
+    admission: impl Into<Admission>,
     timeout: Duration,
 ) -> Result<Hello, ProtocolError> {
     let challenge = new_challenge();
@@ -109,10 +125,19 @@ pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| ProtocolError::Handshake(format!("no hello within {timeout:?}")))??;
     match verify(token, &challenge, &hello) {
-        Ok(()) => {
-            conn.write_frame(&Frame::Welcome(welcome)).await?;
-            Ok(hello)
-        }
+        Ok(()) => match admission.into() {
+            Admission::Welcome(welcome) => {
+                conn.write_frame(&Frame::Welcome(welcome)).await?;
+                Ok(hello)
+            }
+            Admission::Redirect(leader) => {
+                conn.write_frame(&Frame::Redirect(Redirect {
+                    leader: leader.clone(),
+                }))
+                .await?;
+                Err(ProtocolError::Redirected(leader))
+            }
+        },
         Err(rejection) => {
             let reason = rejection.to_string();
             // Best effort: the peer may already be gone; the rejection is logged by the caller.
@@ -174,6 +199,7 @@ pub async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
         match conn.read_frame().await? {
             Some(Frame::Welcome(w)) => Ok(w),
             Some(Frame::Reject(r)) => Err(ProtocolError::Rejected(r.reason)),
+            Some(Frame::Redirect(r)) => Err(ProtocolError::Redirected(r.leader)),
             Some(other) => Err(ProtocolError::Unexpected {
                 expected: "welcome",
                 got: other.kind(),

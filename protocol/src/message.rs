@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub use catalogue::iqair::Measurement;
 
 /// Version of the wire format. A peer with another version is rejected during the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Everything that crosses the link, in either direction.
 ///
@@ -44,6 +44,10 @@ pub enum Frame {
     Ack { seq: u64 },
     /// Either way: "I am alive". Any frame counts as a sign of life; this one carries nothing.
     Heartbeat,
+    /// supervisor → worker, instead of a welcome: this supervisor is not the leader; dial the
+    /// leader's worker address (when known). The socket closes after this frame. Sent only
+    /// after the hello is verified, so only a worker holding the token learns the address.
+    Redirect(Redirect),
 }
 
 impl Frame {
@@ -59,6 +63,7 @@ impl Frame {
             Frame::Event { event, .. } => event.name(),
             Frame::Ack { .. } => "ack",
             Frame::Heartbeat => "heartbeat",
+            Frame::Redirect(_) => "redirect",
         }
     }
 }
@@ -101,6 +106,14 @@ pub struct Welcome {
     pub heartbeat_interval_ms: u64,
     /// After this long without any frame, a peer is declared gone.
     pub heartbeat_timeout_ms: u64,
+}
+
+/// A follower's answer to a verified hello: where the leader takes workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// The leader's worker address (`host:port`); `None` while no leader is known (an election
+    /// in progress): the worker tries its other addresses.
+    pub leader: Option<String>,
 }
 
 /// Why the supervisor refused a worker.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::codec;
-use protocol::handshake::{self, WorkerIdentity};
+use protocol::handshake::{self, Admission, WorkerIdentity};
 use protocol::link::{self, Incoming, LinkConfig};
 use protocol::{
     Call, Challenge, Connection, Event, FailureClass, Frame, Hello, JobState, JobStep, Measurement,
@@ -299,6 +299,45 @@ async fn handshake_accepts_the_right_token_and_rejects_a_wrong_one_with_a_reason
         other => panic!("expected a rejection, got {other}"),
     }
     assert!(server.unwrap_err().to_string().contains("authentication"));
+}
+
+/// A follower verifies the hello, then sends the worker to the leader instead of welcoming it;
+/// a wrong token still gets the rejection, never the leader's address.
+#[tokio::test]
+async fn a_follower_redirects_a_verified_worker_to_the_leader() {
+    let t = Duration::from_secs(5);
+    for leader in [Some("10.0.0.7:7070".to_owned()), None] {
+        let (a, b) = pair().await;
+        let (mut w, mut s) = (Connection::new(a, 4096), Connection::new(b, 4096));
+        let (worker, server) = tokio::join!(
+            handshake::connect(&mut w, TOKEN, identity(), t),
+            handshake::accept(&mut s, TOKEN, Admission::Redirect(leader.clone()), t)
+        );
+        match worker.unwrap_err() {
+            ProtocolError::Redirected(to) => assert_eq!(to, leader),
+            other => panic!("expected a redirect, got {other}"),
+        }
+        match server.unwrap_err() {
+            ProtocolError::Redirected(to) => assert_eq!(to, leader),
+            other => panic!("the follower says it redirected, got {other}"),
+        }
+    }
+
+    let (a, b) = pair().await;
+    let (mut w, mut s) = (Connection::new(a, 4096), Connection::new(b, 4096));
+    let (worker, _server) = tokio::join!(
+        handshake::connect(&mut w, b"wrong", identity(), t),
+        handshake::accept(
+            &mut s,
+            TOKEN,
+            Admission::Redirect(Some("10.0.0.7:7070".into())),
+            t
+        )
+    );
+    match worker.unwrap_err() {
+        ProtocolError::Rejected(reason) => assert!(!reason.contains("10.0.0.7"), "{reason}"),
+        other => panic!("expected a rejection, got {other}"),
+    }
 }
 
 #[tokio::test]

@@ -49,8 +49,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let tls = match settings.tls_ca() {
         Some(ca) => Some(LinkTls {
             connector: protocol::tls::connector(ca).map_err(StartupError::Tls)?,
-            server_name: protocol::tls::server_name(&settings.tls_server_name())
-                .map_err(StartupError::Tls)?,
+            server_name: match settings.explicit_tls_server_name() {
+                Some(name) => Some(protocol::tls::server_name(name).map_err(StartupError::Tls)?),
+                None => {
+                    // Each address is checked under its own host name: a bad one is a start-up
+                    // error, not a link that never comes up.
+                    for addr in link::addresses(&settings.supervisor_addr) {
+                        protocol::tls::server_name(protocol::tls::host_of(&addr))
+                            .map_err(StartupError::Tls)?;
+                    }
+                    None
+                }
+            },
         }),
         None => None,
     };

@@ -27,7 +27,9 @@ use crate::scheduler::Scheduler;
 #[derive(Clone)]
 pub struct LinkTls {
     pub connector: TlsConnector,
-    pub server_name: ServerName<'static>,
+    /// `None`: the host part of the address dialled (each supervisor replica, or the leader a
+    /// follower points to, is checked under its own name).
+    pub server_name: Option<ServerName<'static>>,
 }
 
 /// The name it checks: rustls' connector has no `Debug`.
@@ -42,6 +44,9 @@ impl std::fmt::Debug for LinkTls {
 /// How the worker dials.
 #[derive(Debug, Clone)]
 pub struct LinkSettings {
+    /// The supervisor's worker address, or several separated by commas (the replicas, or an
+    /// orchestrator's Service): tried in turn, and a follower's redirect is followed to the
+    /// leader.
     pub supervisor_addr: String,
     pub token: SecretKey,
     pub worker_id: String,
@@ -63,31 +68,72 @@ const SEND_BATCH: usize = 256;
 /// Most events sent and not yet acknowledged, by default (see RFC.md §5, "Send window").
 pub const DEFAULT_SEND_WINDOW: usize = 2048;
 
-/// Keep the worker connected until `shutdown`.
+/// Redirects followed in a row without a session before the worker backs off: two followers
+/// that point at each other during an election do not make it spin.
+const MAX_REDIRECTS: u32 = 3;
+
+/// The addresses in `DATA_STREAMS_WORKER_ADDR`: one or several, separated by commas.
+pub fn addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Keep the worker connected until `shutdown`: dial the configured addresses in turn, follow a
+/// follower's redirect to the leader, and back off after failures.
 pub async fn run(
     settings: LinkSettings,
     scheduler: Scheduler,
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
 ) {
+    let configured = addresses(&settings.supervisor_addr);
+    let configured = if configured.is_empty() {
+        vec![settings.supervisor_addr.clone()]
+    } else {
+        configured
+    };
+    let mut next = 0usize;
+    let mut redirected_to: Option<String> = None;
+    let mut redirects = 0u32;
     let mut failures = 0u32;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        match session(&settings, &scheduler, &outbox, &shutdown).await {
+        let addr = redirected_to.take().unwrap_or_else(|| {
+            let addr = configured[next % configured.len()].clone();
+            next += 1;
+            addr
+        });
+        match session(&addr, &settings, &scheduler, &outbox, &shutdown).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::ByPeer) => {
-                tracing::warn!(addr = %settings.supervisor_addr, "supervisor closed the link; reconnecting");
+                tracing::warn!(%addr, "supervisor closed the link; reconnecting");
                 failures = 0;
+                redirects = 0;
+            }
+            Err(SessionError::Link(ProtocolError::Redirected(leader))) => {
+                redirects += 1;
+                tracing::info!(%addr, leader = leader.as_deref().unwrap_or("(none yet)"), "this supervisor follows; dialling the leader");
+                if redirects <= MAX_REDIRECTS {
+                    if let Some(leader) = leader {
+                        redirected_to = Some(leader);
+                        continue;
+                    }
+                }
+                failures += 1;
+                redirects = 0;
             }
             Err(SessionError::Connect(err)) => {
                 failures += 1;
                 // Say it loudly once, then quietly while the supervisor stays down.
                 if failures == 1 {
-                    tracing::warn!(addr = %settings.supervisor_addr, "cannot reach the supervisor: {err}; retrying with backoff");
+                    tracing::warn!(%addr, "cannot reach the supervisor: {err}; retrying with backoff");
                 } else {
-                    tracing::debug!(addr = %settings.supervisor_addr, failures, "still cannot reach the supervisor: {err}");
+                    tracing::debug!(%addr, failures, "still cannot reach the supervisor: {err}");
                 }
             }
             Err(SessionError::Tls(err)) => {
@@ -95,23 +141,23 @@ pub async fn run(
                 // Usually configuration (an untrusted or misnamed certificate, a plain port):
                 // loud once, then quiet until it changes.
                 if failures == 1 {
-                    tracing::error!(addr = %settings.supervisor_addr, "TLS handshake with the supervisor failed: {err}; retrying with backoff");
+                    tracing::error!(%addr, "TLS handshake with the supervisor failed: {err}; retrying with backoff");
                 } else {
-                    tracing::debug!(addr = %settings.supervisor_addr, failures, "TLS handshake with the supervisor still fails: {err}");
+                    tracing::debug!(%addr, failures, "TLS handshake with the supervisor still fails: {err}");
                 }
             }
             Err(SessionError::LinkTask(err)) => {
                 failures += 1;
-                tracing::error!(addr = %settings.supervisor_addr, "the link's task failed: {err}");
+                tracing::error!(%addr, "the link's task failed: {err}");
             }
             Err(SessionError::Link(err)) => {
                 failures += 1;
                 match &err {
                     ProtocolError::Rejected(reason) => {
-                        tracing::error!(addr = %settings.supervisor_addr, "supervisor rejected this worker: {reason}")
+                        tracing::error!(%addr, "supervisor rejected this worker: {reason}")
                     }
                     other => {
-                        tracing::warn!(addr = %settings.supervisor_addr, "link to the supervisor failed: {other}")
+                        tracing::warn!(%addr, "link to the supervisor failed: {other}")
                     }
                 }
             }
@@ -149,28 +195,32 @@ enum SessionError {
 }
 
 async fn session(
+    addr: &str,
     settings: &LinkSettings,
     scheduler: &Scheduler,
     outbox: &Arc<Outbox>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, SessionError> {
-    let socket = tokio::time::timeout(
-        settings.connect_timeout,
-        TcpStream::connect(&settings.supervisor_addr),
-    )
-    .await
-    .map_err(|_| {
-        SessionError::Connect(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ))
-    })?
-    .map_err(SessionError::Connect)?;
+    let socket = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            SessionError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })?
+        .map_err(SessionError::Connect)?;
     let _ = socket.set_nodelay(true);
     match &settings.tls {
-        None => link_session(socket, settings, scheduler, outbox, shutdown).await,
+        None => link_session(addr, socket, settings, scheduler, outbox, shutdown).await,
         Some(tls) => {
-            let handshake = tls.connector.connect(tls.server_name.clone(), socket);
+            let server_name = match &tls.server_name {
+                Some(name) => name.clone(),
+                None => protocol::tls::server_name(protocol::tls::host_of(addr)).map_err(|e| {
+                    SessionError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                })?,
+            };
+            let handshake = tls.connector.connect(server_name, socket);
             let socket = tokio::time::timeout(settings.connect_timeout, handshake)
                 .await
                 .map_err(|_| {
@@ -180,13 +230,14 @@ async fn session(
                     ))
                 })?
                 .map_err(SessionError::Tls)?;
-            link_session(socket, settings, scheduler, outbox, shutdown).await
+            link_session(addr, socket, settings, scheduler, outbox, shutdown).await
         }
     }
 }
 
 /// The hello and the link on a connected socket (plain TCP or TLS).
 async fn link_session<T>(
+    addr: &str,
     socket: T,
     settings: &LinkSettings,
     scheduler: &Scheduler,
@@ -218,7 +269,7 @@ where
     };
     let (link, mut incoming, mut task) = link::spawn(conn, config);
     tracing::info!(
-        addr = %settings.supervisor_addr,
+        %addr,
         worker_id = %settings.worker_id,
         running = scheduler.len(),
         unacknowledged = outbox.len(),

@@ -13,7 +13,8 @@ use common::SecretKey;
     about = "data-streams worker: runs streams on schedule"
 )]
 pub struct Settings {
-    /// The supervisor's worker port to dial.
+    /// The supervisor's worker port to dial, or several separated by commas (supervisor
+    /// replicas): tried in turn; a follower sends the worker on to the leader.
     #[arg(
         long,
         env = "DATA_STREAMS_WORKER_ADDR",
@@ -86,12 +87,22 @@ impl Settings {
         self.tls_ca.as_deref().filter(|p| !p.as_os_str().is_empty())
     }
 
-    /// The name the supervisor's certificate must carry.
+    /// The name every supervisor's certificate must carry, when set; otherwise each address's
+    /// own host.
+    pub fn explicit_tls_server_name(&self) -> Option<&str> {
+        self.tls_server_name.as_deref().filter(|n| !n.is_empty())
+    }
+
+    /// The name the supervisor's certificate must carry, as shown at start-up.
     pub fn tls_server_name(&self) -> String {
-        self.tls_server_name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| protocol::tls::host_of(&self.supervisor_addr).to_owned())
+        match self.explicit_tls_server_name() {
+            Some(name) => name.to_owned(),
+            None => crate::link::addresses(&self.supervisor_addr)
+                .iter()
+                .map(|addr| protocol::tls::host_of(addr))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
     }
 
     /// Shutdown grace as a duration.

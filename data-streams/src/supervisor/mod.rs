@@ -65,6 +65,20 @@ struct Inner {
     reconcile: Suspects,
     /// Where commits and status changes are announced (`GET /live`).
     live: Live,
+    /// Whether this process leads; a follower sends workers to the leader.
+    role: tokio::sync::watch::Sender<Role>,
+}
+
+/// Whether this process leads (takes workers, assigns, fails over, indexes) or follows. One
+/// process on its own database leads from the start; with replicas the leader lease decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    /// Another replica leads; workers that dial this one are sent to its worker address
+    /// (`None` while no leader is known).
+    Follower {
+        leader_worker_addr: Option<String>,
+    },
 }
 
 /// What [`Supervisor::create`] did.
@@ -105,8 +119,32 @@ impl Supervisor {
                 grace,
                 reconcile,
                 live,
+                role: tokio::sync::watch::Sender::new(Role::Leader),
             }),
         }
+    }
+
+    /// This process's role now.
+    pub fn role(&self) -> Role {
+        self.inner.role.borrow().clone()
+    }
+
+    /// Changes of role, for what only a leader does (the worker port closes its sessions when
+    /// this process stops leading, so its workers go to the new leader).
+    pub fn role_changes(&self) -> tokio::sync::watch::Receiver<Role> {
+        self.inner.role.subscribe()
+    }
+
+    /// Takes on a role (from the leader lease). Unchanged roles notify nobody.
+    pub fn set_role(&self, role: Role) {
+        self.inner.role.send_if_modified(|current| {
+            let changed = *current != role;
+            if changed {
+                tracing::info!(?role, "supervisor role");
+                *current = role;
+            }
+            changed
+        });
     }
 
     /// Announce a stream's current shape and status on the live channel.
