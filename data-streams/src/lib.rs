@@ -5,6 +5,7 @@
 //! the real addresses are readable); [`Application::run_until_stopped`] serves until shutdown.
 
 pub mod api;
+pub mod cluster;
 pub mod console;
 pub mod coverage;
 pub mod db;
