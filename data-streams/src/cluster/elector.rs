@@ -286,18 +286,25 @@ impl Campaign {
             }
         }
         self.publish(None);
-        if let Some((term, _)) = held {
-            let resigned = lease::resign(&self.pool, &term, NOTIFY_CHANNEL);
-            match timeout(self.settings.db_timeout, resigned).await {
-                Ok(Ok(true)) => tracing::info!(epoch = term.epoch, "resigned the leader lease"),
-                Ok(Ok(false)) => {}
-                Ok(Err(err)) => tracing::warn!("cannot resign the leader lease: {err}"),
-                Err(_) => tracing::warn!("resigning the leader lease timed out"),
+        // One timeout for the last words: a database that is gone must not hold up a shutdown
+        // for longer than one statement would.
+        let farewell = async {
+            if let Some((term, _)) = held {
+                match lease::resign(&self.pool, &term, NOTIFY_CHANNEL).await {
+                    Ok(true) => tracing::info!(epoch = term.epoch, "resigned the leader lease"),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!("cannot resign the leader lease: {err}"),
+                }
             }
-        }
-        let left = replicas::leave(&self.pool, &self.me);
-        if let Ok(Err(err)) = timeout(self.settings.db_timeout, left).await {
-            tracing::debug!("cannot remove this replica's row: {err}");
+            if let Err(err) = replicas::leave(&self.pool, &self.me).await {
+                tracing::debug!("cannot remove this replica's row: {err}");
+            }
+        };
+        if timeout(self.settings.db_timeout, farewell).await.is_err() {
+            tracing::warn!(
+                "the elector's last words (resign, leave) took over {:?}; the lease expires by itself",
+                self.settings.db_timeout
+            );
         }
     }
 
