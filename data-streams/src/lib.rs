@@ -5,6 +5,7 @@
 //! the real addresses are readable); [`Application::run_until_stopped`] serves until shutdown.
 
 pub mod api;
+pub mod cluster;
 pub mod console;
 pub mod coverage;
 pub mod db;
@@ -70,6 +71,12 @@ pub enum StartupError {
     Tls(#[source] protocol::tls::TlsError),
     #[error("layout migration: {0}")]
     Migration(#[source] layout::MigrationError),
+    #[error(transparent)]
+    SingleReplica(#[from] cluster::SingleReplicaError),
+    #[error(transparent)]
+    LeaseTiming(#[from] cluster::InvalidLeaseTiming),
+    #[error(transparent)]
+    Elector(#[from] cluster::ElectorError),
 }
 
 /// A supervisor that is connected and bound, ready to serve.
@@ -83,6 +90,9 @@ pub struct Application {
     store: Arc<dyn ObjectStore>,
     reconciler: Reconciler,
     live: Live,
+    /// SQLite: this process's hold on the database file (a second supervisor refuses to start).
+    single: Option<cluster::SingleReplicaGuard>,
+    lease_timing: cluster::LeaseTiming,
 }
 
 /// The process-wide Prometheus recorder (installed once; later apps in the same process share it).
@@ -105,6 +115,9 @@ impl Application {
             Ok(None) => None,
             Err(missing) => return Err(StartupError::TlsIncomplete { missing }),
         };
+        let lease_timing = settings.lease_timing()?;
+        // Before connecting: a second supervisor must not even migrate the file.
+        let single = cluster::SingleReplicaGuard::acquire(settings.database_url.expose())?;
         let db = connect_db(&settings).await?;
         // A store that is down at start is not fatal: raw reads fail with 503 and /readyz says
         // why until it is back.
@@ -147,6 +160,8 @@ impl Application {
             store,
             reconciler,
             live,
+            single,
+            lease_timing,
         })
     }
 
@@ -178,6 +193,30 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let settings = self.settings;
         let (supervisor, db) = (self.supervisor, self.db);
+        // Held until this returns: the next supervisor on this SQLite file may start then.
+        let _single = self.single;
+        let identity = cluster::Identity::new(
+            settings
+                .advertise_http_addr
+                .clone()
+                .unwrap_or_else(|| local_addr(&self.http)),
+            settings
+                .advertise_worker_addr
+                .clone()
+                .unwrap_or_else(|| local_addr(&self.worker_port)),
+        );
+        let cluster = cluster::Cluster::new(identity.clone(), &db, self.lease_timing);
+        // PostgreSQL: elected, and seen by the other supervisors (the sweeps and the worker
+        // port do not follow the lease yet). It resigns as soon as `shutdown` is cancelled.
+        let elector = match &db {
+            Db::Postgres(_) => Some(cluster::Elector::start(
+                settings.database_url.expose(),
+                identity,
+                settings.elector(self.lease_timing),
+                &shutdown,
+            )?),
+            Db::Sqlite(_) => None,
+        };
         let (token, dev_token) = settings.worker_token();
         if dev_token {
             tracing::warn!("DATA_STREAMS_WORKER_TOKEN is not set: workers authenticate with the development token");
@@ -245,6 +284,7 @@ impl Application {
             auth: api::Auth::new(api_token.as_ref()),
             metrics: metrics_handle(),
             tables,
+            cluster,
             sweeps: std::sync::Arc::new(sweep::Sweeps::new()),
             ingest: ingest::Ingest::new(
                 db.clone(),
@@ -273,6 +313,9 @@ impl Application {
             .is_err()
         {
             tracing::warn!("some worker sessions did not end within 10 s");
+        }
+        if let Some(elector) = elector {
+            elector.stop().await;
         }
         db.close().await;
         served.map_err(|source| StartupError::Bind {
@@ -328,6 +371,14 @@ async fn connect_db(settings: &Settings) -> Result<Db, StartupError> {
             Err(source) => return Err(StartupError::DatabaseSetup { target, source }),
         }
     }
+}
+
+/// A bound listener's address as text.
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+        .to_string()
 }
 
 async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, StartupError> {

@@ -130,6 +130,29 @@ pub struct Settings {
     /// How many closed days (UTC, before today) the compactor keeps up to date.
     #[arg(long, env = "TABLES_DAYS", default_value_t = 3)]
     pub tables_days: u32,
+    /// The HTTP address the other supervisors and `GET /cluster` show for this one (default:
+    /// the address the API is bound to; set it when that is `0.0.0.0` or behind NAT).
+    #[arg(long, env = "DATA_STREAMS_ADVERTISE_HTTP_ADDR")]
+    pub advertise_http_addr: Option<String>,
+    /// The worker address shown for this supervisor (default: where the worker port is bound).
+    #[arg(long, env = "DATA_STREAMS_ADVERTISE_WORKER_ADDR")]
+    pub advertise_worker_addr: Option<String>,
+    /// PostgreSQL, several supervisors: how often the leader renews its lease (and every
+    /// supervisor heartbeats and, without the lease, looks whether it is free), in ms.
+    #[arg(long, env = "LEADER_RENEW_MS", default_value_t = 5_000)]
+    pub leader_renew_ms: u64,
+    /// How long the leader lease lasts after a renewal, by the database's clock, in ms: a
+    /// leader that stops renewing is replaced after this.
+    #[arg(long, env = "LEADER_TTL_MS", default_value_t = 15_000)]
+    pub leader_ttl_ms: u64,
+    /// How long before its lease would expire the leader stops trusting it, counted from the
+    /// start of the last renewal that worked, in ms (covers clock drift against the database).
+    /// `LEADER_RENEW_MS + LEADER_TRUST_MARGIN_MS` must stay below `LEADER_TTL_MS`.
+    #[arg(long, env = "LEADER_TRUST_MARGIN_MS", default_value_t = 2_000)]
+    pub leader_trust_margin_ms: u64,
+    /// Connect and statement timeout of the leader elector's own two connections, in ms.
+    #[arg(long, env = "LEADER_DB_TIMEOUT_MS", default_value_t = 5_000)]
+    pub leader_db_timeout_ms: u64,
 }
 
 /// One-shot commands of the `data-streams` binary, on the same database and object store
@@ -190,6 +213,25 @@ impl Settings {
         }
     }
 
+    /// How the leader lease is kept, if the three numbers leave room to renew in time.
+    pub fn lease_timing(
+        &self,
+    ) -> Result<crate::cluster::LeaseTiming, crate::cluster::InvalidLeaseTiming> {
+        crate::cluster::LeaseTiming::new(
+            Duration::from_millis(self.leader_renew_ms),
+            Duration::from_millis(self.leader_ttl_ms),
+            Duration::from_millis(self.leader_trust_margin_ms),
+        )
+    }
+
+    /// How the leader elector runs, on `timing` ([`Settings::lease_timing`]).
+    pub fn elector(&self, timing: crate::cluster::LeaseTiming) -> crate::cluster::ElectorSettings {
+        crate::cluster::ElectorSettings {
+            db_timeout: Duration::from_millis(self.leader_db_timeout_ms.max(1)),
+            ..crate::cluster::ElectorSettings::new(timing)
+        }
+    }
+
     /// The bounds of push ingestion.
     pub fn ingest_limits(&self) -> crate::ingest::IngestLimits {
         crate::ingest::IngestLimits {
@@ -212,7 +254,9 @@ impl Settings {
              bulk_max_bytes={} bulk_max_streams={} bulk_timeout_ms={} \
              assign_interval_ms={} reconcile_interval_ms={} reconcile_days={} reconcile_rotation_ms={} \
              reparse_objects_per_second={} ingest_max_line_bytes={} ingest_max_json_bytes={} \
-             ingest_stream_inflight_bytes={} ingest_total_inflight_bytes={}",
+             ingest_stream_inflight_bytes={} ingest_total_inflight_bytes={} \
+             advertise_http_addr={} advertise_worker_addr={} leader_renew_ms={} leader_ttl_ms={} \
+             leader_trust_margin_ms={} leader_db_timeout_ms={}",
             self.http_addr,
             self.worker_addr,
             match self.worker_tls() {
@@ -244,6 +288,12 @@ impl Settings {
             self.ingest_max_json_bytes,
             self.ingest_stream_inflight_bytes,
             self.ingest_total_inflight_bytes,
+            self.advertise_http_addr.as_deref().unwrap_or("<bound>"),
+            self.advertise_worker_addr.as_deref().unwrap_or("<bound>"),
+            self.leader_renew_ms,
+            self.leader_ttl_ms,
+            self.leader_trust_margin_ms,
+            self.leader_db_timeout_ms,
         )
     }
 }

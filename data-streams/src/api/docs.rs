@@ -192,6 +192,7 @@ mod tests {
             "/runs/{id}",
             "/results/{id}/raw",
             "/workers",
+            "/cluster",
             "/reconciler",
             "/reconciler/audit",
             "/audit",

@@ -5,6 +5,7 @@
 
 mod auth;
 mod bulk;
+mod cluster;
 mod coverage;
 pub mod docs;
 mod error;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The warehouse tables (Parquet files of the readings).
     pub tables: crate::tables::Tables,
+    /// Who leads and which supervisors are there (`GET /cluster`).
+    pub cluster: crate::cluster::Cluster,
     /// Sweep planning: IQAir's listings counted (cached a day) when a sweep is created.
     pub sweeps: std::sync::Arc<crate::sweep::Sweeps>,
     /// Push ingestion (`POST /streams/{id}/ingest`).
@@ -103,6 +106,7 @@ fn routes() -> (
         .routes(routes!(tables::compact))
         .routes(routes!(live::live))
         .routes(routes!(system::workers))
+        .routes(routes!(cluster::get))
         .routes(routes!(system::reconciler))
         .routes(routes!(system::reconciler_audit))
         .routes(routes!(system::audit))

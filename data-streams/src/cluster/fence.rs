@@ -1,0 +1,63 @@
+//! The fence of the write path: a leader-only write transaction first takes the lease row
+//! `FOR SHARE` and goes on only while the lease is still its term's.
+//!
+//! The shared row lock is what makes this a fence and not a mere check: taking the lease over
+//! is an `UPDATE` of that row, which waits until every transaction holding it `FOR SHARE`
+//! ends. So every write that passed the fence under epoch N commits (or rolls back) before
+//! epoch N+1 begins, and every write after that finds N+1 and is refused. Expiry is not
+//! checked here: an expired lease that nobody took yet still belongs to the same term, and the
+//! moment someone takes it is ordered by the lock. The cost is the same lock on the other side:
+//! a fenced transaction holds off its own leader's renewals too, so it must stay short
+//! (seconds, well under the lease's TTL less its margin).
+
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Term;
+
+/// Why a leader-only write was refused: nothing it did in the transaction may be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// Another term holds the lease: this process was deposed (its renewals stopped for
+    /// longer than the TTL, or it resigned) and a newer leader may already act.
+    #[error(
+        "deposed: this process led under epoch {ours} but the lease is at epoch {current_epoch}, \
+         held by {current_holder}; the write is refused"
+    )]
+    Deposed {
+        /// The term the write was made under.
+        ours: i64,
+        current_epoch: i64,
+        current_holder: Uuid,
+    },
+    /// The lease row does not exist: nobody ever led on this database.
+    #[error("no leader lease exists on this database; the write is refused")]
+    NoLease,
+    /// The lease row could not be read (and locked).
+    #[error("cannot check the leader lease")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Checks, inside `tx`, that the lease is still `term`'s, and holds the lease row `FOR SHARE`
+/// until `tx` ends so that no other term can begin before it commits. Call it first in every
+/// leader-only write transaction; on an error, roll back (drop `tx`). Each refusal counts in
+/// `ds_cluster_fenced_writes_total`.
+#[tracing::instrument(level = "debug", skip_all, fields(epoch = term.epoch))]
+pub async fn fence(tx: &mut Transaction<'_, Postgres>, term: &Term) -> Result<(), FenceError> {
+    let row: Option<(i64, Uuid)> =
+        sqlx::query_as("SELECT epoch, holder FROM leader_lease WHERE id = 1 FOR SHARE")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let refused = match row {
+        Some((epoch, holder)) if epoch == term.epoch && holder == term.holder => return Ok(()),
+        Some((current_epoch, current_holder)) => FenceError::Deposed {
+            ours: term.epoch,
+            current_epoch,
+            current_holder,
+        },
+        None => FenceError::NoLease,
+    };
+    metrics::counter!("ds_cluster_fenced_writes_total").increment(1);
+    tracing::warn!("a leader-only write was fenced off: {refused}");
+    Err(refused)
+}
