@@ -42,6 +42,28 @@ async fn migrated(prefix: &str) -> (TestDatabase, PgPool) {
     (database, pool)
 }
 
+/// What `GET /cluster` answers, read as another replica would.
+async fn cluster_view(pool: &PgPool, settings: &ElectorSettings) -> cluster::ClusterView {
+    cluster::Cluster::new(
+        identity("api"),
+        &Db::Postgres(pool.clone()),
+        settings.timing,
+    )
+    .view()
+    .await
+    .unwrap()
+}
+
+/// A migrated database with a table for the fenced writes of a test to land in.
+async fn with_probe(prefix: &str) -> (TestDatabase, PgPool) {
+    let (database, pool) = migrated(prefix).await;
+    sqlx::query("CREATE TABLE fenced_probe (what TEXT PRIMARY KEY, epoch BIGINT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    (database, pool)
+}
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -133,14 +155,7 @@ async fn one_of_two_electors_leads_and_a_resignation_hands_over_at_once() {
     }
     let (holder, epoch, _) = lease_row(&pool).await;
     assert_eq!((holder, epoch), (first.holder, first.epoch));
-    let view = cluster::Cluster::new(
-        identity("api"),
-        &Db::Postgres(pool.clone()),
-        slow_poll.timing,
-    )
-    .view()
-    .await
-    .unwrap();
+    let view = cluster_view(&pool, &slow_poll).await;
     assert_eq!(
         view.leader.as_ref().map(|l| (l.id, l.epoch)),
         Some((first.holder, 1))
@@ -168,14 +183,7 @@ async fn one_of_two_electors_leads_and_a_resignation_hands_over_at_once() {
         "handover took {handover:?}; polling alone would take a minute"
     );
     assert_eq!((next.holder, next.epoch), (follower_id, 2));
-    let view = cluster::Cluster::new(
-        identity("api"),
-        &Db::Postgres(pool.clone()),
-        slow_poll.timing,
-    )
-    .view()
-    .await
-    .unwrap();
+    let view = cluster_view(&pool, &slow_poll).await;
     assert_eq!(view.leader.map(|l| (l.id, l.epoch)), Some((follower_id, 2)));
     assert_eq!(
         view.replicas.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -187,11 +195,7 @@ async fn one_of_two_electors_leads_and_a_resignation_hands_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_renewals_stop_is_replaced_after_the_ttl_and_fenced_off() {
-    let (database, pool) = migrated("ds_cluster_pause").await;
-    sqlx::query("CREATE TABLE fenced_probe (what TEXT PRIMARY KEY, epoch BIGINT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (database, pool) = with_probe("ds_cluster_pause").await;
     let shutdown = CancellationToken::new();
     let fast = settings(200, 2_000, 500, 200, 2_000);
     let a = Elector::start(&database.url, identity("a"), fast, &shutdown).unwrap();
@@ -254,11 +258,7 @@ async fn a_leader_whose_renewals_stop_is_replaced_after_the_ttl_and_fenced_off()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_waits_for_the_fenced_write_in_flight() {
-    let (database, pool) = migrated("ds_cluster_inflight").await;
-    sqlx::query("CREATE TABLE fenced_probe (what TEXT PRIMARY KEY, epoch BIGINT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (database, pool) = with_probe("ds_cluster_inflight").await;
     let shutdown = CancellationToken::new();
     let fast = settings(200, 1_500, 500, 200, 1_000);
     let a = Elector::start(&database.url, identity("a"), fast, &shutdown).unwrap();
