@@ -630,6 +630,14 @@ impl ObjectStore for S3Store {
             }
             // Someone else (another worker) created it in between.
             Err(error) if error.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            // What s3s-fs (and some other servers) answer in that race, and what AWS answers
+            // for another account's bucket: ours if it can be read now.
+            Err(error) if error.code() == Some("BucketAlreadyExists") => {
+                match self.client.head_bucket().bucket(bucket).send().await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(self.error("s3 CreateBucket", bucket, None, error)),
+                }
+            }
             Err(error) => Err(self.error("s3 CreateBucket", bucket, None, error)),
         }
     }

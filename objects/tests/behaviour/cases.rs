@@ -902,6 +902,18 @@ pub async fn put_new_creates_a_missing_bucket_and_checks_like_put(b: &Backend) {
         b.name
     );
     assert_eq!(b.strict.get(&bucket, key).await.unwrap(), body);
+    // Two workers creating one missing bucket at once: both puts succeed (S3 servers answer
+    // the loser's CreateBucket with BucketAlreadyOwnedByYou or BucketAlreadyExists).
+    let raced = b.bucket_name("raced");
+    let body_meta = meta("s", &body);
+    let (one, two) = tokio::join!(
+        b.store
+            .put_new(&raced, "a/1.json", body.clone(), &body_meta),
+        b.store
+            .put_new(&raced, "a/2.json", body.clone(), &body_meta),
+    );
+    assert_eq!(one.unwrap(), Created::New, "{}", b.name);
+    assert_eq!(two.unwrap(), Created::New, "{}", b.name);
     let err = b
         .store
         .put_new(&b.bucket, "a/../b.json", body.clone(), &meta("s", &body))
