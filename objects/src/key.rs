@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 /// `<adapter>/stream_id=<stream_id>/dt=YYYY-MM-DD/<result_id>.json`: Hive-style partitions, so
 /// query engines read `stream_id` and `dt` as columns without parsing paths. The date is the UTC
-/// day of the fetch, which the UUIDv7 `result_id` also carries, so a listing of one stream is a
-/// timeline.
+/// day of the time the UUIDv7 `result_id` carries (the run's scheduled slot,
+/// [`slot_result_id`], or the fetch), so a listing of one stream is a timeline.
 ///
 /// Objects stored before this layout are at `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`
 /// ([`Layout::Legacy`]): they parse, list and read back as before, and `data-streams
