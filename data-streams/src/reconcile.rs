@@ -811,7 +811,8 @@ impl Reconciler {
     }
 
     /// A reference for an unreported object: size and SHA-256 from the store's metadata when it
-    /// has them, else from the bytes; the fetch time from the UUIDv7.
+    /// has them, else from the bytes; the fetch time from the metadata, else from the UUIDv7
+    /// (a slot's result id carries the slot, which the fetch followed).
     async fn read_reference(
         &self,
         target: &ReconcileTarget,
@@ -823,6 +824,12 @@ impl Reconciler {
             Some(m) => Some(m.clone()),
             None => self.store.head(bucket, &object.key).await?.meta,
         };
+        let fetched_at = meta
+            .as_ref()
+            .and_then(|m| chrono::DateTime::parse_from_rfc3339(&m.fetched_at).ok())
+            .map(|at| at.timestamp_millis())
+            .or_else(|| objects::uuid_time_ms(id))
+            .unwrap_or_else(common::now_ms);
         let sha256 = match meta.map(|m| m.sha256).filter(|s| s.len() == 64) {
             Some(sha) => sha,
             None => {
@@ -830,7 +837,6 @@ impl Reconciler {
                 objects::sha256_hex(&bytes)
             }
         };
-        let fetched_at = objects::uuid_time_ms(id).unwrap_or_else(common::now_ms);
         Ok(ReconciledRef {
             id,
             stream_id: target.id,

@@ -23,6 +23,12 @@
 //! tree mode the metadata file is written and renamed first, so a visible object already has its
 //! metadata (between the two renames of an overwrite a `head` sees the new metadata with the old
 //! bytes; keys here are result ids written once, so that window does not matter in practice).
+//!
+//! A `put_new` (create only if absent) writes the same fsynced temporary file and publishes it
+//! with link(2) instead of rename(2): link never replaces a name, so of two puts racing for a
+//! key exactly one gets it, and the other finds a complete object (the temporary name is
+//! removed either way, and one folder fsync covers both changes). It needs a file system with
+//! hard links (ext4, xfs, btrfs, tmpfs, overlayfs; not FAT).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -33,8 +39,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::{
-    check_put, validate_bucket_name, validate_key, validate_prefix, ObjectInfo, ObjectMeta,
-    ObjectStore, StoreError, StoreOptions,
+    check_put, validate_bucket_name, validate_key, validate_prefix, Created, ObjectInfo,
+    ObjectMeta, ObjectStore, StoreError, StoreOptions,
 };
 
 /// The extended attribute holding an object's [`ObjectMeta`] (JSON).
@@ -98,15 +104,16 @@ impl FolderStore {
     }
 }
 
-#[async_trait::async_trait]
-impl ObjectStore for FolderStore {
-    async fn put(
+impl FolderStore {
+    /// `put` and `put_new`: the same checks and temporary file, published as `publish` says.
+    async fn store(
         &self,
         bucket: &str,
         key: &str,
         body: Bytes,
         meta: &ObjectMeta,
-    ) -> Result<(), StoreError> {
+        publish: Publish,
+    ) -> Result<Created, StoreError> {
         check_put(bucket, key, &body, meta)?;
         let sidecar = serde_json::to_vec(&ObjectMeta {
             sha256: meta.sha256.to_ascii_lowercase(),
@@ -123,8 +130,40 @@ impl ObjectStore for FolderStore {
         let (bucket, key) = (bucket.to_owned(), key.to_owned());
         let create_buckets = self.create_buckets;
         let tree = self.tree.clone();
-        blocking(move || put_blocking(&root, &bucket, &key, &body, &sidecar, create_buckets, &tree))
+        blocking(move || {
+            let object = Object {
+                root: &root,
+                bucket: &bucket,
+                key: &key,
+            };
+            put_blocking(object, &body, &sidecar, create_buckets, &tree, publish)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for FolderStore {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<(), StoreError> {
+        self.store(bucket, key, body, meta, Publish::Replace)
             .await
+            .map(|_| ())
+    }
+
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<Created, StoreError> {
+        self.store(bucket, key, body, meta, Publish::IfAbsent).await
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
@@ -310,15 +349,33 @@ where
     }
 }
 
+/// How a complete temporary file becomes the object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// rename(2): replaces whatever is there.
+    Replace,
+    /// link(2), then the temporary name is removed: fails with `EEXIST` when the name is
+    /// taken, so the first object stored under a key stays.
+    IfAbsent,
+}
+
+/// One object's names, for work on a blocking thread.
+#[derive(Clone, Copy)]
+struct Object<'a> {
+    root: &'a Path,
+    bucket: &'a str,
+    key: &'a str,
+}
+
 fn put_blocking(
-    root: &Path,
-    bucket: &str,
-    key: &str,
+    object: Object<'_>,
     body: &[u8],
     meta: &[u8],
     create_buckets: bool,
     tree: &AtomicBool,
-) -> Result<(), StoreError> {
+    publish: Publish,
+) -> Result<Created, StoreError> {
+    let Object { root, bucket, key } = object;
     let bucket_dir = root.join(bucket);
     match fs::metadata(&bucket_dir) {
         Ok(info) if info.is_dir() => {}
@@ -404,6 +461,9 @@ fn put_blocking(
             Err(error) => return Err(error),
         }
     };
+    if publish == Publish::IfAbsent {
+        return publish_if_absent(object, &folder, &name, &object_path, object_tmp, body, meta);
+    }
     let object_tmp = match object_tmp {
         Some(path) => path,
         None => {
@@ -420,7 +480,71 @@ fn put_blocking(
         let _ = fs::remove_file(&object_tmp);
         return Err(error);
     }
-    sync_folder(&folder)
+    sync_folder(&folder)?;
+    Ok(Created::New)
+}
+
+/// The second half of a conditional put: `object_tmp` (complete and fsynced, with its metadata
+/// attribute; `None` in the tree mode, where the bytes are written here) gets the object's name
+/// with link(2), which refuses a name that exists, and loses its own. Only a complete file is
+/// ever linked, so a half-written temporary file is never an object, and a name that exists is
+/// a whole object (or a folder, which is refused as by `put`).
+///
+/// In the tree mode the metadata is written after the link, not before as by `put`: written
+/// first, it would replace the metadata of an object that turns out to exist. So for a moment
+/// (for ever, after a crash right there) the new object has no metadata; `head` then says
+/// `None`, and the reconciler hashes the bytes.
+fn publish_if_absent(
+    object: Object<'_>,
+    folder: &Path,
+    name: &str,
+    object_path: &Path,
+    object_tmp: Option<PathBuf>,
+    body: &[u8],
+    meta: &[u8],
+) -> Result<Created, StoreError> {
+    let Object { root, bucket, key } = object;
+    let in_tree = object_tmp.is_none();
+    let object_tmp = match object_tmp {
+        Some(path) => path,
+        None => write_temp(folder, name, body, None)?,
+    };
+    let linked = fs::hard_link(&object_tmp, object_path);
+    // Linked or not, the temporary name goes: the object (if any) has its own.
+    let _ = fs::remove_file(&object_tmp);
+    match linked {
+        Ok(()) => {
+            if in_tree {
+                put_tree_meta(root, bucket, key, meta)?;
+            }
+            sync_folder(folder)?;
+            Ok(Created::New)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let size = match fs::metadata(object_path) {
+                Ok(info) if info.is_dir() => return Err(folder_in_the_way(key)),
+                Ok(info) => info.len(),
+                // Deleted since: a put in a race with a delete; the caller may try again.
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        op: "stat the object already stored at",
+                        path: object_path.to_path_buf(),
+                        source,
+                    })
+                }
+            };
+            Ok(Created::Existing(ObjectInfo {
+                key: key.to_owned(),
+                size,
+                meta: read_meta(root, bucket, key, object_path),
+            }))
+        }
+        Err(source) => Err(StoreError::Io {
+            op: "link into place",
+            path: object_path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Whether a failed write means "no user extended attributes on this file system".
@@ -896,6 +1020,82 @@ mod tests {
         // No temporary files are left behind by the failed puts.
         assert_eq!(names_in(&dir.path().join("results/a")), ["b"]);
         assert_eq!(names_in(&dir.path().join("results")), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_half_written_temporary_file_is_never_the_existing_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path(), true).await;
+        let folder = dir.path().join("results/s/dt=2024-05-01");
+        fs::create_dir_all(&folder).unwrap();
+        // A put of the same key killed half-way: its temporary file, under the name `put`
+        // gives it, with half the bytes and no metadata.
+        let half = folder.join(".r1.json.0123456789abcdef0123456789abcdef.tmp");
+        fs::write(&half, b"{\"hal").unwrap();
+        let body = Bytes::from_static(b"{\"whole\":true}");
+        let key = "s/dt=2024-05-01/r1.json";
+        let created = store
+            .put_new("results", key, body.clone(), &meta_for(&body))
+            .await
+            .unwrap();
+        assert_eq!(created, Created::New);
+        assert_eq!(store.get("results", key).await.unwrap(), body);
+        assert_eq!(
+            store.head("results", key).await.unwrap().meta,
+            Some(meta_for(&body))
+        );
+        // The stale file stays hidden and untouched (nothing sweeps temporary files); the put's
+        // own temporary name is gone.
+        assert_eq!(
+            names_in(&folder),
+            [".r1.json.0123456789abcdef0123456789abcdef.tmp", "r1.json"]
+        );
+        assert_eq!(fs::read(&half).unwrap(), b"{\"hal");
+    }
+
+    #[tokio::test]
+    async fn put_new_in_the_tree_mode_keeps_the_first_objects_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path(), true)
+            .await
+            .with_metadata(FolderMetadata::Tree);
+        let key = "x/dt=2024-05-01/r1.json";
+        let first = Bytes::from_static(b"[1]");
+        let second = Bytes::from_static(b"[2, 2]");
+        let created = store
+            .put_new("results", key, first.clone(), &meta_for(&first))
+            .await
+            .unwrap();
+        assert_eq!(created, Created::New);
+        let created = store
+            .put_new("results", key, second.clone(), &meta_for(&second))
+            .await
+            .unwrap();
+        let expected = ObjectInfo {
+            key: key.into(),
+            size: 3,
+            meta: Some(meta_for(&first)),
+        };
+        assert_eq!(created, Created::Existing(expected.clone()));
+        assert_eq!(store.head("results", key).await.unwrap(), expected);
+        assert_eq!(
+            names_in(&dir.path().join("results/x/dt=2024-05-01")),
+            ["r1.json"]
+        );
+    }
+
+    #[tokio::test]
+    async fn put_new_refuses_a_folder_in_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_at(dir.path(), true).await;
+        let body = Bytes::from_static(b"1");
+        put(&store, "a/b/c", &body).await.unwrap();
+        let err = store
+            .put_new("results", "a/b", body.clone(), &meta_for(&body))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidName { .. }), "{err}");
+        assert_eq!(names_in(&dir.path().join("results/a")), ["b"]);
     }
 
     #[tokio::test]

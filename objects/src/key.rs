@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 /// `<adapter>/stream_id=<stream_id>/dt=YYYY-MM-DD/<result_id>.json`: Hive-style partitions, so
 /// query engines read `stream_id` and `dt` as columns without parsing paths. The date is the UTC
-/// day of the fetch, which the UUIDv7 `result_id` also carries, so a listing of one stream is a
-/// timeline.
+/// day of the time the UUIDv7 `result_id` carries (the run's scheduled slot,
+/// [`slot_result_id`], or the fetch), so a listing of one stream is a timeline.
 ///
 /// Objects stored before this layout are at `<adapter>/<stream_id>/dt=YYYY-MM-DD/<result_id>.json`
 /// ([`Layout::Legacy`]): they parse, list and read back as before, and `data-streams
@@ -157,9 +157,65 @@ pub fn uuid_time_ms(id: Uuid) -> Option<i64> {
     })
 }
 
+/// The result id of the scheduled slot `slot_ms` (ms since the Unix epoch) of `stream_id`: a
+/// UUIDv7 whose timestamp is the slot and whose 74 other bits are the first bits of
+/// SHA-256(`stream_id` ‖ `slot_ms` as 8 big-endian bytes). Every worker that runs the slot
+/// derives the same id, so the same key: the object is stored once, whoever fetches it (with a
+/// conditional put, [`crate::ObjectStore::put_new`]). Ids of one stream still sort by time, one
+/// slot after another, and [`uuid_time_ms`] reads the slot back.
+///
+/// A slot before the epoch or past UUIDv7's 48-bit milliseconds (year 10889) is clamped.
+pub fn slot_result_id(stream_id: Uuid, slot_ms: i64) -> Uuid {
+    use sha2::{Digest, Sha256};
+    const MAX_MS: i64 = (1 << 48) - 1;
+    let slot_ms = slot_ms.clamp(0, MAX_MS);
+    let mut hasher = Sha256::new();
+    hasher.update(stream_id.as_bytes());
+    hasher.update(slot_ms.to_be_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&slot_ms.to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(&digest[..10]);
+    // Version 7 in the high nibble of byte 6, variant 0b10 in the top bits of byte 8.
+    bytes[6] = 0x70 | (bytes[6] & 0x0f);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    Uuid::from_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_ids_are_uuidv7_of_the_slot_stable_and_distinct() {
+        let stream = Uuid::parse_str("0190a1b2-c3d4-7000-8000-00000000abcd").unwrap();
+        let other = Uuid::parse_str("0190a1b2-c3d4-7000-8000-00000000abce").unwrap();
+        let slot = 1_714_557_600_123;
+        let id = slot_result_id(stream, slot);
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_eq!(uuid_time_ms(id), Some(slot));
+        // Whoever derives it, whenever: the same id.
+        assert_eq!(slot_result_id(stream, slot), id);
+        // Pinned, so a change of the derivation (which would store slots twice across workers
+        // of two builds) cannot pass unnoticed.
+        assert_eq!(id.to_string(), "018f3398-c17b-761a-b4b1-ce510c7806a4");
+        assert_ne!(slot_result_id(other, slot), id);
+        assert_ne!(slot_result_id(stream, slot + 1), id);
+        // One stream's slots sort by time, so its keys do (the reconciler's timeline).
+        let ids: Vec<Uuid> = (0..1_000)
+            .map(|k| slot_result_id(stream, slot + k * 60_000))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| ObjectKey::for_result("IQAIR_DAILY", stream, *id).to_string())
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order");
+        // Out of range: clamped, still a UUIDv7.
+        assert_eq!(uuid_time_ms(slot_result_id(stream, -5)), Some(0));
+        assert_eq!(slot_result_id(stream, i64::MAX).get_version_num(), 7);
+    }
 
     #[test]
     fn a_key_has_the_documented_layout_and_parses_back() {

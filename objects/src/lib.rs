@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::StoreError;
 pub use folder::{FolderMetadata, FolderStore};
-pub use key::{uuid_time_ms, Layout, ObjectKey};
+pub use key::{slot_result_id, uuid_time_ms, Layout, ObjectKey};
 pub use names::{validate_bucket_name, validate_key, validate_prefix};
 pub use s3::{S3Settings, S3Store};
 
@@ -57,6 +57,17 @@ pub struct ObjectInfo {
     pub meta: Option<ObjectMeta>,
 }
 
+/// What [`ObjectStore::put_new`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The object is stored, with the bytes and metadata given.
+    New,
+    /// An object was already stored under the key and is left as it is: this is what `head`
+    /// says of it (its `meta` is `None` only for an object not written by this crate, or, in
+    /// the folder store's tree mode, one whose metadata is still being written).
+    Existing(ObjectInfo),
+}
+
 /// How a store behaves where the two backends could differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -83,6 +94,25 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         body: Bytes,
         meta: &ObjectMeta,
     ) -> Result<(), StoreError>;
+
+    /// Store `body` under `key` only if no object is there: the first put of a key wins, and
+    /// every later one leaves it as it is and answers [`Created::Existing`] with what is stored
+    /// (its size and metadata), so a caller reports the stored object instead of failing. Two
+    /// puts racing for one key: exactly one is [`Created::New`]. Atomic on both stores (S3
+    /// `If-None-Match: *`; the folder store publishes its complete temporary file with
+    /// `link(2)`, which never replaces a name), so a reader sees no object or the whole
+    /// winner, never a mix. A write in progress or cut short (a hidden temporary file) is not
+    /// an object and never makes a put `Existing`. Same checks and errors as [`Self::put`].
+    ///
+    /// What the existing object holds is not compared with `body`: the caller decides what a
+    /// different SHA-256 means.
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<Created, StoreError>;
 
     /// The object's bytes, exactly as stored.
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError>;

@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::one_line_chain;
 use crate::{
-    check_put, validate_bucket_name, validate_key, validate_prefix, ObjectInfo, ObjectMeta,
-    ObjectStore, StoreError, StoreOptions,
+    check_put, validate_bucket_name, validate_key, validate_prefix, Created, ObjectInfo,
+    ObjectMeta, ObjectStore, StoreError, StoreOptions,
 };
 
 /// Region used when neither the settings nor the SDK's chain name one; MinIO accepts it.
@@ -233,6 +233,8 @@ impl S3Store {
         })
     }
 
+    /// One PutObject; with `if_absent`, conditional on no object being there
+    /// (`If-None-Match: *`), and `Ok(false)` when the server says one is.
     async fn put_once(
         &self,
         bucket: &str,
@@ -240,8 +242,10 @@ impl S3Store {
         body: Bytes,
         meta: &ObjectMeta,
         checksum: &str,
-    ) -> Result<(), StoreError> {
-        self.client
+        if_absent: bool,
+    ) -> Result<bool, StoreError> {
+        let mut request = self
+            .client
             .put_object()
             .bucket(bucket)
             .key(key)
@@ -250,11 +254,43 @@ impl S3Store {
             .metadata(META_FETCHED_AT, &meta.fetched_at)
             .metadata(META_SHA256, meta.sha256.to_ascii_lowercase())
             .checksum_sha256(checksum)
-            .body(ByteStream::from(body))
-            .send()
+            .body(ByteStream::from(body));
+        if if_absent {
+            request = request.if_none_match("*");
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            // 412 PreconditionFailed: an object is there. 409 ConditionalRequestConflict (AWS):
+            // another conditional write of this key is in flight; `put_new` looks at what is
+            // stored and retries when nothing is yet.
+            Err(error) if if_absent && matches!(status_of(&error), Some(412 | 409)) => Ok(false),
+            Err(error) => Err(self.error("s3 PutObject", bucket, Some(key), error)),
+        }
+    }
+
+    /// `put` and `put_new`: a missing bucket is created (when allowed) and the put tried once
+    /// more.
+    async fn store(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+        if_absent: bool,
+    ) -> Result<bool, StoreError> {
+        check_put(bucket, key, &body, meta)?;
+        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
+        match self
+            .put_once(bucket, key, body.clone(), meta, &checksum, if_absent)
             .await
-            .map(|_| ())
-            .map_err(|error| self.error("s3 PutObject", bucket, Some(key), error))
+        {
+            Err(StoreError::NoSuchBucket { .. }) if self.create_buckets => {
+                self.ensure_bucket(bucket).await?;
+                self.put_once(bucket, key, body, meta, &checksum, if_absent)
+                    .await
+            }
+            other => other,
+        }
     }
 
     /// A 404 without an error code (HEAD answers have no body) means the bucket or the key is
@@ -390,17 +426,33 @@ impl ObjectStore for S3Store {
         body: Bytes,
         meta: &ObjectMeta,
     ) -> Result<(), StoreError> {
-        check_put(bucket, key, &body, meta)?;
-        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&body));
-        match self
-            .put_once(bucket, key, body.clone(), meta, &checksum)
-            .await
-        {
-            Err(StoreError::NoSuchBucket { .. }) if self.create_buckets => {
-                self.ensure_bucket(bucket).await?;
-                self.put_once(bucket, key, body, meta, &checksum).await
-            }
-            other => other,
+        self.store(bucket, key, body, meta, false).await.map(|_| ())
+    }
+
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<Created, StoreError> {
+        if self.store(bucket, key, body, meta, true).await? {
+            return Ok(Created::New);
+        }
+        match self.head(bucket, key).await {
+            Ok(info) => Ok(Created::Existing(info)),
+            // A 409 for a write still in flight (or one that failed since): nothing stored yet,
+            // so the caller's retry may be the one that stores it.
+            Err(StoreError::NoSuchKey { .. }) => Err(StoreError::Backend {
+                operation: "s3 PutObject",
+                target: format!("{bucket}/{key}"),
+                detail: "the server refused the conditional put, but holds no object there \
+                         (another write of this key was in flight)"
+                    .into(),
+                transient: true,
+                source: None,
+            }),
+            Err(error) => Err(error),
         }
     }
 
@@ -578,6 +630,14 @@ impl ObjectStore for S3Store {
             }
             // Someone else (another worker) created it in between.
             Err(error) if error.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            // What s3s-fs (and some other servers) answer in that race, and what AWS answers
+            // for another account's bucket: ours if it can be read now.
+            Err(error) if error.code() == Some("BucketAlreadyExists") => {
+                match self.client.head_bucket().bucket(bucket).send().await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(self.error("s3 CreateBucket", bucket, None, error)),
+                }
+            }
             Err(error) => Err(self.error("s3 CreateBucket", bucket, None, error)),
         }
     }

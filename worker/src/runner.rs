@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use objects::{ObjectKey, ObjectMeta, ObjectStore, StoreError};
+use objects::{Created, ObjectKey, ObjectMeta, ObjectStore, StoreError};
 use protocol::{
     Event, FailureClass, JobState, JobStep, Measurement, ResultRecord, RunFailure, RunReport,
     RunStatus, RunWindow, Schedule, StreamConfig,
@@ -55,11 +55,13 @@ impl RunOutcome {
     }
 }
 
-/// When a run was due and when it started, in ms since the Unix epoch.
+/// When a run was due and when it started, in ms since the Unix epoch, and the schedule's slot
+/// it runs (when the scheduler gave one).
 #[derive(Debug, Clone, Copy)]
 struct Tick {
     scheduled_at_ms: i64,
     started_at_ms: i64,
+    slot_ms: Option<i64>,
 }
 
 /// Backoff for transient errors inside one run.
@@ -202,14 +204,38 @@ impl Runner {
         }
     }
 
-    /// Run once, for the tick due at `scheduled` (now, or a moment ago), and queue the
-    /// outcome's event.
+    /// Run once, for the tick due at `scheduled` (now, or a moment ago), outside the schedule's
+    /// slots (its object gets a fresh result id), and queue the outcome's event.
     pub async fn run(&self, cfg: &StreamConfig, scheduled: Instant) -> RunOutcome {
+        self.run_at(cfg, scheduled, None).await
+    }
+
+    /// Run the schedule's slot `slot_ms` (ms since the Unix epoch, the same on every worker),
+    /// due at `scheduled`, and queue the outcome's event. A single fetch's object gets the
+    /// slot's result id ([`objects::slot_result_id`]) and is stored only if the slot is not
+    /// stored yet: a second fetch of the slot, by another worker or by this one, reports the
+    /// object already there.
+    pub async fn run_slot(
+        &self,
+        cfg: &StreamConfig,
+        scheduled: Instant,
+        slot_ms: i64,
+    ) -> RunOutcome {
+        self.run_at(cfg, scheduled, Some(slot_ms)).await
+    }
+
+    async fn run_at(
+        &self,
+        cfg: &StreamConfig,
+        scheduled: Instant,
+        slot_ms: Option<i64>,
+    ) -> RunOutcome {
         let started_at_ms = Utc::now().timestamp_millis();
         let lag = Instant::now().saturating_duration_since(scheduled);
         let tick = Tick {
             scheduled_at_ms: started_at_ms - lag.as_millis() as i64,
             started_at_ms,
+            slot_ms,
         };
         if let Some(paged) = self
             .adapters
@@ -326,34 +352,47 @@ impl Runner {
             }
         };
 
-        // Store the bytes exactly as received. The UUIDv7 carries the fetch time.
+        // Store the bytes exactly as received, under the slot's result id (a UUIDv7 of the
+        // slot) or, outside the schedule, a UUIDv7 of the fetch time.
         let sha256 = objects::sha256_hex(&fetched.body);
-        let NewObject {
-            result_id,
-            fetched_at,
-            key,
-            meta,
-        } = NewObject::of(cfg, &sha256);
-        let size = fetched.body.len() as u64;
+        let object = NewObject::of(cfg, &sha256, tick.slot_ms);
         let put_time = Duration::from_millis(cfg.timeout_ms.max(1));
-        if let Err(err) = self
-            .put_with_retry(&cfg.bucket_name, &key, fetched.body, &meta, put_time, None)
+        let stored = match self
+            .put_with_retry(
+                &cfg.bucket_name,
+                &object.key,
+                fetched.body.clone(),
+                &object.meta,
+                put_time,
+                None,
+            )
             .await
         {
-            return fail(FailureClass::Storage, err.to_string(), false);
-        }
+            Ok(created) => {
+                self.stored_object(cfg, &object, &fetched.body, created)
+                    .await
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(message) => return fail(FailureClass::Storage, message, false),
+        };
+        let NewObject { result_id, key, .. } = object;
         RunOutcome::Stored(ResultRecord {
             result_id,
             stream_id: cfg.stream_id,
             adapter: cfg.adapter.clone(),
             bucket: cfg.bucket_name.clone(),
             key,
-            fetched_at_ms: fetched_at.timestamp_millis(),
+            fetched_at_ms: stored.fetched_at_ms,
             scheduled_at_ms: tick.scheduled_at_ms,
             started_at_ms: tick.started_at_ms,
-            size,
-            sha256,
-            measurement: fetched.measurement.map(Box::new),
+            size: stored.size,
+            sha256: stored.sha256,
+            // A reading belongs to the bytes it was parsed from: when the stored object is
+            // another fetch's, its reading comes with that fetch's report (or a re-parse).
+            measurement: fetched.measurement.filter(|_| stored.ours).map(Box::new),
             run_id,
             page: 0,
             records: None,
@@ -494,8 +533,88 @@ impl Runner {
         RunOutcome::Paged(report)
     }
 
-    /// Store `body` once a put permit is free, retrying transient errors for `put_time` from
-    /// then; the time waiting for the permit goes to `queued` when given.
+    /// What the store holds under `object`'s key once its put answered `created`: this
+    /// fetch's bytes, or (the key was taken) the object already there, described by its own
+    /// metadata. Its key was taken by another fetch of the same slot (another worker's during
+    /// a partition, or this worker's before a restart), or by an earlier attempt of this put
+    /// whose answer was lost. Either way the first stored wins and is what gets reported;
+    /// nothing is stored twice. An object without metadata (written by hand, or caught between
+    /// its link and its metadata in the folder store's tree mode) is read and hashed.
+    async fn stored_object(
+        &self,
+        cfg: &StreamConfig,
+        object: &NewObject,
+        body: &Bytes,
+        created: Created,
+    ) -> Result<StoredObject, String> {
+        let ours = StoredObject {
+            size: body.len() as u64,
+            sha256: object.meta.sha256.clone(),
+            fetched_at_ms: object.fetched_at.timestamp_millis(),
+            ours: true,
+        };
+        let info = match created {
+            Created::New => return Ok(ours),
+            Created::Existing(info) => info,
+        };
+        let (sha256, size, fetched_at_ms) = match info.meta {
+            Some(meta) => {
+                let fetched_at_ms = DateTime::parse_from_rfc3339(&meta.fetched_at)
+                    .map_or(ours.fetched_at_ms, |at| at.timestamp_millis());
+                (meta.sha256.to_ascii_lowercase(), info.size, fetched_at_ms)
+            }
+            None => {
+                let read = self.store.get(&cfg.bucket_name, &object.key);
+                let stored =
+                    tokio::time::timeout(Duration::from_millis(cfg.timeout_ms.max(1)), read)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(StoreError::Unreachable {
+                                endpoint: self.store.describe(),
+                                detail: format!("no answer within {} ms", cfg.timeout_ms),
+                                source: "timeout".into(),
+                            })
+                        })
+                        .map_err(|err| {
+                            format!(
+                                "an object is stored under {} already, but cannot be read: {err}",
+                                object.key
+                            )
+                        })?;
+                let stored_size = stored.len() as u64;
+                (
+                    objects::sha256_hex(&stored),
+                    stored_size,
+                    ours.fetched_at_ms,
+                )
+            }
+        };
+        let same_bytes = sha256 == ours.sha256;
+        if same_bytes {
+            tracing::debug!(
+                stream_id = %cfg.stream_id,
+                key = %object.key,
+                "stored already with the same bytes; reporting it"
+            );
+        } else {
+            tracing::info!(
+                stream_id = %cfg.stream_id,
+                key = %object.key,
+                "stored already by another fetch of the slot with other bytes; the first \
+                 stored wins and is reported"
+            );
+        }
+        Ok(StoredObject {
+            size,
+            sha256,
+            fetched_at_ms,
+            ours: same_bytes,
+        })
+    }
+
+    /// Store `body` once a put permit is free, if its key holds nothing yet
+    /// ([`ObjectStore::put_new`]), retrying transient errors for `put_time` from then; the time waiting for the permit goes
+    /// to `queued` when given.
     async fn put_with_retry(
         &self,
         bucket: &str,
@@ -504,7 +623,7 @@ impl Runner {
         meta: &ObjectMeta,
         put_time: Duration,
         queued: Option<&QueueTime>,
-    ) -> Result<(), PutError> {
+    ) -> Result<Created, PutError> {
         let waiting = queued.map(QueueTime::start);
         let _permit = self
             .puts
@@ -516,21 +635,25 @@ impl Runner {
         let mut attempt = 0u32;
         let mut last: Option<StoreError> = None;
         loop {
-            let err =
-                match timeout_at(deadline, self.store.put(bucket, key, body.clone(), meta)).await {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(err)) => err,
-                    Err(_) => {
-                        // Say why the earlier attempts failed, not only that time ran out.
-                        return Err(PutError::Deadline {
-                            store: self.store.describe(),
-                            bucket: bucket.to_owned(),
-                            key: key.to_owned(),
-                            attempts: attempt + 1,
-                            last,
-                        });
-                    }
-                };
+            let err = match timeout_at(
+                deadline,
+                self.store.put_new(bucket, key, body.clone(), meta),
+            )
+            .await
+            {
+                Ok(Ok(created)) => return Ok(created),
+                Ok(Err(err)) => err,
+                Err(_) => {
+                    // Say why the earlier attempts failed, not only that time ran out.
+                    return Err(PutError::Deadline {
+                        store: self.store.describe(),
+                        bucket: bucket.to_owned(),
+                        key: key.to_owned(),
+                        attempts: attempt + 1,
+                        last,
+                    });
+                }
+            };
             if !err.is_transient() {
                 return Err(PutError::Refused(err));
             }
@@ -653,27 +776,32 @@ impl RunRecord<'_> {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let NewObject {
-            result_id,
-            fetched_at,
-            key,
-            meta,
-        } = NewObject::of(cfg, &sha256);
-        let size = body.len() as u64;
+        // Pages keep ids of their fetch time, not of the slot: a page is one request of a
+        // window that depends on what this worker stored before, so another worker's page of
+        // the same number and slot need not be the same request.
+        let object = NewObject::of(cfg, &sha256, None);
         let put_time = Duration::from_millis(cfg.timeout_ms.max(1));
-        self.runner
+        let storage =
+            |message: String| AdapterError::new(FailureClass::Storage, message, Retry::NextTick);
+        let created = self
+            .runner
             .put_with_retry(
                 &cfg.bucket_name,
-                &key,
-                body,
-                &meta,
+                &object.key,
+                body.clone(),
+                &object.meta,
                 put_time,
                 Some(&self.queued),
             )
             .await
-            .map_err(|err| {
-                AdapterError::new(FailureClass::Storage, err.to_string(), Retry::NextTick)
-            })?;
+            .map_err(|err| storage(err.to_string()))?;
+        let stored = self
+            .runner
+            .stored_object(cfg, &object, &body, created)
+            .await
+            .map_err(storage)?;
+        let NewObject { result_id, key, .. } = object;
+        let (size, sha256) = (stored.size, stored.sha256);
         // Known to the next run of this window should this one fail.
         self.stored_pages().insert(page, sha256.clone());
         let run_id = {
@@ -691,12 +819,12 @@ impl RunRecord<'_> {
             adapter: cfg.adapter.clone(),
             bucket: cfg.bucket_name.clone(),
             key,
-            fetched_at_ms: fetched_at.timestamp_millis(),
+            fetched_at_ms: stored.fetched_at_ms,
             scheduled_at_ms: self.tick.scheduled_at_ms,
             started_at_ms: self.tick.started_at_ms,
             size,
             sha256,
-            measurement: measurement.map(Box::new),
+            measurement: measurement.filter(|_| stored.ours).map(Box::new),
             run_id,
             page,
             records,
@@ -783,8 +911,8 @@ impl PageSink for RunRecord<'_> {
     }
 }
 
-/// A raw object about to be stored: its result id (a UUIDv7 of now, the fetch time), its key in
-/// the current layout, and its metadata.
+/// A raw object about to be stored: its result id, its key in the current layout, and its
+/// metadata.
 struct NewObject {
     result_id: Uuid,
     fetched_at: DateTime<Utc>,
@@ -792,17 +920,33 @@ struct NewObject {
     meta: ObjectMeta,
 }
 
+/// The object a put left under its key: this fetch's (`ours`), or one with the same bytes, or
+/// another fetch's (`ours` false), as its metadata describes it.
+struct StoredObject {
+    size: u64,
+    sha256: String,
+    fetched_at_ms: i64,
+    ours: bool,
+}
+
 impl NewObject {
-    fn of(cfg: &StreamConfig, sha256: &str) -> Self {
-        let result_id = Uuid::now_v7();
-        let fetched_at = fetch_time(result_id);
-        let key = ObjectKey::new(
-            &cfg.adapter,
-            cfg.stream_id,
-            fetched_at.date_naive(),
-            result_id,
-        )
-        .to_string();
+    /// The object of a fetch that ended now. In a slot, its result id is the slot's (a UUIDv7
+    /// of the slot, the same on every worker; [`objects::slot_result_id`]); outside one, a
+    /// UUIDv7 of now. Either way the key's day is the day in the id, so one stream's keys sort
+    /// by time; the fetch time is in the metadata.
+    fn of(cfg: &StreamConfig, sha256: &str, slot_ms: Option<i64>) -> Self {
+        let (result_id, fetched_at) = match slot_ms {
+            Some(slot_ms) => (
+                objects::slot_result_id(cfg.stream_id, slot_ms),
+                DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+                    .unwrap_or_else(Utc::now),
+            ),
+            None => {
+                let result_id = Uuid::now_v7();
+                (result_id, fetch_time(result_id))
+            }
+        };
+        let key = ObjectKey::for_result(&cfg.adapter, cfg.stream_id, result_id).to_string();
         let meta = ObjectMeta {
             stream_id: cfg.stream_id.to_string(),
             fetched_at: fetched_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),

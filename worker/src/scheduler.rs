@@ -10,9 +10,19 @@
 //! idempotent. Stopping or shutting down never interrupts a run in flight: the fetch and upload
 //! finish and their event is queued; only the wait for the next tick is cut short.
 //!
-//! Interval streams start after a stable per-stream offset in `[0, min(interval, start_spread))`
-//! (see [`Scheduler::with_start_spread`]), so a worker that is handed thousands of streams at
-//! once — a restart, a failover — spreads their first calls instead of firing them together.
+//! Every tick runs a *slot* of the stream's schedule, a wall-clock time every worker computes
+//! alike, and the slot names the run's object ([`Runner::run_slot`]): two workers running one
+//! stream (a partition) store each slot once. A cron stream's slots are its fire times. An
+//! interval stream's slots are a grid, `anchor + k × interval` ms since the epoch, with a stable
+//! per-stream anchor in `[0, interval)` (from the stream id, so a worker's streams of one
+//! interval are spread over it); its ticks land on the grid, not on a phase of its own.
+//!
+//! An interval stream's first tick comes after a stable per-stream offset in
+//! `[0, min(interval, start_spread))` (see [`Scheduler::with_start_spread`]), so a worker that is
+//! handed thousands of streams at once — a restart, a failover — spreads their first calls
+//! instead of firing them together; that tick runs the slot it falls in (late), and the next
+//! ticks are on the grid. A stream started again within a slot it has run runs that slot again:
+//! one more call, and the object already stored is what it reports.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -81,6 +91,8 @@ struct Entry {
     /// Tells this entry apart from a later start of the same stream.
     incarnation: u64,
     generation: u64,
+    /// The slot (wall-clock ms) of the tick on the wheel, or of the run in flight.
+    slot_ms: i64,
     /// The config the next tick runs with, packed: a million of these must fit in memory.
     config: PackedConfig,
     phase: Phase,
@@ -188,13 +200,14 @@ impl Scheduler {
             ));
         };
         let stream_id = config.stream_id;
-        let key = table.wheel.insert_at(stream_id, first);
+        let key = table.wheel.insert_at(stream_id, first.at);
         let incarnation = self.inner.incarnations.fetch_add(1, Ordering::Relaxed);
         table.streams.insert(
             stream_id,
             Entry {
                 incarnation,
                 generation: config.generation,
+                slot_ms: first.slot_ms,
                 config: packed,
                 phase: Phase::Waiting(key),
             },
@@ -294,13 +307,14 @@ impl Scheduler {
                 config_changed: false,
             };
             let incarnation = entry.incarnation;
+            let slot_ms = entry.slot_ms;
             drop(table);
             let this = self.clone();
             self.inner.tracker.spawn(async move {
                 let lag = Instant::now().saturating_duration_since(tick);
-                tracing::trace!(%stream_id, lag_us = lag.as_micros() as u64, "tick");
-                let outcome = this.inner.runner.run(&config, tick).await;
-                this.ran(stream_id, incarnation, tick, &config, &outcome);
+                tracing::trace!(%stream_id, slot_ms, lag_us = lag.as_micros() as u64, "tick");
+                let outcome = this.inner.runner.run_slot(&config, tick, slot_ms).await;
+                this.ran(stream_id, incarnation, slot_ms, &config, &outcome);
             });
         }
     }
@@ -310,7 +324,7 @@ impl Scheduler {
         &self,
         stream_id: Uuid,
         incarnation: u64,
-        tick: Instant,
+        slot_ms: i64,
         ran_with: &StreamConfig,
         outcome: &RunOutcome,
     ) {
@@ -339,16 +353,19 @@ impl Scheduler {
             Phase::Running {
                 config_changed: true,
             } => match entry.config.unpack() {
-                Ok(config) => self.next_tick(&config, tick),
+                Ok(config) => self.next_tick(&config, slot_ms),
                 Err(err) => {
                     tracing::error!(%stream_id, "stream dropped: {err}");
                     None
                 }
             },
-            _ => self.next_tick(ran_with, tick),
+            _ => self.next_tick(ran_with, slot_ms),
         };
         match next {
-            Some(next) => entry.phase = Phase::Waiting(wheel.insert_at(stream_id, next)),
+            Some(next) => {
+                entry.slot_ms = next.slot_ms;
+                entry.phase = Phase::Waiting(wheel.insert_at(stream_id, next.at));
+            }
             None => {
                 tracing::error!(%stream_id, "schedule has no further tick; stream ends");
                 streams.remove(&stream_id);
@@ -357,7 +374,9 @@ impl Scheduler {
         }
     }
 
-    fn first_tick(&self, config: &StreamConfig) -> Option<Instant> {
+    /// A newly started stream's first tick: an interval stream's after its start offset, in
+    /// the slot that offset falls in; a cron stream's at its next fire time.
+    fn first_tick(&self, config: &StreamConfig) -> Option<Tick> {
         match &config.schedule {
             Schedule::Interval { millis } => {
                 let span = self.inner.start_spread.as_millis().min(*millis as u128) as u64;
@@ -366,34 +385,138 @@ impl Scheduler {
                     0 => 0,
                     span => config.stream_id.as_u64_pair().1 % span,
                 };
-                Some(Instant::now() + Duration::from_millis(offset))
+                let at_ms = self.now_ms().saturating_add(offset as i64);
+                let grid = Grid::of(config.stream_id, *millis);
+                Some(Tick {
+                    at: Instant::now() + Duration::from_millis(offset),
+                    slot_ms: grid.slot_at_or_before(at_ms),
+                })
             }
-            Schedule::Cron { expr } => self.next_cron(expr),
+            Schedule::Cron { expr } => self.next_cron(expr, self.now_ms()),
         }
     }
 
-    /// The tick after `previous`: fixed-rate for intervals (ticks missed while a run overran are
-    /// skipped, not bunched), the next matching time for cron.
-    fn next_tick(&self, config: &StreamConfig, previous: Instant) -> Option<Instant> {
+    /// The tick after the slot `previous`: the next slot of the grid (of intervals) or the next
+    /// fire time (of cron) that is not past. Slots missed while a run overran are skipped, not
+    /// bunched.
+    fn next_tick(&self, config: &StreamConfig, previous: i64) -> Option<Tick> {
+        let now_ms = self.now_ms();
         match &config.schedule {
             Schedule::Interval { millis } => {
-                let period = Duration::from_millis((*millis).max(1));
-                let mut next = previous + period;
-                let now = Instant::now();
-                if next < now {
-                    let behind = now.duration_since(next).as_nanos();
-                    let skip = behind.div_ceil(period.as_nanos()) as u32;
-                    next += period * skip;
-                }
-                Some(next)
+                let grid = Grid::of(config.stream_id, *millis);
+                let slot_ms = grid.slot_at_or_after(now_ms.max(previous.saturating_add(1)));
+                Some(Tick {
+                    at: self.instant_at_ms(slot_ms),
+                    slot_ms,
+                })
             }
-            Schedule::Cron { expr } => self.next_cron(expr),
+            Schedule::Cron { expr } => self.next_cron(expr, now_ms.max(previous)),
         }
     }
 
-    fn next_cron(&self, expr: &str) -> Option<Instant> {
+    /// The first fire time of `expr` strictly after `after_ms`.
+    fn next_cron(&self, expr: &str, after_ms: i64) -> Option<Tick> {
         let cron = parse_cron(expr).ok()?;
-        let at = next_after(&cron, self.inner.clock.now())?;
-        Some(self.inner.clock.instant_at(at))
+        let after = chrono::DateTime::from_timestamp_millis(after_ms)?;
+        let at = next_after(&cron, after)?;
+        Some(Tick {
+            at: self.inner.clock.instant_at(at),
+            slot_ms: at.timestamp_millis(),
+        })
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.inner.clock.now().timestamp_millis()
+    }
+
+    /// The tokio instant at which the wall clock reads `ms` (now, when past).
+    fn instant_at_ms(&self, ms: i64) -> Instant {
+        match chrono::DateTime::from_timestamp_millis(ms) {
+            Some(at) => self.inner.clock.instant_at(at),
+            None => Instant::now(),
+        }
+    }
+}
+
+/// When a stream runs next: the instant, and the schedule's slot it runs.
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    at: Instant,
+    slot_ms: i64,
+}
+
+/// An interval stream's slots: `anchor + k × interval` ms since the Unix epoch, the same on
+/// every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    interval_ms: i64,
+    anchor_ms: i64,
+}
+
+impl Grid {
+    /// The grid of `stream_id` at `interval_ms`: its anchor is the stream id's low 64 bits
+    /// (random in v4 and v7 ids alike) modulo the interval, so a worker's streams of one interval
+    /// are spread over it.
+    pub fn of(stream_id: Uuid, interval_ms: u64) -> Self {
+        let interval_ms = i64::try_from(interval_ms.max(1)).unwrap_or(i64::MAX);
+        let anchor_ms = (stream_id.as_u64_pair().1 % interval_ms as u64) as i64;
+        Grid {
+            interval_ms,
+            anchor_ms,
+        }
+    }
+
+    /// The latest slot at or before `ms`.
+    pub fn slot_at_or_before(self, ms: i64) -> i64 {
+        let k = (ms - self.anchor_ms).div_euclid(self.interval_ms);
+        self.anchor_ms + k * self.interval_ms
+    }
+
+    /// The earliest slot at or after `ms`.
+    pub fn slot_at_or_after(self, ms: i64) -> i64 {
+        let before = self.slot_at_or_before(ms);
+        if before == ms {
+            ms
+        } else {
+            before.saturating_add(self.interval_ms)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interval_grid_is_the_streams_own_and_every_worker_finds_the_same_slots() {
+        let stream = Uuid::from_u64_pair(0x0190_a1b2_c3d4_7000, 0x8000_0000_0000_2710 + 1_234);
+        let grid = Grid::of(stream, 10_000);
+        // 0x8000_0000_0000_2710 is a multiple of 10,000.
+        let anchor = (0x8000_0000_0000_2710u64 % 10_000 + 1_234) as i64;
+        assert_eq!(
+            grid.slot_at_or_before(1_000_000 + anchor),
+            1_000_000 + anchor
+        );
+        assert_eq!(
+            grid.slot_at_or_before(1_009_999 + anchor),
+            1_000_000 + anchor
+        );
+        assert_eq!(
+            grid.slot_at_or_after(1_000_000 + anchor),
+            1_000_000 + anchor
+        );
+        assert_eq!(
+            grid.slot_at_or_after(1_000_001 + anchor),
+            1_010_000 + anchor
+        );
+        // Before the anchor (and before the epoch) the grid goes on.
+        assert_eq!(grid.slot_at_or_before(anchor - 1), anchor - 10_000);
+        // The same stream and interval, whoever asks: the same grid.
+        assert_eq!(Grid::of(stream, 10_000), grid);
+        for ms in [0, 17, 9_999, 10_000, 1_714_557_600_123] {
+            let slot = grid.slot_at_or_before(ms);
+            assert!(slot <= ms && ms - slot < 10_000, "{ms}: {slot}");
+            assert_eq!((slot - grid.anchor_ms).rem_euclid(10_000), 0);
+        }
     }
 }

@@ -49,9 +49,13 @@ fn noon() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
 }
 
+/// A stream whose interval slots fall on whole intervals since midnight (its id's low 64 bits
+/// are a whole number of days), so its ticks are at multiples of the interval from a rig
+/// started on a whole minute.
 fn stream(key: &str, every_ms: u64, rate_limit: RateLimit) -> StreamConfig {
+    let (high, low) = Uuid::new_v4().as_u64_pair();
     StreamConfig {
-        stream_id: Uuid::now_v7(),
+        stream_id: Uuid::from_u64_pair(high, (low % 1_000_000) * 86_400_000),
         generation: 1,
         adapter: "IQAIR_DAILY".into(),
         endpoint: "http://api.example/v2/nearest_city".into(),
@@ -191,8 +195,9 @@ async fn a_limit_answer_blocks_the_key_even_with_budget_left() {
         .start(stream("key-a", 10_000, RateLimit::COMMUNITY))
         .unwrap();
     sleep(Duration::from_millis(65_000)).await;
-    // The first call got the limit answer at 0; both streams back off for 60 s, then go on.
-    assert_eq!(calls_with(&rig, "key-a"), vec![0, 60_000, 60_100]);
+    // The first call got the limit answer at 0; both streams back off for 60 s, then go on
+    // (the second stream's first run, at 0.1 s, ran the slot of 0 s; both share the grid).
+    assert_eq!(calls_with(&rig, "key-a"), vec![0, 60_000, 60_000]);
     let backoffs = failures(&rig)
         .into_iter()
         .filter(|f| f.message.contains("backs off"))

@@ -47,9 +47,28 @@ fn rig(steps: Vec<Step>, clock: Clock) -> Rig {
     }
 }
 
+/// A wall clock following tokio's, starting at a midnight (UTC): a whole number of every
+/// interval here.
+fn clock() -> Clock {
+    Clock::following_tokio(midnight())
+}
+
+fn midnight() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap()
+}
+
+/// A stream id whose interval grids (of any interval dividing a day) are anchored at
+/// `anchor_ms` past midnight: its low 64 bits are a whole number of days plus the anchor.
+fn id_anchored_at(anchor_ms: u64) -> Uuid {
+    let (high, low) = Uuid::new_v4().as_u64_pair();
+    Uuid::from_u64_pair(high, (low % 1_000_000) * 86_400_000 + anchor_ms)
+}
+
+/// A stream with `schedule` whose interval slots fall on whole intervals since midnight, so on
+/// [`clock`] they are the multiples of the interval since the rig started.
 fn config(schedule: Schedule, timeout_ms: u64) -> StreamConfig {
     StreamConfig {
-        stream_id: Uuid::now_v7(),
+        stream_id: id_anchored_at(0),
         generation: 1,
         adapter: "IQAIR_DAILY".into(),
         endpoint: "http://api.example/v2/nearest_city".into(),
@@ -87,7 +106,7 @@ fn events(rig: &Rig) -> Vec<Event> {
 
 #[tokio::test(start_paused = true)]
 async fn interval_ticks_run_at_the_interval_starting_right_away() {
-    let rig = rig(vec![], Clock::System);
+    let rig = rig(vec![], clock());
     rig.scheduler.start(config(every(10_000), 5_000)).unwrap();
     sleep(Duration::from_millis(35_000)).await;
     assert_eq!(offsets(&rig), vec![0, 10_000, 20_000, 30_000]);
@@ -120,7 +139,7 @@ async fn cron_ticks_land_on_the_wall_clock_times() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_fetch_is_dropped_at_the_timeout_and_the_next_tick_runs() {
-    let rig = rig(vec![Step::Hang], Clock::System);
+    let rig = rig(vec![Step::Hang], clock());
     rig.scheduler.start(config(every(1_000), 400)).unwrap();
     sleep(Duration::from_millis(1_500)).await;
     assert_eq!(offsets(&rig), vec![0, 1_000]);
@@ -137,7 +156,7 @@ async fn a_hung_fetch_is_dropped_at_the_timeout_and_the_next_tick_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_config_change_applies_at_the_end_of_the_current_interval() {
-    let rig = rig(vec![], Clock::System);
+    let rig = rig(vec![], clock());
     let first = config(every(10_000), 5_000);
     rig.scheduler.start(first.clone()).unwrap();
     sleep(Duration::from_millis(3_000)).await;
@@ -148,15 +167,16 @@ async fn a_config_change_applies_at_the_end_of_the_current_interval() {
     sleep(Duration::from_millis(80_000)).await;
     let calls = rig.api.calls();
     let at: Vec<u128> = offsets(&rig);
-    // The old interval ends at 10 s: that tick already uses the new config; then every 60 s.
-    assert_eq!(at, vec![0, 10_000, 70_000]);
+    // The old interval ends at 10 s: that tick already uses the new config; then the 60 s
+    // grid's slots (every worker's), the first at 60 s.
+    assert_eq!(at, vec![0, 10_000, 60_000]);
     assert!(calls[0].1.ends_with("nearest_city"));
     assert!(calls[1].1.ends_with("/city"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn start_and_stop_are_idempotent() {
-    let rig = rig(vec![], Clock::System);
+    let rig = rig(vec![], clock());
     let cfg = config(every(10_000), 5_000);
     assert_eq!(rig.scheduler.start(cfg.clone()).unwrap(), Started::New);
     assert_eq!(
@@ -174,7 +194,7 @@ async fn start_and_stop_are_idempotent() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stop_for_an_older_generation_leaves_a_newer_assignment_running() {
-    let rig = rig(vec![], Clock::System);
+    let rig = rig(vec![], clock());
     let mut cfg = config(every(10_000), 5_000);
     cfg.generation = 5;
     rig.scheduler.start(cfg.clone()).unwrap();
@@ -190,7 +210,7 @@ async fn a_stop_for_an_older_generation_leaves_a_newer_assignment_running() {
 async fn a_bad_key_stops_the_stream_and_says_so() {
     let rig = rig(
         vec![Step::Fail(FailureClass::Auth, Retry::StopStream)],
-        Clock::System,
+        clock(),
     );
     let cfg = config(every(1_000), 500);
     rig.scheduler.start(cfg.clone()).unwrap();
@@ -206,7 +226,7 @@ async fn a_bad_key_stops_the_stream_and_says_so() {
 #[tokio::test(start_paused = true)]
 async fn transient_errors_retry_inside_the_interval() {
     let transient = Step::Fail(FailureClass::Http, Retry::Transient);
-    let rig = rig(vec![transient.clone(), transient], Clock::System);
+    let rig = rig(vec![transient.clone(), transient], clock());
     rig.scheduler.start(config(every(60_000), 30_000)).unwrap();
     sleep(Duration::from_millis(10_000)).await;
     assert_eq!(rig.api.calls().len(), 3, "two retries, then success");
@@ -221,7 +241,7 @@ async fn a_rate_limit_backs_off_every_stream_sharing_the_key() {
         FailureClass::RateLimited,
         Retry::RateLimited(RateLimitScope::Minute),
     );
-    let rig = rig(vec![limited], Clock::System);
+    let rig = rig(vec![limited], clock());
     let a = config(every(10_000), 5_000);
     rig.scheduler.start(a).unwrap();
     sleep(Duration::from_millis(100)).await;
@@ -230,9 +250,9 @@ async fn a_rate_limit_backs_off_every_stream_sharing_the_key() {
     other_key.secret_key = "key-2".into();
     rig.scheduler.start(b).unwrap();
     rig.scheduler.start(other_key).unwrap();
-    sleep(Duration::from_millis(30_000)).await;
+    sleep(Duration::from_millis(29_800)).await;
     // Stream a: 1 call at 0, then backs off for 60 s. Stream b shares the key: no call.
-    // The other key: calls at 0.1, 10.1, 20.1 s.
+    // The other key: calls at 0.1 s (in the slot of 0 s), then on its grid at 10 and 20 s.
     assert_eq!(rig.api.calls().len(), 4, "{:?}", offsets(&rig));
     let limited_runs = events(&rig)
         .iter()
@@ -254,12 +274,14 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     );
     let scheduler = Scheduler::with_start_spread(
         Arc::new(runner),
-        Clock::System,
+        clock(),
         1_000,
         Duration::from_millis(4_000),
     );
     // Each stream's key names it, so its calls can be told apart.
     let named = |interval_ms: u64, name: String| StreamConfig {
+        // Ids of their own: the offsets come from them.
+        stream_id: Uuid::now_v7(),
         secret_key: name.into(),
         ..config(every(interval_ms), interval_ms / 2)
     };
@@ -308,4 +330,78 @@ async fn first_ticks_spread_below_the_spread_and_the_interval_and_are_stable() {
     sleep(Duration::from_millis(4_000)).await;
     let rerun = first(&api.calls()[before..], again.secret_key.expose(), t1).expect("it ran again");
     assert_eq!(rerun, slow_firsts[0]);
+}
+
+/// The result ids of the stored runs in `rig`'s outbox, in order.
+fn stored_ids(rig: &Rig) -> Vec<Uuid> {
+    events(rig)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Results(r) => Some(r.result_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_ticks_land_on_the_streams_grid_after_a_first_run_in_its_slot() {
+    let rig = rig(vec![], clock());
+    // Anchored 3 s past each 10 s: slots at …, −7 s, 3 s, 13 s, 23 s since midnight.
+    let cfg = StreamConfig {
+        stream_id: id_anchored_at(3_000),
+        ..config(every(10_000), 5_000)
+    };
+    rig.scheduler.start(cfg.clone()).unwrap();
+    sleep(Duration::from_millis(25_000)).await;
+    // At once (no start spread here), late in the slot it falls in; then on the grid.
+    assert_eq!(offsets(&rig), vec![0, 3_000, 13_000, 23_000]);
+    let t0 = midnight().timestamp_millis();
+    let slots: Vec<i64> = [-7_000, 3_000, 13_000, 23_000]
+        .iter()
+        .map(|ms| t0 + ms)
+        .collect();
+    let expected: Vec<Uuid> = slots
+        .iter()
+        .map(|slot| objects::slot_result_id(cfg.stream_id, *slot))
+        .collect();
+    assert_eq!(stored_ids(&rig), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_workers_running_one_stream_store_each_slot_once() {
+    // A partition: the stream runs on a, and on b from 25 s on (handed out again while a could
+    // not be reached). Both store into one store.
+    let store = Arc::new(Memory::default());
+    let worker = |store: Arc<Memory>| {
+        let api = Scripted::with(vec![]);
+        let outbox = Arc::new(Outbox::new(10_000));
+        let runner = Runner::new(
+            Adapters::from_list(vec![api.clone() as Arc<dyn Adapter>]),
+            store.clone(),
+            outbox.clone(),
+        );
+        Rig {
+            scheduler: Scheduler::new(Arc::new(runner), clock(), 100),
+            api,
+            outbox,
+            store,
+            t0: Instant::now(),
+        }
+    };
+    let a = worker(store.clone());
+    let b = worker(store.clone());
+    let cfg = config(every(10_000), 5_000);
+    a.scheduler.start(cfg.clone()).unwrap();
+    sleep(Duration::from_millis(25_000)).await;
+    b.scheduler.start(cfg.clone()).unwrap();
+    sleep(Duration::from_millis(30_000)).await;
+    // a: 0, 10, 20, 30, 40, 50 s. b: at once (25 s, in the slot of 20 s), then 30, 40, 50 s.
+    assert_eq!(offsets(&a), vec![0, 10_000, 20_000, 30_000, 40_000, 50_000]);
+    assert_eq!(offsets(&b), vec![25_000, 30_000, 40_000, 50_000]);
+    // Ten calls, six slots, six objects; b reports the slots a stored, under a's ids.
+    assert_eq!(store.objects.lock().unwrap().len(), 6);
+    let from_a = stored_ids(&a);
+    let from_b = stored_ids(&b);
+    assert_eq!(from_a.len(), 6);
+    assert_eq!(from_b, from_a[2..].to_vec());
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use objects::test_server::S3TestServer;
-use objects::{ObjectInfo, ObjectMeta, ObjectStore, S3Store, StoreError, StoreOptions};
+use objects::{Created, ObjectInfo, ObjectMeta, ObjectStore, S3Store, StoreError, StoreOptions};
 use protocol::{RateLimit, Schedule, StreamConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -104,6 +104,18 @@ impl ObjectStore for Counting {
         self.most.fetch_max(now, Ordering::SeqCst);
         let _in_flight = InFlight(self);
         self.inner.put(bucket, key, body, meta).await
+    }
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<Created, StoreError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let _in_flight = InFlight(self);
+        self.inner.put_new(bucket, key, body, meta).await
     }
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
         self.inner.get(bucket, key).await

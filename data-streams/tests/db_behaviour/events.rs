@@ -717,3 +717,63 @@ pub async fn concurrent_writers_lose_nothing(db: Db) {
     assert_eq!(readings as u64, expected_results);
     assert_eq!(failures as i64, TASKS * BATCHES);
 }
+
+/// Two workers ran the same slot of one stream (a partition): the same result id, key, size and
+/// hash from both (the slot's object, stored once), each from its own run; the worker whose put
+/// found the object stored reports no reading when its bytes differed. Their batches arrive in
+/// two sessions, at the same time and again as replays: one reference, one reading, both runs.
+pub async fn one_slot_from_two_workers_is_one_reference(db: Db) {
+    let s = stream(&db, T0).await;
+    let slot = T0 + HOUR;
+    let id = objects::slot_result_id(s.id, slot);
+    let from_a = result_with_id(id, s.id, slot + 1_200, Some(reading(T0, 42.0)));
+    let from_b = ResultRecord {
+        run_id: v7(slot + 900),
+        fetched_at_ms: from_a.fetched_at_ms,
+        scheduled_at_ms: slot + 5,
+        started_at_ms: slot + 6,
+        measurement: None,
+        ..from_a.clone()
+    };
+    assert_ne!(from_a.run_id, from_b.run_id);
+
+    for round in 0..2 {
+        let (a, b) = tokio::join!(
+            db.persist_events(std::slice::from_ref(&from_a), &[]),
+            db.persist_events(std::slice::from_ref(&from_b), &[]),
+        );
+        let (a, b) = (a.expect("persist a"), b.expect("persist b"));
+        let expected = if round == 0 { 1 } else { 0 };
+        assert_eq!(
+            a.results_inserted + b.results_inserted,
+            expected,
+            "round {round}: {a:?} {b:?}"
+        );
+    }
+
+    let (rows, _) = db.list_results(s.id, 10, None).await.expect("results");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row.id, id);
+    assert_eq!(row.key, from_a.key);
+    assert_eq!(row.sha256, from_a.sha256);
+    assert_eq!(row.status, "ok");
+    let owner = row.run_id.expect("a reported reference names its run");
+    assert!(owner == from_a.run_id || owner == from_b.run_id, "{owner}");
+
+    let readings = db
+        .list_measurements(s.id, None, None, 10)
+        .await
+        .expect("measurements");
+    assert_eq!(readings.len(), 1);
+    assert_eq!(readings[0].result_id, id);
+
+    // Two calls were made, so two runs are recorded, both stored.
+    let (runs, _) = db.list_runs(s.id, 10, None, None).await.expect("runs");
+    let mut run_ids: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    run_ids.sort();
+    let mut expected = vec![from_a.run_id, from_b.run_id];
+    expected.sort();
+    assert_eq!(run_ids, expected);
+    assert!(runs.iter().all(|r| r.status == "stored"), "{runs:?}");
+}

@@ -51,6 +51,8 @@ crate::on_both_backends! {
         crate::events::reconciled_refs_are_idempotent => reconciled_refs_are_idempotent,
         crate::events::schedule_lag_round_trips => schedule_lag_round_trips,
         crate::events::concurrent_writers_lose_nothing => concurrent_writers_lose_nothing,
+        crate::events::one_slot_from_two_workers_is_one_reference
+            => one_slot_from_two_workers_is_one_reference,
         crate::reports::report_by_country_matches_the_hand_computed_figures
             => report_by_country_matches_the_hand_computed_figures,
         crate::reports::report_drills_down_and_windows => report_drills_down_and_windows,

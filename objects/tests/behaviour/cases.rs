@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use objects::{sha256_hex, ObjectInfo, ObjectMeta, ObjectStore, StoreError};
+use objects::{sha256_hex, Created, ObjectInfo, ObjectMeta, ObjectStore, StoreError};
 
 use crate::backends::Backend;
 
@@ -768,6 +768,178 @@ pub async fn delete_removes_the_object_and_is_idempotent(b: &Backend) {
     assert!(
         matches!(error, StoreError::InvalidName { .. }),
         "{}: {error:?}",
+        b.name
+    );
+}
+
+/// `put_new` of `body` under `key`, with metadata naming `stream_id`.
+async fn put_new(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    key: &str,
+    stream_id: &str,
+    body: &Bytes,
+) -> Created {
+    store
+        .put_new(bucket, key, body.clone(), &meta(stream_id, body))
+        .await
+        .unwrap_or_else(|error| panic!("put_new {bucket}/{key}: {error}"))
+}
+
+pub async fn put_new_stores_once_and_answers_with_the_first(b: &Backend) {
+    let key = object_key("slot", "2024-05-01", result_id(1_714_557_600));
+    let first = Bytes::from_static(br#"{"worker":"a"}"#);
+    assert_eq!(
+        put_new(&*b.store, &b.bucket, &key, "stream-a", &first).await,
+        Created::New,
+        "{}",
+        b.name
+    );
+    // The same bytes again (a retry whose first answer was lost): the object is there.
+    let again = put_new(&*b.store, &b.bucket, &key, "stream-a", &first).await;
+    let expected = ObjectInfo {
+        key: key.clone(),
+        size: first.len() as u64,
+        meta: Some(meta("stream-a", &first)),
+    };
+    assert_eq!(again, Created::Existing(expected.clone()), "{}", b.name);
+    // Other bytes (another worker's fetch of the same slot): the first stored wins, untouched,
+    // and the answer describes it, not the bytes offered.
+    let other = Bytes::from_static(br#"{"worker":"b","longer":true}"#);
+    let answer = put_new(&*b.store, &b.bucket, &key, "stream-b", &other).await;
+    assert_eq!(answer, Created::Existing(expected), "{}", b.name);
+    assert_eq!(
+        b.store.get(&b.bucket, &key).await.unwrap(),
+        first,
+        "{}",
+        b.name
+    );
+    assert_eq!(
+        b.store.head(&b.bucket, &key).await.unwrap().meta,
+        Some(meta("stream-a", &first)),
+        "{}",
+        b.name
+    );
+    let listed = b.store.list(&b.bucket, "iqair/slot/").await.unwrap();
+    assert_eq!(keys(&listed), [key.as_str()], "{}", b.name);
+    // A plain `put` still replaces (the warehouse rewrites its day files with it).
+    put(&*b.store, &b.bucket, &key, other.clone()).await;
+    assert_eq!(
+        b.store.get(&b.bucket, &key).await.unwrap(),
+        other,
+        "{}",
+        b.name
+    );
+}
+
+pub async fn put_new_races_have_exactly_one_winner(b: &Backend) {
+    let key = object_key("race", "2024-05-01", result_id(1_714_557_600));
+    let tasks: Vec<_> = (0..16u64)
+        .map(|n| {
+            let store = b.store.clone();
+            let bucket = b.bucket.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let body = noise(20_000 + n as usize * 1_000, n);
+                let created = store
+                    .put_new(&bucket, &key, body.clone(), &meta("race", &body))
+                    .await
+                    .unwrap();
+                (created, body)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let winners: Vec<&Bytes> = outcomes
+        .iter()
+        .filter(|(created, _)| *created == Created::New)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(winners.len(), 1, "{}: {} winners", b.name, winners.len());
+    let winner = winners[0].clone();
+    assert_eq!(
+        b.store.get(&b.bucket, &key).await.unwrap(),
+        winner,
+        "{}",
+        b.name
+    );
+    for (created, _) in &outcomes {
+        if let Created::Existing(info) = created {
+            assert_eq!(info.size, winner.len() as u64, "{}", b.name);
+            assert_eq!(
+                info.meta.as_ref().map(|m| m.sha256.as_str()),
+                Some(sha256_hex(&winner).as_str()),
+                "{}: a loser was told of bytes that are not stored",
+                b.name
+            );
+        }
+    }
+    let listed = b.store.list(&b.bucket, "iqair/race/").await.unwrap();
+    assert_eq!(keys(&listed), [key.as_str()], "{}", b.name);
+}
+
+pub async fn put_new_creates_a_missing_bucket_and_checks_like_put(b: &Backend) {
+    let bucket = b.bucket_name("slots");
+    let key = "a/dt=2024-05-01/b.json";
+    let body = Bytes::from_static(b"{}");
+    let err = b
+        .strict
+        .put_new(&bucket, key, body.clone(), &meta("s", &body))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::NoSuchBucket { .. }),
+        "{}: {err}",
+        b.name
+    );
+    assert_eq!(
+        put_new(&*b.store, &bucket, key, "s", &body).await,
+        Created::New,
+        "{}",
+        b.name
+    );
+    assert_eq!(b.strict.get(&bucket, key).await.unwrap(), body);
+    // Two workers creating one missing bucket at once: both puts succeed (S3 servers answer
+    // the loser's CreateBucket with BucketAlreadyOwnedByYou or BucketAlreadyExists).
+    let raced = b.bucket_name("raced");
+    let body_meta = meta("s", &body);
+    let (one, two) = tokio::join!(
+        b.store
+            .put_new(&raced, "a/1.json", body.clone(), &body_meta),
+        b.store
+            .put_new(&raced, "a/2.json", body.clone(), &body_meta),
+    );
+    assert_eq!(one.unwrap(), Created::New, "{}", b.name);
+    assert_eq!(two.unwrap(), Created::New, "{}", b.name);
+    let err = b
+        .store
+        .put_new(&b.bucket, "a/../b.json", body.clone(), &meta("s", &body))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::InvalidName { .. }),
+        "{}: {err}",
+        b.name
+    );
+    let err = b
+        .store
+        .put_new(&b.bucket, "a/c.json", body.clone(), &meta("s", b"other"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::ChecksumMismatch { .. }),
+        "{}: {err}",
+        b.name
+    );
+    assert!(
+        matches!(
+            b.store.head(&b.bucket, "a/c.json").await,
+            Err(StoreError::NoSuchKey { .. })
+        ),
+        "{}: a refused put_new left an object",
         b.name
     );
 }

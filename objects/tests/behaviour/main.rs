@@ -61,4 +61,7 @@ behaviour_suite!(
     overwrite_is_atomic_and_readable,
     delete_removes_the_object_and_is_idempotent,
     check_passes_and_describe_hides_secrets,
+    put_new_stores_once_and_answers_with_the_first,
+    put_new_races_have_exactly_one_winner,
+    put_new_creates_a_missing_bucket_and_checks_like_put,
 );

@@ -4,12 +4,13 @@
 
 #![allow(dead_code)]
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use objects::{ObjectInfo, ObjectMeta, ObjectStore, StoreError};
+use objects::{Created, ObjectInfo, ObjectMeta, ObjectStore, StoreError};
 use protocol::FailureClass;
 use tokio::time::Instant;
 use worker::adapters::{Adapter, AdapterError, FetchRequest, Fetched, Retry};
@@ -88,6 +89,26 @@ impl ObjectStore for Memory {
             .unwrap()
             .insert((bucket.into(), key.into()), body);
         Ok(())
+    }
+    async fn put_new(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        _meta: &ObjectMeta,
+    ) -> Result<Created, StoreError> {
+        let mut objects = self.objects.lock().unwrap();
+        match objects.entry((bucket.into(), key.into())) {
+            Entry::Occupied(stored) => Ok(Created::Existing(ObjectInfo {
+                key: key.into(),
+                size: stored.get().len() as u64,
+                meta: None,
+            })),
+            Entry::Vacant(slot) => {
+                slot.insert(body);
+                Ok(Created::New)
+            }
+        }
     }
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
         self.objects
