@@ -314,20 +314,23 @@ impl Scheduler {
                 let lag = Instant::now().saturating_duration_since(tick);
                 tracing::trace!(%stream_id, slot_ms, lag_us = lag.as_micros() as u64, "tick");
                 let outcome = this.inner.runner.run_slot(&config, tick, slot_ms).await;
-                this.ran(stream_id, incarnation, slot_ms, &config, &outcome);
+                this.ran(stream_id, incarnation, (slot_ms, tick), &config, &outcome);
             });
         }
     }
 
-    /// A run ended: put the stream's next tick on the wheel, or let it go.
+    /// A run of the slot `slot_ms`, ticked at `tick`, ended: put the stream's next tick on the
+    /// wheel, or let it go.
     fn ran(
         &self,
         stream_id: Uuid,
         incarnation: u64,
-        slot_ms: i64,
+        (slot_ms, tick): (i64, Instant),
         ran_with: &StreamConfig,
         outcome: &RunOutcome,
     ) {
+        let tick_ms =
+            self.now_ms() - Instant::now().saturating_duration_since(tick).as_millis() as i64;
         let mut table = self.table();
         let Table { streams, wheel } = &mut *table;
         let Some(entry) = streams.get_mut(&stream_id) else {
@@ -353,13 +356,13 @@ impl Scheduler {
             Phase::Running {
                 config_changed: true,
             } => match entry.config.unpack() {
-                Ok(config) => self.next_tick(&config, slot_ms),
+                Ok(config) => self.next_tick(&config, slot_ms, tick_ms),
                 Err(err) => {
                     tracing::error!(%stream_id, "stream dropped: {err}");
                     None
                 }
             },
-            _ => self.next_tick(ran_with, slot_ms),
+            _ => self.next_tick(ran_with, slot_ms, tick_ms),
         };
         match next {
             Some(next) => {
@@ -399,12 +402,26 @@ impl Scheduler {
     /// The tick after the slot `previous`: the next slot of the grid (of intervals) or the next
     /// fire time (of cron) that is not past. Slots missed while a run overran are skipped, not
     /// bunched.
-    fn next_tick(&self, config: &StreamConfig, previous: i64) -> Option<Tick> {
+    ///
+    /// An interval stream's next tick also comes at least half an interval after the previous
+    /// tick (`previous_tick_ms`): a first run late in its slot (a start's spread offset) is not
+    /// followed at once by the next slot's, so two runs are never closer than half an interval
+    /// (the coverage ledger reads two such runs as one slot, two workers in a partition).
+    fn next_tick(
+        &self,
+        config: &StreamConfig,
+        previous: i64,
+        previous_tick_ms: i64,
+    ) -> Option<Tick> {
         let now_ms = self.now_ms();
         match &config.schedule {
             Schedule::Interval { millis } => {
                 let grid = Grid::of(config.stream_id, *millis);
-                let slot_ms = grid.slot_at_or_after(now_ms.max(previous.saturating_add(1)));
+                let half = i64::try_from(*millis / 2).unwrap_or(i64::MAX);
+                let from = now_ms
+                    .max(previous.saturating_add(1))
+                    .max(previous_tick_ms.saturating_add(half));
+                let slot_ms = grid.slot_at_or_after(from);
                 Some(Tick {
                     at: self.instant_at_ms(slot_ms),
                     slot_ms,

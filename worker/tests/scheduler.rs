@@ -345,26 +345,31 @@ fn stored_ids(rig: &Rig) -> Vec<Uuid> {
 
 #[tokio::test(start_paused = true)]
 async fn interval_ticks_land_on_the_streams_grid_after_a_first_run_in_its_slot() {
-    let rig = rig(vec![], clock());
-    // Anchored 3 s past each 10 s: slots at …, −7 s, 3 s, 13 s, 23 s since midnight.
-    let cfg = StreamConfig {
-        stream_id: id_anchored_at(3_000),
-        ..config(every(10_000), 5_000)
-    };
-    rig.scheduler.start(cfg.clone()).unwrap();
-    sleep(Duration::from_millis(25_000)).await;
-    // At once (no start spread here), late in the slot it falls in; then on the grid.
-    assert_eq!(offsets(&rig), vec![0, 3_000, 13_000, 23_000]);
-    let t0 = midnight().timestamp_millis();
-    let slots: Vec<i64> = [-7_000, 3_000, 13_000, 23_000]
-        .iter()
-        .map(|ms| t0 + ms)
-        .collect();
-    let expected: Vec<Uuid> = slots
-        .iter()
-        .map(|slot| objects::slot_result_id(cfg.stream_id, *slot))
-        .collect();
-    assert_eq!(stored_ids(&rig), expected);
+    // (anchor past each 10 s, call offsets, slots since midnight). The first run comes at once
+    // (no start spread here), late in the slot it falls in; then the grid, never sooner than
+    // half an interval after it: 7 s late in its slot, the next slot (3 s) is skipped, so the
+    // ledger never sees two runs closer than half an interval (which it reads as one slot).
+    let cases: [(u64, Vec<u128>, [i64; 3]); 2] = [
+        (3_000, vec![0, 13_000, 23_000], [-7_000, 13_000, 23_000]),
+        (8_000, vec![0, 8_000, 18_000], [-2_000, 8_000, 18_000]),
+    ];
+    for (anchor, calls, slots) in cases {
+        let rig = rig(vec![], clock());
+        let cfg = StreamConfig {
+            stream_id: id_anchored_at(anchor),
+            ..config(every(10_000), 5_000)
+        };
+        rig.scheduler.start(cfg.clone()).unwrap();
+        sleep(Duration::from_millis(25_000)).await;
+        assert_eq!(offsets(&rig), calls, "anchored at {anchor} ms");
+        let t0 = midnight().timestamp_millis();
+        let expected: Vec<Uuid> = slots
+            .iter()
+            .map(|slot| objects::slot_result_id(cfg.stream_id, t0 + slot))
+            .collect();
+        assert_eq!(stored_ids(&rig), expected, "anchored at {anchor} ms");
+        rig.scheduler.stop(cfg.stream_id, 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
