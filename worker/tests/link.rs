@@ -22,6 +22,66 @@ use worker::scheduler::Scheduler;
 
 const TOKEN: &str = "link-test-token";
 
+/// The real worker link (scheduler, adapters, folder store) dialling `addr` with `outbox`'s
+/// events, until `shutdown`.
+struct SpawnedLink {
+    scheduler: Scheduler,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+    /// The folder store; removed when the test ends.
+    _folder: tempfile::TempDir,
+}
+
+async fn spawn_link(
+    addr: std::net::SocketAddr,
+    outbox: &Arc<Outbox>,
+    worker_id: &str,
+    capacity: u32,
+    send_window: usize,
+) -> SpawnedLink {
+    let folder = tempfile::tempdir().unwrap();
+    let store = objects::open(
+        &format!("file://{}", folder.path().display()),
+        objects::StoreOptions {
+            create_buckets: true,
+        },
+    )
+    .await
+    .unwrap();
+    let adapters = worker::adapters::registry(reqwest::Client::new());
+    let scheduler = Scheduler::new(
+        Arc::new(Runner::new(adapters.clone(), store, outbox.clone())),
+        Clock::System,
+        capacity as usize,
+    );
+    let settings = LinkSettings {
+        supervisor_addr: addr.to_string(),
+        token: TOKEN.into(),
+        worker_id: worker_id.into(),
+        capacity,
+        adapters: adapters.names(),
+        max_frame: protocol::codec::DEFAULT_MAX_FRAME,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(5),
+        tls: None,
+        send_window,
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(worker::link::run(
+        settings,
+        scheduler.clone(),
+        outbox.clone(),
+        shutdown.clone(),
+    ));
+    SpawnedLink {
+        scheduler,
+        task,
+        shutdown,
+        _folder: folder,
+    }
+}
+
 /// A run failure of 32 KiB: a few of these fill the socket's buffers.
 fn bulky_event() -> Event {
     Event::RunFailed(std::sync::Arc::new(RunFailure {
@@ -74,41 +134,19 @@ async fn a_saturated_worker_answers_start_calls_ahead_of_its_queued_events() {
     for _ in 0..BACKLOG {
         outbox.push(bulky_event());
     }
-    let folder = tempfile::tempdir().unwrap();
-    let store = objects::open(
-        &format!("file://{}", folder.path().display()),
-        objects::StoreOptions {
-            create_buckets: true,
-        },
-    )
-    .await
-    .unwrap();
-    let adapters = worker::adapters::registry(reqwest::Client::new());
-    let scheduler = Scheduler::new(
-        Arc::new(Runner::new(adapters.clone(), store, outbox.clone())),
-        Clock::System,
+    let SpawnedLink {
+        scheduler,
+        task: worker,
+        shutdown,
+        _folder,
+    } = spawn_link(
+        addr,
+        &outbox,
+        "worker-link-test",
         10_000,
-    );
-    let settings = LinkSettings {
-        supervisor_addr: addr.to_string(),
-        token: TOKEN.into(),
-        worker_id: "worker-link-test".into(),
-        capacity: 10_000,
-        adapters: adapters.names(),
-        max_frame: protocol::codec::DEFAULT_MAX_FRAME,
-        reconnect_min: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(5),
-        tls: None,
-        send_window: worker::link::DEFAULT_SEND_WINDOW,
-    };
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(worker::link::run(
-        settings,
-        scheduler.clone(),
-        outbox.clone(),
-        shutdown.clone(),
-    ));
+        worker::link::DEFAULT_SEND_WINDOW,
+    )
+    .await;
 
     let (socket, _) = listener.accept().await.unwrap();
     let mut supervisor = Connection::new(socket, protocol::codec::DEFAULT_MAX_FRAME);
@@ -223,41 +261,12 @@ async fn the_configured_send_window_bounds_events_in_flight_and_an_ack_opens_it(
     for _ in 0..BACKLOG {
         outbox.push(small_event());
     }
-    let folder = tempfile::tempdir().unwrap();
-    let store = objects::open(
-        &format!("file://{}", folder.path().display()),
-        objects::StoreOptions {
-            create_buckets: true,
-        },
-    )
-    .await
-    .unwrap();
-    let adapters = worker::adapters::registry(reqwest::Client::new());
-    let scheduler = Scheduler::new(
-        Arc::new(Runner::new(adapters.clone(), store, outbox.clone())),
-        Clock::System,
-        10,
-    );
-    let settings = LinkSettings {
-        supervisor_addr: addr.to_string(),
-        token: TOKEN.into(),
-        worker_id: "worker-window-test".into(),
-        capacity: 10,
-        adapters: adapters.names(),
-        max_frame: protocol::codec::DEFAULT_MAX_FRAME,
-        reconnect_min: Duration::from_millis(100),
-        reconnect_max: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(5),
-        tls: None,
-        send_window: WINDOW,
-    };
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(worker::link::run(
-        settings,
-        scheduler,
-        outbox.clone(),
-        shutdown.clone(),
-    ));
+    let SpawnedLink {
+        task: worker,
+        shutdown,
+        _folder,
+        ..
+    } = spawn_link(addr, &outbox, "worker-window-test", 10, WINDOW).await;
     let (socket, _) = listener.accept().await.unwrap();
     let mut supervisor = Connection::new(socket, protocol::codec::DEFAULT_MAX_FRAME);
     let welcome = Welcome {

@@ -4,7 +4,6 @@
 //! folder) and S3 (two clients of the in-process S3 server). Real time, since the stores do real
 //! I/O.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,13 +11,15 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use objects::test_server::S3TestServer;
 use objects::{FolderStore, ObjectKey, ObjectStore, S3Store, StoreOptions};
-use protocol::{Measurement, RateLimit, ResultRecord, Schedule, StreamConfig};
+use protocol::{Measurement, ResultRecord, StreamConfig};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
-use uuid::Uuid;
 use worker::adapters::{Adapter, AdapterError, Adapters, FetchRequest, Fetched};
 use worker::outbox::Outbox;
 use worker::runner::{RunOutcome, Runner};
+
+mod common;
+use common::stream_config;
 
 /// An API answering the same bytes (and reading) every time, counting its calls; its first
 /// call waits at a barrier when given one, so two workers' fetches overlap.
@@ -85,23 +86,6 @@ impl Worker {
     }
 }
 
-fn config() -> StreamConfig {
-    StreamConfig {
-        stream_id: Uuid::now_v7(),
-        generation: 1,
-        adapter: "IQAIR_DAILY".into(),
-        endpoint: "http://api.example/v2/nearest_city".into(),
-        secret_key: "key-1".into(),
-        schedule: Schedule::Interval { millis: 60_000 },
-        timeout_ms: 10_000,
-        bucket_name: "results".into(),
-        params: BTreeMap::new(),
-        rate_limit: RateLimit::UNLIMITED,
-        source: String::new(),
-        window_start_ms: None,
-    }
-}
-
 /// A slot a little in the past, on a whole minute.
 fn slot_ms() -> i64 {
     (chrono::Utc::now().timestamp_millis() / 60_000 - 1) * 60_000
@@ -137,7 +121,7 @@ async fn same_slot_same_bytes(stores: [Arc<dyn ObjectStore>; 2]) {
         Worker::new(a, body, Some(together.clone())),
         Worker::new(b, body, Some(together)),
     );
-    let cfg = config();
+    let cfg = stream_config(10_000);
     let slot = slot_ms();
     let (from_a, from_b) = tokio::join!(a.run_slot(&cfg, slot), b.run_slot(&cfg, slot));
 
@@ -193,7 +177,7 @@ async fn same_slot_other_bytes(stores: [Arc<dyn ObjectStore>; 2]) {
     let first = br#"{"status":"success","data":{"city":"Berlin"}}"#;
     let second = br#"{"status":"success","data":{"city":"Berlin","later":true}}"#;
     let (a, b) = (Worker::new(a, first, None), Worker::new(b, second, None));
-    let cfg = config();
+    let cfg = stream_config(10_000);
     let slot = slot_ms();
     let from_a = a.run_slot(&cfg, slot).await;
     let from_b = b.run_slot(&cfg, slot).await;

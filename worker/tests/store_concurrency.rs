@@ -3,7 +3,6 @@
 //! every connection — a store that serves puts one after another, at its own pace. The store is
 //! wrapped only to count the puts in flight.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,18 +11,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use objects::test_server::S3TestServer;
 use objects::{Created, ObjectInfo, ObjectMeta, ObjectStore, S3Store, StoreError, StoreOptions};
-use protocol::{RateLimit, Schedule, StreamConfig};
+use protocol::StreamConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use uuid::Uuid;
 use worker::adapters::{Adapter, Adapters};
 use worker::outbox::Outbox;
 use worker::runner::{RunOutcome, Runner};
 
 mod common;
 
-use common::Scripted;
+use common::{stream_config, Scripted};
 
 /// Bytes a second the link carries towards the store, all connections together.
 const LINK_RATE: f64 = 60_000.0;
@@ -85,6 +83,15 @@ struct Counting {
 /// Leaves the count when the put ends (or is dropped at a timeout).
 struct InFlight<'a>(&'a Counting);
 
+impl Counting {
+    /// Counts a put in, and its most at once; it leaves when the guard drops.
+    fn enter(&self) -> InFlight<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -100,9 +107,7 @@ impl ObjectStore for Counting {
         body: Bytes,
         meta: &ObjectMeta,
     ) -> Result<(), StoreError> {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        let _in_flight = InFlight(self);
+        let _in_flight = self.enter();
         self.inner.put(bucket, key, body, meta).await
     }
     async fn put_new(
@@ -112,9 +117,7 @@ impl ObjectStore for Counting {
         body: Bytes,
         meta: &ObjectMeta,
     ) -> Result<Created, StoreError> {
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        let _in_flight = InFlight(self);
+        let _in_flight = self.enter();
         self.inner.put_new(bucket, key, body, meta).await
     }
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, StoreError> {
@@ -137,23 +140,6 @@ impl ObjectStore for Counting {
     }
     fn describe(&self) -> String {
         self.inner.describe()
-    }
-}
-
-fn config(timeout_ms: u64) -> StreamConfig {
-    StreamConfig {
-        stream_id: Uuid::now_v7(),
-        generation: 1,
-        adapter: "IQAIR_DAILY".into(),
-        endpoint: "http://api.example/v2/nearest_city".into(),
-        secret_key: "key-1".into(),
-        schedule: Schedule::Interval { millis: 60_000 },
-        timeout_ms,
-        bucket_name: "results".into(),
-        params: BTreeMap::new(),
-        rate_limit: RateLimit::UNLIMITED,
-        source: String::new(),
-        window_start_ms: None,
     }
 }
 
@@ -198,7 +184,7 @@ async fn a_slow_store_means_slower_runs_not_storage_failures() {
 
     // Every run due at once, as after a restart: far more puts than the store takes at a time.
     let t0 = Instant::now();
-    let configs: Vec<StreamConfig> = (0..RUNS).map(|_| config(TIMEOUT_MS)).collect();
+    let configs: Vec<StreamConfig> = (0..RUNS).map(|_| stream_config(TIMEOUT_MS)).collect();
     let outcomes =
         futures::future::join_all(configs.iter().map(|cfg| runner.run(cfg, Instant::now()))).await;
     let took = t0.elapsed();

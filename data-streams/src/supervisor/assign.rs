@@ -12,7 +12,7 @@ use super::placement::{self, PendingStream, WorkerSlot};
 use super::sessions::Session;
 use super::Supervisor;
 use crate::db::DbError;
-use crate::stream::{StreamRow, StreamState};
+use crate::stream::{StreamRow, StreamSpec, StreamState};
 
 /// How many `worker:start`/`worker:stop` calls are in flight at once during a sweep.
 const CALL_CONCURRENCY: usize = 256;
@@ -28,13 +28,22 @@ const START_MANY_CONCURRENCY: usize = 4;
 /// waiting for room) before a sweep stops reading: a sweep's work stays bounded.
 const FRUITLESS_BATCHES: usize = 5;
 
-/// Whether a stream's key has a call budget: it is then held by one worker at a time.
-fn budgeted(row: &StreamRow) -> bool {
-    row.spec.rate_limit() != protocol::RateLimit::UNLIMITED
+/// A stream as placement sees it. A key with a call budget (a `rate_limit` other than all
+/// zeros) is held by one worker at a time.
+pub(super) fn pending_of(spec: &StreamSpec) -> PendingStream<'_> {
+    PendingStream {
+        adapter: spec.adapter(),
+        key: spec.secret_key().fingerprint(),
+        budgeted: spec.rate_limit() != protocol::RateLimit::UNLIMITED,
+    }
 }
 
-/// Budgeted keys whose home was full during a sweep, by fingerprint.
-type Waiting = HashMap<u64, WaitingKey>;
+/// What placement left: the budgeted keys whose home was full (by fingerprint), and each
+/// worker's streams as the sweep counted them, for [`Supervisor::move_keys`].
+struct Waiting {
+    keys: HashMap<u64, WaitingKey>,
+    counts: HashMap<String, i64>,
+}
 
 /// A budgeted key with streams waiting because its home is full.
 struct WaitingKey {
@@ -147,7 +156,7 @@ impl Supervisor {
 
     async fn assign_pending_locked(&self, sweep: &mut Sweep) -> Result<(), DbError> {
         let waiting = self.place_pending(sweep).await?;
-        if waiting.is_empty() {
+        if waiting.keys.is_empty() {
             return Ok(());
         }
         // A key's starts at home are answered before its streams are stopped there.
@@ -165,26 +174,27 @@ impl Supervisor {
     }
 
     /// Places pending streams batch by batch; returns the budgeted keys left waiting because
-    /// their home is full.
+    /// their home is full, with the workers' loads as placed (a start refused meanwhile still
+    /// counts: a move may then wait for the next sweep, never overfill a worker).
     async fn place_pending(&self, sweep: &mut Sweep) -> Result<Waiting, DbError> {
         let db = &self.inner.db;
         // Read once per sweep and kept up to date in memory as streams are placed: a sweep over
         // a million streams does not count every assignment again for each batch.
         let mut counts: Option<HashMap<String, i64>> = None;
         let mut homes: HashMap<u64, String> = HashMap::new();
-        let mut waiting = Waiting::new();
+        let mut waiting: HashMap<u64, WaitingKey> = HashMap::new();
         let mut after: Option<(i64, Uuid)> = None;
         let mut fruitless = 0;
         loop {
             let sessions = self.inner.sessions.snapshot();
             if sessions.is_empty() {
-                return Ok(waiting);
+                break;
             }
             let read = Instant::now();
             let pending = db.assignable_streams_after(after, ASSIGN_BATCH).await?;
             sweep.read += read.elapsed();
             let Some(last) = pending.last() else {
-                return Ok(waiting);
+                break;
             };
             after = Some((last.created_at, last.id));
             let counts = match &mut counts {
@@ -198,14 +208,8 @@ impl Supervisor {
                 }
             };
             let mut slots = worker_slots(&sessions, counts);
-            let wanted: Vec<PendingStream<'_>> = pending
-                .iter()
-                .map(|row| PendingStream {
-                    adapter: row.spec.adapter(),
-                    key: row.spec.secret_key().fingerprint(),
-                    budgeted: budgeted(row),
-                })
-                .collect();
+            let wanted: Vec<PendingStream<'_>> =
+                pending.iter().map(|row| pending_of(&row.spec)).collect();
             let decisions = placement::place(&wanted, &mut slots, &mut homes);
             for ((row, stream), slot) in pending.iter().zip(&wanted).zip(&decisions) {
                 let home = homes.get(&stream.key);
@@ -272,9 +276,13 @@ impl Supervisor {
             // can take (no worker runs their adapter): stop looking.
             fruitless = if placed == 0 { fruitless + 1 } else { 0 };
             if (pending.len() as i64) < ASSIGN_BATCH || !room || fruitless >= FRUITLESS_BATCHES {
-                return Ok(waiting);
+                break;
             }
         }
+        Ok(Waiting {
+            keys: waiting,
+            counts: counts.unwrap_or_default(),
+        })
     }
 
     /// Moves each waiting budgeted key whole (its streams at home and those waiting) to a
@@ -284,10 +292,9 @@ impl Supervisor {
     async fn move_keys(&self, waiting: Waiting) -> Result<usize, DbError> {
         let db = &self.inner.db;
         let sessions = self.inner.sessions.snapshot();
-        let counts = db.assigned_counts().await?;
-        let mut slots = worker_slots(&sessions, &counts);
+        let mut slots = worker_slots(&sessions, &waiting.counts);
         let mut moved_streams = 0;
-        for (fingerprint, key) in waiting {
+        for (fingerprint, key) in waiting.keys {
             let at_home = db.key_streams_on(&key.home, &key.secret_key).await?;
             let mut adapters: HashSet<&str> = key.adapters.iter().map(String::as_str).collect();
             adapters.extend(at_home.iter().map(|row| row.spec.adapter()));

@@ -56,11 +56,7 @@ impl Supervisor {
             let at: Vec<usize> = (0..items.len()).filter(|&i| placeable(&items[i])).collect();
             let wanted: Vec<PendingStream<'_>> = at
                 .iter()
-                .map(|&i| PendingStream {
-                    adapter: items[i].spec.adapter(),
-                    key: items[i].spec.secret_key().fingerprint(),
-                    budgeted: items[i].spec.rate_limit() != protocol::RateLimit::UNLIMITED,
-                })
+                .map(|&i| super::assign::pending_of(&items[i].spec))
                 .collect();
             for (i, slot) in at
                 .into_iter()

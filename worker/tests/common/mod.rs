@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use objects::{Created, ObjectInfo, ObjectMeta, ObjectStore, StoreError};
-use protocol::FailureClass;
+use protocol::{FailureClass, RateLimit, Schedule, StreamConfig};
 use tokio::time::Instant;
 use worker::adapters::{Adapter, AdapterError, FetchRequest, Fetched, Retry};
 
@@ -160,5 +160,23 @@ impl ObjectStore for Memory {
     }
     fn describe(&self) -> String {
         "memory".into()
+    }
+}
+
+/// A stream every 60 s with no call budget and a fresh id: the store-side tests' fixture.
+pub fn stream_config(timeout_ms: u64) -> StreamConfig {
+    StreamConfig {
+        stream_id: uuid::Uuid::now_v7(),
+        generation: 1,
+        adapter: "IQAIR_DAILY".into(),
+        endpoint: "http://api.example/v2/nearest_city".into(),
+        secret_key: "key-1".into(),
+        schedule: Schedule::Interval { millis: 60_000 },
+        timeout_ms,
+        bucket_name: "results".into(),
+        params: std::collections::BTreeMap::new(),
+        rate_limit: RateLimit::UNLIMITED,
+        source: String::new(),
+        window_start_ms: None,
     }
 }
