@@ -11,6 +11,7 @@ pub mod coverage;
 pub mod db;
 pub mod ingest;
 pub mod layout;
+mod leading;
 pub mod live;
 pub mod reconcile;
 pub mod reparse;
@@ -35,7 +36,7 @@ use crate::db::{Db, DbError};
 use crate::live::Live;
 use crate::reconcile::Reconciler;
 use crate::settings::Settings;
-use crate::supervisor::{Housekeeping, Supervisor};
+use crate::supervisor::Supervisor;
 use crate::worker_port::WorkerPortSettings;
 
 /// Why the supervisor could not start. Each says which dependency and why, in one line.
@@ -122,21 +123,6 @@ impl Application {
         // A store that is down at start is not fatal: raw reads fail with 503 and /readyz says
         // why until it is back.
         let store = settings.store.open().await?;
-        // Nothing is connected to a process that just started.
-        for w in db
-            .list_workers()
-            .await
-            .map_err(|source| StartupError::DatabaseSetup {
-                target: settings.database_target(),
-                source,
-            })?
-        {
-            if w.connected {
-                if let Err(err) = db.set_worker_disconnected(&w.id, common::now_ms()).await {
-                    tracing::warn!(worker_id = %w.id, "cannot mark the worker disconnected: {err}");
-                }
-            }
-        }
         let http = bind(&settings.http_addr, "HTTP API").await?;
         let worker_port = bind(&settings.worker_addr, "worker port").await?;
         let reconciler = Reconciler::new(db.clone(), store.clone(), settings.reconcile_days)
@@ -150,6 +136,10 @@ impl Application {
             reconciler.suspects(),
             live.clone(),
         );
+        if let Db::Postgres(_) = db {
+            // Until the elector says otherwise: several replicas may share this database.
+            supervisor.follow(None);
+        }
         Ok(Application {
             settings,
             http,
@@ -206,8 +196,8 @@ impl Application {
                 .unwrap_or_else(|| local_addr(&self.worker_port)),
         );
         let cluster = cluster::Cluster::new(identity.clone(), &db, self.lease_timing);
-        // PostgreSQL: elected, and seen by the other supervisors (the sweeps and the worker
-        // port do not follow the lease yet). It resigns as soon as `shutdown` is cancelled.
+        // PostgreSQL: elected, and seen by the other supervisors; this process leads while it
+        // holds the lease ([`leading`]). It resigns as soon as `shutdown` is cancelled.
         let elector = match &db {
             Db::Postgres(_) => Some(cluster::Elector::start(
                 settings.database_url.expose(),
@@ -248,29 +238,54 @@ impl Application {
             tracker.clone(),
         ));
 
-        let housekeeping = Housekeeping::start(
-            supervisor.clone(),
-            Duration::from_millis(settings.assign_interval_ms.max(100)),
-        )
-        .await
-        .map_err(StartupError::Scheduler)?;
-        tracker.spawn(self.reconciler.clone().run(
-            Duration::from_millis(settings.reconcile_interval_ms.max(100)),
-            shutdown.clone(),
-        ));
         let reparse = reparse::Reparse::new(
             db.clone(),
             self.store.clone(),
             settings.reparse_objects_per_second,
         );
-        tracker.spawn(reparse.clone().run(shutdown.clone()));
         let tables = tables::Tables::new(db.clone(), self.store.clone());
-        if settings.tables_interval_ms > 0 {
-            tracker.spawn(tables.clone().run(
-                Duration::from_millis(settings.tables_interval_ms),
-                settings.tables_days,
-                shutdown.clone(),
-            ));
+        let duties = leading::Duties {
+            supervisor: supervisor.clone(),
+            db: db.clone(),
+            reconciler: self.reconciler.clone(),
+            reparse: reparse.clone(),
+            tables: tables.clone(),
+            assign_every: Duration::from_millis(settings.assign_interval_ms.max(100)),
+            reconcile_every: Duration::from_millis(settings.reconcile_interval_ms.max(100)),
+            tables_every: (settings.tables_interval_ms > 0).then(|| {
+                (
+                    Duration::from_millis(settings.tables_interval_ms),
+                    settings.tables_days,
+                )
+            }),
+        };
+        match (&elector, &db) {
+            (Some(elector), Db::Postgres(pool)) => {
+                tracker.spawn(duties.follow_the_lease(
+                    elector.leadership(),
+                    pool.clone(),
+                    shutdown.clone(),
+                ));
+                // The live channel reaches clients of every replica.
+                if let Some(outgoing) = self.live.fan_out() {
+                    let origin = cluster.identity().id;
+                    tracker.spawn(cluster::fanout::send(
+                        pool.clone(),
+                        origin,
+                        outgoing,
+                        shutdown.clone(),
+                    ));
+                    tracker.spawn(cluster::fanout::receive(
+                        pool.clone(),
+                        origin,
+                        self.live.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+            _ => {
+                tracker.spawn(duties.lead_alone(shutdown.clone()));
+            }
         }
 
         let (store_for_ingest, live_for_ingest) = (self.store.clone(), self.live.clone());
@@ -306,7 +321,6 @@ impl Application {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
         shutdown.cancel();
-        housekeeping.stop().await;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
             .await

@@ -114,10 +114,16 @@ struct Hub {
     by_stream: HashMap<Uuid, HashMap<u64, Outlet>>,
 }
 
+/// A message for the other replicas: its stream (if any) and its text.
+pub type Shared = (Option<Uuid>, Utf8Bytes);
+
 /// The publishing side, shared by the supervisor and the `/live` handler. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     hub: Arc<Mutex<Hub>>,
+    /// With replicas: every message published here also goes to the other replicas'
+    /// clients ([`Live::fan_out`]).
+    fanout: Arc<std::sync::OnceLock<mpsc::Sender<Shared>>>,
 }
 
 /// A client's subscription: its queue, and how many messages it missed. Dropping it leaves the
@@ -201,6 +207,14 @@ impl Live {
     /// Send `message` to every client that wants it. Costs one serialization when anyone
     /// listens, a map lookup when no one does.
     pub fn publish(&self, stream_id: Option<Uuid>, message: &LiveMessage<'_>) {
+        if let Some(fanout) = self.fanout.get() {
+            let text = message.text();
+            if fanout.try_send((stream_id, text.clone())).is_err() {
+                metrics::counter!("ds_live_fanout_dropped_total").increment(1);
+            }
+            self.deliver(stream_id, &text);
+            return;
+        }
         let mut hub = self.hub();
         let watchers = stream_id
             .and_then(|id| hub.by_stream.get(&id))
@@ -217,6 +231,31 @@ impl Live {
         }
         metrics::counter!("ds_live_messages_total").increment(1);
     }
+
+    /// Hands an already serialized message to this process's clients that want it (a message
+    /// another replica published).
+    pub fn deliver(&self, stream_id: Option<Uuid>, text: &Utf8Bytes) {
+        let mut hub = self.hub();
+        hub.everything.retain(|_, outlet| outlet.offer(text));
+        if let Some(id) = stream_id {
+            if let Some(outlets) = hub.by_stream.get_mut(&id) {
+                outlets.retain(|_, outlet| outlet.offer(text));
+            }
+        }
+        metrics::counter!("ds_live_messages_total").increment(1);
+    }
+
+    /// From now on every message published here is also queued on the returned receiver, for
+    /// the other replicas (at most [`Live::FANOUT_QUEUE`] waiting; more are dropped and counted
+    /// in `ds_live_fanout_dropped_total`). `None` if fan-out is already on.
+    pub fn fan_out(&self) -> Option<mpsc::Receiver<Shared>> {
+        let (sender, receiver) = mpsc::channel(Self::FANOUT_QUEUE);
+        self.fanout.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// Messages waiting to go to the other replicas before newer ones are dropped.
+    pub const FANOUT_QUEUE: usize = 8192;
 
     /// A new client's subscription, from now on.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
@@ -251,6 +290,10 @@ impl Live {
 
     /// True when no client listens (nothing to build messages for).
     pub fn is_idle(&self) -> bool {
+        if self.fanout.get().is_some() {
+            // Clients of other replicas may listen.
+            return false;
+        }
         let hub = self.hub();
         hub.everything.is_empty() && hub.by_stream.is_empty()
     }

@@ -160,6 +160,31 @@ async fn session<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The session's writes are the leader's, fenced by the term it was admitted under.
+    match supervisor.term() {
+        Some(term) => {
+            crate::cluster::in_term(
+                term,
+                admitted(socket, deadline, settings, supervisor, shutdown, Some(term)),
+            )
+            .await
+        }
+        None => admitted(socket, deadline, settings, supervisor, shutdown, None).await,
+    }
+}
+
+/// [`session`] under `term`: the worker is welcomed while this process leads under it.
+async fn admitted<T>(
+    socket: T,
+    deadline: tokio::time::Instant,
+    settings: &WorkerPortSettings,
+    supervisor: Supervisor,
+    shutdown: CancellationToken,
+    term: Option<crate::cluster::Term>,
+) -> Result<(), SessionError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut conn = Connection::new(socket, settings.max_frame);
     let welcome = Welcome {
         heartbeat_interval_ms: settings.heartbeat_interval.as_millis() as u64,
@@ -211,6 +236,12 @@ where
 
     let mut batch = Batch::default();
     let mut role = supervisor.role_changes();
+    // Leadership may have changed since the handshake: checked once now, then on each change.
+    let still_leading =
+        |supervisor: &Supervisor| supervisor.is_leader() && supervisor.term() == term;
+    if !still_leading(&supervisor) {
+        role.mark_changed();
+    }
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -219,7 +250,8 @@ where
             }
             // No longer the leader: the worker goes, and its next dial is redirected.
             changed = role.changed() => {
-                if changed.is_err() || *role.borrow_and_update() != Role::Leader {
+                role.borrow_and_update();
+                if changed.is_err() || !still_leading(&supervisor) {
                     tracing::info!(worker_id, "this supervisor no longer leads: closing the worker's link");
                     link.close().await;
                     break Ok(());
@@ -305,7 +337,9 @@ async fn collect(
             // run it beside the loop, never inside it.
             let supervisor = supervisor.clone();
             let worker_id = worker_id.to_owned();
-            tokio::spawn(async move { supervisor.worker_available(&worker_id, running).await });
+            crate::cluster::spawn_in_term(async move {
+                supervisor.worker_available(&worker_id, running).await
+            });
         }
         Incoming::Event { seq, event } => {
             batch.max_seq = batch.max_seq.max(seq);

@@ -38,3 +38,107 @@ use crate::cluster::ClusterView;
 pub(super) async fn get(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
     Ok(Json(state.cluster.view().await?))
 }
+
+/// The routes whose work only the leader does: the reconciler's last pass and its audit, and
+/// table compaction. A follower forwards them.
+const LEADER_ROUTES: &[&str] = &["/reconciler", "/reconciler/audit", "/tables/compact"];
+
+/// Marks a request a follower forwarded: the receiver never forwards it again.
+const FORWARDED: &str = "x-data-streams-forwarded";
+
+/// How long a forwarded request may take (an audit pass on a big bucket is slow).
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Middleware: on a replica that does not lead, a request to one of [`LEADER_ROUTES`] goes to
+/// the leader (its answer is passed back as it is); 503 with `Retry-After` while no replica
+/// leads. Everything else is served here.
+pub(super) async fn to_leader(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.supervisor.is_leader() || !LEADER_ROUTES.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    if request.headers().contains_key(FORWARDED) {
+        return ApiError::Unavailable(
+            "leadership moved while this request was forwarded; try again".into(),
+        )
+        .into_response();
+    }
+    let leader = match state.cluster.view().await {
+        Ok(view) => view.leader,
+        Err(err) => return ApiError::from(err).into_response(),
+    };
+    match leader {
+        Some(leader) if leader.id != state.cluster.identity().id => {
+            forward(&leader.http_addr, request, state.cluster.identity().id)
+                .await
+                .unwrap_or_else(|err| err.into_response())
+        }
+        _ => ApiError::Unavailable(
+            "no replica leads right now (a failover is under way); try again in a few seconds"
+                .into(),
+        )
+        .into_response(),
+    }
+}
+
+/// Sends `request` to the leader at `http_addr` and answers what it answered.
+async fn forward(
+    http_addr: &str,
+    request: axum::extract::Request,
+    me: uuid::Uuid,
+) -> Result<axum::response::Response, ApiError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client")
+    });
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|err| {
+            ApiError::BadRequest(
+                format!("cannot read the request body: {err}"),
+                serde_json::Value::Null,
+            )
+        })?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let mut headers = parts.headers.clone();
+    headers.remove(axum::http::header::HOST);
+    headers.insert(
+        FORWARDED,
+        axum::http::HeaderValue::from_str(&me.to_string()).expect("a UUID is a header value"),
+    );
+    let answer = client
+        .request(parts.method, format!("http://{http_addr}{path}"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| {
+            ApiError::Unavailable(format!(
+                "the leader at {http_addr} did not answer ({err}); try again"
+            ))
+        })?;
+    let mut response = axum::response::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != axum::http::header::TRANSFER_ENCODING && name != axum::http::header::CONNECTION {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.map_err(|err| {
+        ApiError::Unavailable(format!("the leader's answer broke off ({err}); try again"))
+    })?;
+    response
+        .body(axum::body::Body::from(bytes))
+        .map_err(ApiError::internal)
+}

@@ -238,6 +238,7 @@ impl From<SupervisorError> for ApiError {
         match err {
             SupervisorError::Db(e) => e.into(),
             SupervisorError::NotFound(id) => ApiError::NotFound(format!("stream {id} not found")),
+            SupervisorError::NotApplied(why) => ApiError::Unavailable(why),
             SupervisorError::Invalid(invalid) => invalid.into(),
         }
     }

@@ -144,9 +144,15 @@ async fn openapi_json() -> Response {
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let void_route = state.ingest.limits().void_route;
     let (protected, open, push) = routes();
-    let protected: Router<AppState> = Router::from(protected).route_layer(
-        middleware::from_fn_with_state(state.clone(), auth::require_auth),
-    );
+    let protected: Router<AppState> = Router::from(protected)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::to_leader,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_auth,
+        ));
     Router::new()
         .merge(protected)
         .merge(Router::from(open))

@@ -46,12 +46,14 @@ pub struct ElectorSettings {
 }
 
 impl ElectorSettings {
-    /// `timing`, a 5 s timeout, and polling as often as the leader renews.
+    /// `timing`, a 5 s timeout, and polling every second (or as often as the leader renews,
+    /// if that is more often): one cheap statement per replica, and a dead leader's lease is
+    /// taken at most a second after it expires.
     pub fn new(timing: LeaseTiming) -> ElectorSettings {
         ElectorSettings {
             timing,
             db_timeout: Duration::from_secs(5),
-            poll_every: timing.renew_every(),
+            poll_every: timing.renew_every().min(Duration::from_secs(1)),
         }
     }
 }
@@ -282,6 +284,8 @@ impl Campaign {
                     self.publish(None);
                 }
                 () = self.wake.notified(), if held.is_none() => {}
+                // A fenced write was refused: renew now, which finds the lease gone.
+                () = super::fence::deposed(), if held.is_some() => {}
                 () = sleep_until(next) => {}
             }
         }

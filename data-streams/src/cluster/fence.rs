@@ -59,5 +59,44 @@ pub async fn fence(tx: &mut Transaction<'_, Postgres>, term: &Term) -> Result<()
     };
     metrics::counter!("ds_cluster_fenced_writes_total").increment(1);
     tracing::warn!("a leader-only write was fenced off: {refused}");
+    DEPOSED.notify_waiters();
     Err(refused)
+}
+
+tokio::task_local! {
+    /// The term the leader-only work of this task runs under (see [`in_term`]).
+    static TERM: Term;
+}
+
+/// Wakes the elector when a fenced write was refused: it then checks the lease at once rather
+/// than at its next renewal, and steps down.
+static DEPOSED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Runs `work` as leader-only work of `term`: every write transaction it opens on PostgreSQL
+/// ([`crate::db::Db`]'s leader-only writes) is fenced by `term`. Work spawned from it keeps the
+/// term only through [`spawn_in_term`].
+pub async fn in_term<F: std::future::Future>(term: Term, work: F) -> F::Output {
+    TERM.scope(term, work).await
+}
+
+/// The term the current task's leader-only work runs under, if any.
+pub fn current_term() -> Option<Term> {
+    TERM.try_with(|term| *term).ok()
+}
+
+/// `tokio::spawn`, keeping the current task's term (if any) for the spawned work.
+pub fn spawn_in_term<F>(work: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match current_term() {
+        Some(term) => tokio::spawn(in_term(term, work)),
+        None => tokio::spawn(work),
+    }
+}
+
+/// Resolves when a fenced write was refused somewhere in this process.
+pub(super) async fn deposed() {
+    DEPOSED.notified().await
 }

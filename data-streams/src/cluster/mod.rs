@@ -8,10 +8,12 @@
 //! - `replicas.rs`: each process's heartbeat row, and what `GET /cluster` shows;
 //! - `single.rs`: the lock that keeps a second supervisor off a SQLite file.
 //!
-//! Built, not yet wired: the elector runs in every supervisor on PostgreSQL and `GET /cluster`
-//! shows its result, but the sweeps, the worker port and the writes do not yet follow it.
+//! - `desired.rs`: desired state stored by a follower, announced to the leader;
+//! - `fanout.rs`: the live channel's messages shared by every replica.
 
+pub mod desired;
 mod elector;
+pub mod fanout;
 mod fence;
 pub mod lease;
 mod replicas;
@@ -27,7 +29,7 @@ use crate::db::{Db, DbError};
 pub use elector::{
     Elector, ElectorEnded, ElectorError, ElectorSettings, Leadership, NOTIFY_CHANNEL,
 };
-pub use fence::{fence, FenceError};
+pub use fence::{current_term, fence, in_term, spawn_in_term, FenceError};
 pub use lease::{InvalidLeaseTiming, LeaseTiming};
 pub use replicas::{ClusterView, LeaderView, ReplicaView};
 pub use single::{SingleReplicaError, SingleReplicaGuard};
@@ -67,6 +69,12 @@ impl Identity {
             started_ms: common::now_ms(),
         }
     }
+}
+
+/// The worker address of the replica that holds an unexpired lease, if any: where a follower
+/// sends workers.
+pub async fn leader_worker_addr(pool: &PgPool) -> Result<Option<String>, sqlx::Error> {
+    Ok(lease::current(pool).await?.map(|row| row.worker_addr))
 }
 
 /// What the API reads about the cluster. Cheap to clone.

@@ -361,6 +361,29 @@ impl Db {
         Ok(moved)
     }
 
+    /// Streams no longer desired `running` that are still assigned (stopped on a replica that
+    /// does not lead, or a stop whose clearing failed), at most `limit`, by id.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn stopped_assigned(&self, limit: i64) -> Result<Vec<Changed>, DbError> {
+        let rows: Vec<(Uuid, Option<String>, i64)> = dispatch!(Db, self, |pool| {
+            sqlx::query_as(
+                "SELECT id, worker_id, generation FROM streams \
+                 WHERE worker_id IS NOT NULL AND state <> 'running' ORDER BY id LIMIT $1",
+            )
+            .bind(limit.max(0))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, worker_id, generation)| Changed {
+                id,
+                worker_id,
+                generation,
+            })
+            .collect())
+    }
+
     /// Clears the assignments of stopped streams on `worker` (a stream started again since
     /// keeps its assignment). One statement per chunk.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker, streams = ids.len()))]

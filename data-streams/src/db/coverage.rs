@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use super::{dispatch, Db, DbError};
+use super::{dispatch, leader_write, Db, DbError};
 use crate::stream::StreamState;
 
 // The tick expression is the one `results_stream_tick_idx` indexes, verbatim: a reconciled
@@ -97,7 +97,7 @@ impl Db {
         state: StreamState,
         at_ms: i64,
     ) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(RECORD_STATE)
                 .bind(Uuid::now_v7())
                 .bind(stream_id)

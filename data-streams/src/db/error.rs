@@ -36,6 +36,10 @@ pub enum DbError {
     /// A statement failed.
     #[error("database query failed")]
     Query(#[source] sqlx::Error),
+    /// A leader-only write was refused by the fence: this process no longer holds the leader
+    /// lease under the term the write was made in. Nothing of the transaction was committed.
+    #[error(transparent)]
+    Fenced(crate::cluster::FenceError),
     /// A stored row does not decode (a state text, a JSON column): written by something else, or
     /// by an older bug. Not transient.
     #[error("corrupt row in the database: {what}")]
@@ -86,6 +90,8 @@ impl DbError {
                 !matches!(source, sqlx::Error::Database(_)) || sqlx_is_transient(source)
             }
             DbError::Query(source) => sqlx_is_transient(source),
+            // Another replica leads now: the same request to it (or later) succeeds.
+            DbError::Fenced(_) => true,
             DbError::Migrate(MigrateError::Execute(source))
             | DbError::Migrate(MigrateError::ExecuteMigration(source, _)) => {
                 sqlx_is_transient(source)

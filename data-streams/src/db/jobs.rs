@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::error::CorruptRow;
 use super::events::{reading_columns, ReadingToWrite};
 use super::row::StoredRow;
-use super::{dispatch, Db, DbError};
+use super::{dispatch, leader_write, Db, DbError};
 
 /// What a re-parse covers: one stream, one adapter or everything (both `None`), and a window on
 /// the results' `fetched_at` (epoch ms, `from_ms` inclusive, `to_ms` exclusive).
@@ -304,7 +304,7 @@ impl Db {
     /// Marks a queued or interrupted job running, writing `parser_version` from now on.
     #[tracing::instrument(level = "debug", skip_all, fields(job_id = %id))]
     pub async fn start_job(&self, id: Uuid, parser_version: i64, now: i64) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(
                 "UPDATE jobs SET state = 'running', parser_version = $2, updated_at = $3 \
                  WHERE id = $1 AND state IN ('queued', 'running')",
@@ -327,7 +327,7 @@ impl Db {
         last_error: Option<&str>,
         now: i64,
     ) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(
                 "UPDATE jobs SET state = $2, last_error = COALESCE($3, last_error), \
                  updated_at = $4, finished_at = $4 WHERE id = $1",
@@ -345,7 +345,7 @@ impl Db {
     /// Says why a running job waits (e.g. the object store is not reachable).
     #[tracing::instrument(level = "debug", skip_all, fields(job_id = %id))]
     pub async fn note_job(&self, id: Uuid, last_error: &str, now: i64) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query("UPDATE jobs SET last_error = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(last_error)

@@ -70,6 +70,41 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// A leader-only write of one statement: `$body` runs with `$conn` on the pool, or, inside
+/// leader-only work on PostgreSQL ([`Db::fenced`]), in a transaction that opens with the
+/// fence ([`Db::begin_write`]). A refused fence is [`DbError::Fenced`].
+macro_rules! leader_write {
+    ($db:expr, |$conn:ident| $body:expr) => {{
+        let db: &$crate::db::Db = $db;
+        if db.fenced() {
+            let mut tx = db.begin_write().await?;
+            let out = $crate::db::dispatch!(Tx, &mut tx, |t| {
+                let $conn = &mut **t;
+                $body
+            });
+            tx.commit().await?;
+            out
+        } else {
+            $crate::db::dispatch!(Db, db, |$conn| $body)
+        }
+    }};
+    ($db:expr, |$conn:ident, $DB:ident| $body:expr) => {{
+        let db: &$crate::db::Db = $db;
+        if db.fenced() {
+            let mut tx = db.begin_write().await?;
+            let out = $crate::db::dispatch!(Tx, &mut tx, |t, $DB| {
+                let $conn = &mut **t;
+                $body
+            });
+            tx.commit().await?;
+            out
+        } else {
+            $crate::db::dispatch!(Db, db, |$conn, $DB| $body)
+        }
+    }};
+}
+pub(crate) use leader_write;
+
 /// Rows per multi-row INSERT. The widest insert (measurements, 20 columns) then binds 10 000
 /// values: under SQLite's 32 766 and PostgreSQL's 65 535 parameter limits.
 pub(crate) const CHUNK_ROWS: usize = 500;
@@ -158,11 +193,32 @@ impl Db {
     /// Opens a transaction that will write. SQLite needs `BEGIN IMMEDIATE`: a deferred
     /// transaction that reads and then writes can fail with SQLITE_BUSY without waiting when
     /// another writer got there first, which the busy timeout does not cover.
+    ///
+    /// Inside leader-only work ([`crate::cluster::in_term`]) on PostgreSQL the transaction
+    /// opens with the fence: the lease row is held `FOR SHARE` until it ends, and a term that
+    /// is no longer the lease's gets [`DbError::Fenced`] before anything is written.
     pub(crate) async fn begin_write(&self) -> Result<Tx, DbError> {
         Ok(match self {
             Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with(sqlite::BEGIN_WRITE).await?),
-            Db::Postgres(pool) => Tx::Postgres(pool.begin_with(postgres::BEGIN_WRITE).await?),
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin_with(postgres::BEGIN_WRITE).await?;
+                if let Some(term) = crate::cluster::current_term() {
+                    crate::cluster::fence(&mut tx, &term)
+                        .await
+                        .map_err(|err| match err {
+                            crate::cluster::FenceError::Db(source) => DbError::from(source),
+                            refused => DbError::Fenced(refused),
+                        })?;
+                }
+                Tx::Postgres(tx)
+            }
         })
+    }
+
+    /// Whether leader-only writes made now must go through a fenced transaction (PostgreSQL,
+    /// inside [`crate::cluster::in_term`]); single-statement writes then use [`leader_write!`].
+    pub(crate) fn fenced(&self) -> bool {
+        matches!(self, Db::Postgres(_)) && crate::cluster::current_term().is_some()
     }
 }
 

@@ -15,6 +15,13 @@ pub(super) const STREAMS_BY_ID: &str = "streams";
 /// `streams` read for assignment: the partial index serves it without a hint.
 pub(super) const STREAMS_UNASSIGNED: &str = "streams";
 
+/// A transaction whose client sends nothing for 10 s is ended by the server. A leader frozen
+/// (SIGSTOP, a VM pause) inside a fenced transaction holds the lease row `FOR SHARE`, which
+/// would keep every other replica from taking the lease over, for as long as it stays frozen;
+/// this bounds that to 10 s, under the lease's 15 s TTL. Our transactions never idle that long
+/// between statements.
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = 10000";
+
 /// Connects once to learn quickly whether the server is there, then opens the pool and
 /// migrates.
 pub(super) async fn connect(
@@ -55,6 +62,12 @@ pub(super) async fn connect(
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, IDLE_IN_TRANSACTION).await?;
+                Ok(())
+            })
+        })
         .connect_with(connect_options)
         .await
         .map_err(unreachable)?;

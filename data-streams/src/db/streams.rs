@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::error::CorruptRow;
 use super::row::StoredRow;
-use super::{dispatch, Db, DbError};
+use super::{dispatch, leader_write, Db, DbError};
 use crate::stream::{StreamRow, StreamSpec, StreamState};
 
 /// The columns [`StreamRow`]'s `FromRow` reads.
@@ -315,7 +315,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<Option<StreamRow>, DbError> {
         let sql = format!("{SET_STATE}{STREAM_COLUMNS}");
-        let row: Option<StreamRow> = dispatch!(Db, self, |pool| {
+        let row: Option<StreamRow> = leader_write!(self, |pool| {
             sqlx::query_as(&sql)
                 .bind(id)
                 .bind(state.as_str())
@@ -336,7 +336,7 @@ impl Db {
     /// the new generation, or `None` if the stream does not exist or is not running.
     #[tracing::instrument(level = "debug", skip_all, fields(stream_id = %stream_id, worker_id = worker_id))]
     pub async fn assign(&self, stream_id: Uuid, worker_id: &str) -> Result<Option<i64>, DbError> {
-        let generation = dispatch!(Db, self, |pool| {
+        let generation = leader_write!(self, |pool| {
             sqlx::query_scalar(ASSIGN)
                 .bind(stream_id)
                 .bind(worker_id)
@@ -355,7 +355,7 @@ impl Db {
         worker_id: &str,
         generation: i64,
     ) -> Result<bool, DbError> {
-        let cleared = dispatch!(Db, self, |pool| {
+        let cleared = leader_write!(self, |pool| {
             sqlx::query(UNASSIGN)
                 .bind(stream_id)
                 .bind(worker_id)
@@ -370,7 +370,7 @@ impl Db {
     /// Clears every assignment of a worker (it went silent); returns the streams released.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = worker_id))]
     pub async fn release_worker(&self, worker_id: &str) -> Result<Vec<Uuid>, DbError> {
-        let released = dispatch!(Db, self, |pool| {
+        let released = leader_write!(self, |pool| {
             sqlx::query_scalar(RELEASE_WORKER)
                 .bind(worker_id)
                 .fetch_all(pool)

@@ -7,7 +7,7 @@ use catalogue::{Column, ColumnKind};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
-use super::{dispatch, Db, DbError};
+use super::{dispatch, leader_write, Db, DbError};
 
 /// One UTC day in milliseconds.
 pub const DAY_MS: i64 = 86_400_000;
@@ -240,7 +240,7 @@ impl Db {
     #[tracing::instrument(level = "debug", skip_all, fields(bucket = %file.bucket, adapter = %file.adapter, day = %file.day))]
     pub async fn record_table_file(&self, file: &TableFile) -> Result<(), DbError> {
         let versions: Vec<String> = file.parser_versions.iter().map(i64::to_string).collect();
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(
                 "INSERT INTO table_files (bucket, adapter, day, key, row_count, byte_count, \
                  parser_versions, parser_version_sum, compacted_at) \
@@ -274,7 +274,7 @@ impl Db {
         adapter: &str,
         day: &str,
     ) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query("DELETE FROM table_files WHERE bucket = $1 AND adapter = $2 AND day = $3")
                 .bind(bucket)
                 .bind(adapter)

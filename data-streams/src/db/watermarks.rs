@@ -5,7 +5,7 @@
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
-use super::{dispatch, Db, DbError};
+use super::{dispatch, leader_write, Db, DbError};
 
 /// Watermark rows per `INSERT`: four values each, so 4,000 parameters, under SQLite's 32,766
 /// and PostgreSQL's 65,535; a reconciler batch of 1,000 streams is one statement.
@@ -143,7 +143,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<(), DbError> {
         for chunk in advances.chunks(WATERMARK_ROWS) {
-            dispatch!(Db, self, |pool, DB| {
+            leader_write!(self, |pool, DB| {
                 // `VALUES` names its columns column1…column4 on both backends.
                 let mut query = QueryBuilder::<DB>::new(
                     "INSERT INTO reconcile_watermarks \

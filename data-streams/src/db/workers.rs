@@ -1,6 +1,6 @@
 //! Workers: who connected, with what capacity and adapters, and when they were last heard.
 
-use super::{dispatch, Db, DbError, WorkerRow};
+use super::{dispatch, leader_write, Db, DbError, WorkerRow};
 
 const UPSERT_WORKER: &str =
     "INSERT INTO workers (id, capacity, adapters, connected, last_seen, connected_at) \
@@ -29,7 +29,7 @@ impl Db {
         now_ms: i64,
     ) -> Result<(), DbError> {
         let adapters = serde_json::Value::from(adapters.to_vec()).to_string();
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(UPSERT_WORKER)
                 .bind(id)
                 .bind(capacity)
@@ -45,7 +45,7 @@ impl Db {
     /// Notes a sign of life. A worker never upserted is ignored.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = id))]
     pub async fn touch_worker(&self, id: &str, now_ms: i64) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(TOUCH_WORKER)
                 .bind(id)
                 .bind(now_ms)
@@ -59,7 +59,7 @@ impl Db {
     /// [`Db::release_worker`]: a short reconnect keeps its streams.
     #[tracing::instrument(level = "debug", skip_all, fields(worker_id = id))]
     pub async fn set_worker_disconnected(&self, id: &str, now_ms: i64) -> Result<(), DbError> {
-        dispatch!(Db, self, |pool| {
+        leader_write!(self, |pool| {
             sqlx::query(DISCONNECT_WORKER)
                 .bind(id)
                 .bind(false)

@@ -125,6 +125,11 @@ fn start_batches(configs: Vec<StreamConfig>) -> Vec<Vec<StreamConfig>> {
 impl Supervisor {
     /// Assign running streams that have no worker to connected workers (see [`placement`]).
     pub async fn assign_pending(&self) {
+        self.as_leader(self.assign_pending_now()).await;
+    }
+
+    /// [`Supervisor::assign_pending`] as the leader.
+    async fn assign_pending_now(&self) {
         let _guard = self.inner.assign_lock.lock().await;
         let mut sweep = Sweep::default();
         let started = Instant::now();
@@ -380,7 +385,7 @@ impl Supervisor {
         sends: Vec<(String, Session, Vec<StreamConfig>)>,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
+        crate::cluster::spawn_in_term(async move {
             let calls = sends.into_iter().map(|(worker_id, session, configs)| {
                 let this = this.clone();
                 async move { this.start_many(&worker_id, &session, configs).await }
@@ -391,6 +396,10 @@ impl Supervisor {
 
     /// Take every stream away from a worker that is gone, and hand them to the others.
     pub(super) async fn release_worker(&self, worker_id: &str) {
+        self.as_leader(self.release_worker_now(worker_id)).await;
+    }
+
+    async fn release_worker_now(&self, worker_id: &str) {
         let released = {
             let _guard = self.inner.assign_lock.lock().await;
             // It may have come back while we waited for the lock.
@@ -443,7 +452,7 @@ impl Supervisor {
                 let this = self.clone();
                 let worker_id = worker_id.to_owned();
                 let session = session.clone();
-                tokio::spawn(async move {
+                crate::cluster::spawn_in_term(async move {
                     let batches = futures::stream::poll_fn(move |cx| to_send.poll_recv(cx));
                     batches
                         .for_each_concurrent(START_MANY_CONCURRENCY, |configs| {
@@ -516,7 +525,12 @@ impl Supervisor {
     }
 
     /// Stop a stream wherever it was assigned and clear the assignment.
+    /// A follower leaves this to the leader, which finds the stream stopped but assigned.
     pub(super) async fn stop_on_worker(&self, row: &StreamRow) {
+        self.as_leader(self.stop_on_worker_now(row)).await;
+    }
+
+    async fn stop_on_worker_now(&self, row: &StreamRow) {
         let Some(worker_id) = row.worker_id.as_deref() else {
             return;
         };
@@ -540,6 +554,10 @@ impl Supervisor {
     /// A running stream's config changed (or it was started again): its connected worker gets
     /// the config, applied at the end of the current interval.
     pub(super) async fn reconfigure(&self, row: &StreamRow) {
+        self.as_leader(self.reconfigure_now(row)).await;
+    }
+
+    async fn reconfigure_now(&self, row: &StreamRow) {
         if row.state != StreamState::Running {
             return;
         }

@@ -80,7 +80,13 @@ impl Supervisor {
             })
             .collect();
         let now = now_ms();
-        match self.inner.db.insert_streams(&streams, now).await? {
+        // Assignments are the leader's writes: fenced by its term.
+        let insert = self.inner.db.insert_streams(&streams, now);
+        let inserted = match (placed.iter().any(Option::is_some), self.term()) {
+            (true, Some(term)) => crate::cluster::in_term(term, insert).await?,
+            _ => insert.await?,
+        };
+        match inserted {
             BulkInsert::Conflicts(at) => Ok(BulkCreated::Conflicts(at)),
             BulkInsert::Done { created, existing } => {
                 let mut per_worker: HashMap<usize, Vec<StreamConfig>> = HashMap::new();
@@ -134,6 +140,7 @@ impl Supervisor {
                 }
                 if unplaced {
                     self.assign_soon();
+                    self.tell_leader(None).await;
                 }
                 self.analyze_soon(created.len());
                 Ok(BulkCreated::Done {
@@ -157,6 +164,7 @@ impl Supervisor {
         self.analyze_soon(changed.len());
         if !changed.is_empty() {
             self.assign_soon();
+            self.tell_leader(None).await;
         }
         Ok(changed.len())
     }
@@ -173,12 +181,19 @@ impl Supervisor {
         tracing::info!(streams = changed.len(), "streams stopped in bulk");
         self.analyze_soon(changed.len());
         self.stop_assigned(&changed).await;
+        if !changed.is_empty() {
+            self.tell_leader(None).await;
+        }
         Ok(changed.len())
     }
 
     /// Tells each connected worker to stop its streams among `changed`, then clears their
     /// assignments (where still theirs and still stopped).
-    async fn stop_assigned(&self, changed: &[Changed]) {
+    pub(super) async fn stop_assigned(&self, changed: &[Changed]) {
+        self.as_leader(self.stop_assigned_now(changed)).await;
+    }
+
+    async fn stop_assigned_now(&self, changed: &[Changed]) {
         let mut per_worker: HashMap<&str, Vec<&Changed>> = HashMap::new();
         for c in changed {
             if let Some(worker_id) = c.worker_id.as_deref() {
@@ -219,7 +234,7 @@ impl Supervisor {
             return;
         }
         let supervisor = self.clone();
-        tokio::spawn(async move {
+        crate::cluster::spawn_in_term(async move {
             supervisor
                 .inner
                 .analyze_queued
@@ -237,7 +252,7 @@ impl Supervisor {
             return;
         }
         let supervisor = self.clone();
-        tokio::spawn(async move {
+        crate::cluster::spawn_in_term(async move {
             supervisor
                 .inner
                 .assign_queued

@@ -29,6 +29,7 @@ use std::time::Duration;
 use common::now_ms;
 use uuid::Uuid;
 
+use crate::cluster::Term;
 use crate::db::{Db, DbError};
 use crate::live::{Live, LiveMessage};
 use crate::reconcile::Suspects;
@@ -47,6 +48,10 @@ pub enum SupervisorError {
     NotFound(Uuid),
     #[error(transparent)]
     Invalid(#[from] Invalid),
+    /// A replica that does not lead stored the desired state, but the leader did not apply it
+    /// in time (during a failover): try again.
+    #[error("{0}")]
+    NotApplied(String),
 }
 
 struct Inner {
@@ -67,6 +72,11 @@ struct Inner {
     live: Live,
     /// Whether this process leads; a follower sends workers to the leader.
     role: tokio::sync::watch::Sender<Role>,
+    /// The term this process leads under on PostgreSQL (its leader-only writes are fenced by
+    /// it); `None` while following, and when leading alone on SQLite.
+    term: std::sync::RwLock<Option<Term>>,
+    /// While following: the workers connected to the leader, as the database last said.
+    leader_workers: std::sync::RwLock<HashSet<String>>,
 }
 
 /// Whether this process leads (takes workers, assigns, fails over, indexes) or follows. One
@@ -120,6 +130,8 @@ impl Supervisor {
                 reconcile,
                 live,
                 role: tokio::sync::watch::Sender::new(Role::Leader),
+                term: std::sync::RwLock::new(None),
+                leader_workers: std::sync::RwLock::new(HashSet::new()),
             }),
         }
     }
@@ -147,6 +159,59 @@ impl Supervisor {
         });
     }
 
+    /// Leads from now on: under `term` on PostgreSQL (every leader-only write is fenced by
+    /// it), or alone (`None`, SQLite).
+    pub fn lead(&self, term: Option<Term>) {
+        *self.inner.term.write().expect("term lock") = term;
+        self.set_role(Role::Leader);
+    }
+
+    /// Follows from now on: leader-only work stops, workers are sent to `leader_worker_addr`.
+    pub fn follow(&self, leader_worker_addr: Option<String>) {
+        *self.inner.term.write().expect("term lock") = None;
+        self.set_role(Role::Follower { leader_worker_addr });
+    }
+
+    /// The term this process leads under (PostgreSQL), if it leads.
+    pub fn term(&self) -> Option<Term> {
+        *self.inner.term.read().expect("term lock")
+    }
+
+    /// Whether this process leads now.
+    pub fn is_leader(&self) -> bool {
+        *self.inner.role.borrow() == Role::Leader
+    }
+
+    /// Runs `work` if this process leads, as leader-only work of its term (its writes fenced);
+    /// `None` when it follows.
+    pub(crate) async fn as_leader<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        if !self.is_leader() {
+            return None;
+        }
+        Some(match self.term() {
+            Some(term) => crate::cluster::in_term(term, work).await,
+            None => work.await,
+        })
+    }
+
+    /// On a follower (PostgreSQL): tells the leader that `stream`'s desired state changed
+    /// (`None`: many streams). A lost notification is found by the leader's sweep.
+    pub(crate) async fn tell_leader(&self, stream: Option<Uuid>) {
+        if self.is_leader() {
+            return;
+        }
+        if let Db::Postgres(pool) = &self.inner.db {
+            if let Err(err) = crate::cluster::desired::announce(pool, stream).await {
+                tracing::warn!("cannot notify the leader of a change (its sweep finds it): {err}");
+            }
+        }
+    }
+
+    /// While following: the leader's connected workers, as read from the database.
+    pub fn set_leader_workers(&self, workers: HashSet<String>) {
+        *self.inner.leader_workers.write().expect("workers lock") = workers;
+    }
+
     /// Announce a stream's current shape and status on the live channel.
     fn announce(&self, row: &StreamRow) {
         let connected = self.connected_workers();
@@ -160,9 +225,18 @@ impl Supervisor {
         );
     }
 
-    /// Ids of the connected workers.
+    /// Ids of the connected workers: this process's sessions when it leads, else the leader's
+    /// as last read from the database.
     pub fn connected_workers(&self) -> HashSet<String> {
-        self.inner.sessions.ids()
+        if self.is_leader() {
+            self.inner.sessions.ids()
+        } else {
+            self.inner
+                .leader_workers
+                .read()
+                .expect("workers lock")
+                .clone()
+        }
     }
 
     async fn stream(&self, id: Uuid) -> Result<StreamRow, SupervisorError> {
@@ -215,6 +289,7 @@ impl Supervisor {
         tracing::info!(stream_id = %item.id, "stream created");
         if start {
             self.assign_pending().await;
+            self.tell_leader(Some(item.id)).await;
         }
         let row = self.stream(item.id).await?;
         self.announce(&row);
@@ -236,12 +311,16 @@ impl Supervisor {
             .await?
             .ok_or(SupervisorError::NotFound(id))?;
         self.reconfigure(&row).await;
+        self.tell_leader(Some(id)).await;
         self.announce(&row);
         Ok(row)
     }
 
     /// `DELETE /streams/{id}`: stop it on its worker, then delete it with its references,
     /// readings and failed runs. Its raw objects stay in the bucket.
+    /// On a follower the leader stops it first: the delete waits (bounded) until the leader
+    /// has cleared its assignment, and answers [`SupervisorError::NotApplied`] otherwise (the
+    /// stream is left stopped).
     pub async fn delete(&self, id: Uuid) -> Result<(), SupervisorError> {
         let row = self.stream(id).await?;
         self.inner
@@ -249,6 +328,9 @@ impl Supervisor {
             .set_state(id, StreamState::Stopped, None, false, now_ms())
             .await?;
         self.stop_on_worker(&row).await;
+        if !self.is_leader() && row.worker_id.is_some() {
+            self.await_release(id).await?;
+        }
         self.inner.db.delete_stream(id).await?;
         tracing::info!(stream_id = %id, "stream deleted (its objects stay in the bucket)");
         self.inner.live.publish(
@@ -260,6 +342,27 @@ impl Supervisor {
             },
         );
         Ok(())
+    }
+
+    /// A follower waits until the leader has stopped `id` on its worker and cleared the
+    /// assignment: up to two call timeouts and a sweep.
+    async fn await_release(&self, id: Uuid) -> Result<(), SupervisorError> {
+        self.tell_leader(Some(id)).await;
+        let deadline =
+            tokio::time::Instant::now() + self.inner.call_timeout * 2 + Duration::from_secs(2);
+        loop {
+            match self.inner.db.get_stream(id).await? {
+                Some(row) if row.worker_id.is_some() => {}
+                _ => return Ok(()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SupervisorError::NotApplied(format!(
+                    "stream {id} is stopped, but the leader has not yet taken it off its worker \
+                     (a leader change may be under way); delete it again shortly"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `POST /streams/{id}/start`: desired state running (a past error is cleared), then run it
@@ -278,6 +381,7 @@ impl Supervisor {
             }
             _ => self.assign_pending().await,
         }
+        self.tell_leader(Some(id)).await;
         let row = self.inner.db.get_stream(id).await?.unwrap_or(row);
         self.announce(&row);
         Ok(row)
@@ -293,6 +397,7 @@ impl Supervisor {
             .await?
             .ok_or(SupervisorError::NotFound(id))?;
         self.stop_on_worker(&before).await;
+        self.tell_leader(Some(id)).await;
         let row = self.inner.db.get_stream(id).await?.unwrap_or(row);
         self.announce(&row);
         Ok(row)

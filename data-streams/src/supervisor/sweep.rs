@@ -8,7 +8,10 @@ use std::time::Duration;
 use common::now_ms;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
+use uuid::Uuid;
+
 use super::Supervisor;
+use crate::stream::StreamState;
 
 /// The sweep's job on a `tokio-cron-scheduler` scheduler, until [`Housekeeping::stop`].
 pub struct Housekeeping {
@@ -38,7 +41,7 @@ impl Housekeeping {
                 let due = last.is_none_or(|at| at.elapsed() + Duration::from_millis(500) >= every);
                 if due {
                     *last = Some(tokio::time::Instant::now());
-                    supervisor.sweep(started_ms).await;
+                    supervisor.as_leader(supervisor.sweep(started_ms)).await;
                 }
             })
         })?;
@@ -81,6 +84,48 @@ impl Supervisor {
             }
             Err(err) => tracing::warn!("housekeeping cannot read workers: {err}"),
         }
+        self.stop_stopped().await;
         self.assign_pending().await;
     }
+
+    /// Stops on their workers the streams that are desired stopped but still assigned (a
+    /// replica that does not lead stored the stop; the leader applies it here, or at once on
+    /// its notification), and clears their assignments.
+    pub(crate) async fn stop_stopped(&self) {
+        match self.inner.db.stopped_assigned(STOP_BATCH).await {
+            Ok(rows) if !rows.is_empty() => {
+                tracing::info!(streams = rows.len(), "stopping streams stopped elsewhere");
+                self.stop_assigned(&rows).await;
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!("housekeeping cannot read stopped streams: {err}"),
+        }
+    }
+
+    /// The leader applies what a replica that does not lead stored for `stream` (`None`: for
+    /// many streams, or unknown which): its worker gets the new config, a stop, or it is
+    /// placed. Nothing on a follower.
+    pub async fn apply_desired(&self, stream: Option<Uuid>) {
+        if !self.is_leader() {
+            return;
+        }
+        let Some(id) = stream else {
+            self.stop_stopped().await;
+            self.assign_soon();
+            return;
+        };
+        match self.inner.db.get_stream(id).await {
+            Ok(Some(row)) => match (row.state == StreamState::Running, row.worker_id.is_some()) {
+                (true, true) => self.reconfigure(&row).await,
+                (true, false) => self.assign_soon(),
+                (false, true) => self.stop_on_worker(&row).await,
+                (false, false) => {}
+            },
+            Ok(None) => {}
+            Err(err) => tracing::warn!(stream_id = %id, "cannot apply a desired state: {err}"),
+        }
+    }
 }
+
+/// Most stopped-but-assigned streams one sweep stops.
+const STOP_BATCH: i64 = 10_000;

@@ -68,7 +68,7 @@ impl Supervisor {
         }
         let this = self.clone();
         let worker_id = worker_id.to_owned();
-        tokio::spawn(async move {
+        crate::cluster::spawn_in_term(async move {
             tokio::time::sleep(this.inner.grace).await;
             if this.inner.sessions.get(&worker_id).is_none() {
                 this.release_worker(&worker_id).await;
