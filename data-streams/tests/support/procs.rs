@@ -302,8 +302,13 @@ pub struct Supervisor {
 impl Supervisor {
     /// Start the supervisor with `env` and wait until it listens.
     pub fn start(logs: &Path, env: &Env) -> Supervisor {
+        Supervisor::start_named(logs, "data-streams", env)
+    }
+
+    /// [`Supervisor::start`] logging to `<name>.log` (several supervisors in one folder).
+    pub fn start_named(logs: &Path, name: &str, env: &Env) -> Supervisor {
         let (proc, line) = Proc::start(
-            "data-streams",
+            name,
             &bin("data-streams"),
             env,
             "data-streams listening",
