@@ -6,7 +6,10 @@
 #   2. what no schema sees: kustomization.yaml lists every manifest in the folder; each Service
 #      and PodDisruptionBudget selects a workload's pods and names a port they have; each
 #      ConfigMap a workload reads exists; each environment name is a setting of the binary that
-#      gets it (from the `env = "..."` of its settings, like data-streams/tests/compose.rs).
+#      gets it (from the `env = "..."` of its settings, like data-streams/tests/compose.rs), or
+#      a helper that a later entry of the same container expands as $(NAME) (POD_IP into the
+#      advertised addresses); and each $(NAME) names a variable defined before it, since
+#      Kubernetes leaves an unknown reference as literal text.
 # kubernetes-validate comes from PyPI into the tests' virtual environment (target/test-venv).
 # Any finding fails the script (exit 1).
 set -euo pipefail
@@ -95,7 +98,7 @@ for name, deploy in by_kind.get("Deployment", {}).items():
         if binary not in known:
             errors.append(f"deployment/{name}: container {c['name']} runs {binary!r}, not one of {sorted(known)}")
             continue
-        env = [e["name"] for e in c.get("env", [])]
+        env = []
         for ref in c.get("envFrom", []):
             cm = ref.get("configMapRef", {}).get("name")
             if cm is None:
@@ -104,8 +107,17 @@ for name, deploy in by_kind.get("Deployment", {}).items():
                 errors.append(f"deployment/{name}: reads ConfigMap {cm}, which is not in {folder}")
             else:
                 env += list(by_kind["ConfigMap"][cm].get("data", {}))
+        # envFrom comes first, then env in order: a $(NAME) sees only what is defined before it
+        # ($$(NAME) is an escape, not a reference).
+        expanded = set()
+        for e in c.get("env", []):
+            for ref in re.findall(r'(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)', e.get("value", "")):
+                if ref not in env:
+                    errors.append(f"deployment/{name}: {e['name']} expands $({ref}), which is not defined before it")
+                expanded.add(ref)
+            env.append(e["name"])
         for var in env:
-            if var not in known[binary]:
+            if var not in known[binary] and var not in expanded:
                 errors.append(f"deployment/{name}: {var} is not a setting of {binary}")
     pods[name] = (labels, ports)
 

@@ -40,9 +40,14 @@ const EXPECTED_SERVICES: &[&str] = &[
     "minio",
     "minio-init",
     "data-streams",
+    "data-streams-2",
     "worker",
     "iqair-sim",
 ];
+
+/// The services that run the supervisor: two replicas on the one PostgreSQL database, a leader
+/// and a follower (RFC §4, Replicas), in the order the workers dial them.
+const SUPERVISORS: &[&str] = &["data-streams", "data-streams-2"];
 
 // ---- the files ---------------------------------------------------------------------------------
 
@@ -245,6 +250,55 @@ fn port_of(addr: &str) -> &str {
         .1
 }
 
+/// A Compose value with each `${NAME:-default}` replaced by its default: what it is when the
+/// environment sets nothing. References without a default stay as written.
+fn with_defaults(value: &str) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let reference = &rest[start + 2..];
+        let end = reference
+            .find('}')
+            .unwrap_or_else(|| panic!("{value:?} has an unclosed ${{"));
+        match reference[..end].split_once(":-") {
+            Some((_, default)) => out.push_str(default),
+            None => out.push_str(&rest[start..start + 2 + end + 1]),
+        }
+        rest = &reference[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The host ports a service publishes, with their defaults (`${NAME:-8080}` is 8080): the
+/// `host` of `[ip:]host:container[/proto]`, or `published` in the long syntax. Ports left to
+/// Docker to pick (no host side) are not listed: they never collide.
+fn published_host_ports(name: &str) -> Vec<String> {
+    let Some(Value::Sequence(ports)) = service(name).get("ports") else {
+        return Vec::new();
+    };
+    ports
+        .iter()
+        .filter_map(|p| match p {
+            Value::Mapping(_) => p
+                .get("published")
+                .and_then(scalar)
+                .map(|h| with_defaults(&h)),
+            other => {
+                let spec = with_defaults(
+                    &scalar(other)
+                        .unwrap_or_else(|| panic!("service {name}: cannot read the port {p:?}")),
+                );
+                let spec = spec.split('/').next().unwrap_or_default();
+                let (host, _container) = spec.rsplit_once(':')?;
+                Some(host.rsplit(':').next().unwrap_or_default().to_owned())
+            }
+        })
+        .filter(|host| !host.is_empty())
+        .collect()
+}
+
 // ---- the binaries ------------------------------------------------------------------------------
 
 /// Every product bin target of the workspace, with the package it belongs to, from `cargo
@@ -395,6 +449,7 @@ fn every_dependency_is_a_service_that_can_start_with_it() {
 fn project_services_run_one_image_built_from_the_dockerfile() {
     let expected = BTreeMap::from([
         ("data-streams".to_owned(), "data-streams".to_owned()),
+        ("data-streams-2".to_owned(), "data-streams".to_owned()),
         ("worker".to_owned(), "worker".to_owned()),
         ("iqair-sim".to_owned(), "iqair-sim".to_owned()),
     ]);
@@ -512,40 +567,70 @@ fn help_markers_are_read_with_and_without_values() {
 // ---- compose: the production backends ----------------------------------------------------------
 
 #[test]
-fn data_streams_runs_on_postgres_and_s3() {
-    let database_url = env_value("data-streams", "DATABASE_URL");
-    let rest = database_url
-        .strip_prefix("postgres://")
-        .or_else(|| database_url.strip_prefix("postgresql://"))
-        .unwrap_or_else(|| panic!("DATABASE_URL is not a postgres:// URL: {database_url:?}"));
-    let (credentials, location) = rest
-        .rsplit_once('@')
-        .expect("DATABASE_URL names a user and password");
-    assert!(
-        location.starts_with("postgres:") || location.starts_with("postgres/"),
-        "DATABASE_URL should point at the postgres service: {database_url:?}"
+fn the_supervisors_are_every_service_that_runs_data_streams() {
+    let running: Vec<String> = project_services()
+        .into_iter()
+        .filter(|(_, binary)| binary == "data-streams")
+        .map(|(name, _)| name)
+        .collect();
+    let mut expected: Vec<String> = SUPERVISORS.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    // A supervisor the workers' list leaves out could lead, and no worker would reach it.
+    assert_eq!(
+        running, expected,
+        "the services running data-streams should be the supervisor replicas"
     );
-    let (_, password) = credentials
-        .split_once(':')
-        .expect("DATABASE_URL carries a password");
-    assert!(
-        is_required_reference(password),
-        "the database password should be a required ${{POSTGRES_PASSWORD:?...}}, not {password:?}"
+}
+
+#[test]
+fn supervisors_run_on_one_postgres_and_s3() {
+    let mut databases = BTreeSet::new();
+    for &name in SUPERVISORS {
+        let database_url = env_value(name, "DATABASE_URL");
+        let rest = database_url
+            .strip_prefix("postgres://")
+            .or_else(|| database_url.strip_prefix("postgresql://"))
+            .unwrap_or_else(|| {
+                // SQLite takes one supervisor only: a second one exits at start-up.
+                panic!("service {name}: DATABASE_URL is not a postgres:// URL: {database_url:?}")
+            });
+        let (credentials, location) = rest
+            .rsplit_once('@')
+            .expect("DATABASE_URL names a user and password");
+        assert!(
+            location.starts_with("postgres:") || location.starts_with("postgres/"),
+            "service {name}: DATABASE_URL should point at the postgres service: {database_url:?}"
+        );
+        let (_, password) = credentials
+            .split_once(':')
+            .expect("DATABASE_URL carries a password");
+        assert!(
+            is_required_reference(password),
+            "service {name}: the database password should be a required \
+             ${{POSTGRES_PASSWORD:?...}}, not {password:?}"
+        );
+        databases.insert(database_url);
+
+        let deps = depends_on(name);
+        assert_eq!(
+            deps.get("postgres").map(String::as_str),
+            Some("service_healthy"),
+            "{name} should wait for a healthy postgres"
+        );
+        assert_eq!(
+            deps.get("minio-init").map(String::as_str),
+            Some("service_completed_successfully"),
+            "{name} should wait for the bucket to exist"
+        );
+    }
+    // The replicas elect their leader in that database: two databases would make two leaders.
+    assert_eq!(
+        databases.len(),
+        1,
+        "the supervisors should share one database, not {databases:?}"
     );
 
-    let deps = depends_on("data-streams");
-    assert_eq!(
-        deps.get("postgres").map(String::as_str),
-        Some("service_healthy"),
-        "data-streams should wait for a healthy postgres"
-    );
-    assert_eq!(
-        deps.get("minio-init").map(String::as_str),
-        Some("service_completed_successfully"),
-        "data-streams should wait for the bucket to exist"
-    );
-
-    for name in ["data-streams", "worker"] {
+    for name in SUPERVISORS.iter().copied().chain(["worker"]) {
         assert_eq!(
             env_value(name, "OBJECT_STORE_URL"),
             "s3://",
@@ -573,54 +658,113 @@ fn data_streams_runs_on_postgres_and_s3() {
 }
 
 #[test]
-fn data_streams_listens_on_all_interfaces_and_reports_readiness() {
-    let http = env_value("data-streams", "DATA_STREAMS_HTTP_ADDR");
-    let workers = env_value("data-streams", "DATA_STREAMS_WORKER_ADDR");
-    for addr in [&http, &workers] {
+fn supervisors_listen_on_all_interfaces_and_report_readiness() {
+    // host port -> the supervisor that publishes it
+    let mut host_ports: BTreeMap<String, &str> = BTreeMap::new();
+    for &name in SUPERVISORS {
+        let http = env_value(name, "DATA_STREAMS_HTTP_ADDR");
+        let workers = env_value(name, "DATA_STREAMS_WORKER_ADDR");
+        for addr in [&http, &workers] {
+            assert!(
+                addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:"),
+                "{name} should listen on all interfaces of its container, not {addr:?}"
+            );
+        }
+        let http_port: u16 = port_of(&http).parse().expect("a port");
         assert!(
-            addr.starts_with("0.0.0.0:") || addr.starts_with("[::]:"),
-            "data-streams should listen on all interfaces of its container, not {addr:?}"
+            published_container_ports(name).contains(&http_port),
+            "{name} should publish its HTTP port {http_port}"
         );
-    }
-    let http_port: u16 = port_of(&http).parse().expect("a port");
-    assert!(
-        published_container_ports("data-streams").contains(&http_port),
-        "data-streams should publish its HTTP port {http_port}"
-    );
-    let test = healthcheck_test("data-streams").join(" ");
-    assert!(
-        test.contains("/readyz") && test.contains(&http_port.to_string()),
-        "the data-streams healthcheck should ask /readyz on port {http_port}: {test}"
-    );
-    for variable in ["DATA_STREAMS_WORKER_TOKEN", "DATA_STREAMS_API_TOKEN"] {
-        let value = env_value("data-streams", variable);
+        for host_port in published_host_ports(name) {
+            if let Some(other) = host_ports.insert(host_port.clone(), name) {
+                panic!("{other} and {name} both publish host port {host_port}");
+            }
+        }
+        let test = healthcheck_test(name).join(" ");
         assert!(
-            is_required_reference(&value),
-            "{variable} should be a required ${{{variable}:?...}} reference, not {value:?}"
+            test.contains("/readyz") && test.contains(&http_port.to_string()),
+            "the {name} healthcheck should ask /readyz on port {http_port}: {test}"
+        );
+        for variable in ["DATA_STREAMS_WORKER_TOKEN", "DATA_STREAMS_API_TOKEN"] {
+            let value = env_value(name, variable);
+            assert!(
+                is_required_reference(&value),
+                "{name}: {variable} should be a required ${{{variable}:?...}} reference, not \
+                 {value:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn supervisors_advertise_their_own_names_and_share_their_tokens() {
+    for &name in SUPERVISORS {
+        // A follower sends workers to the leader's advertised worker address, and GET /cluster
+        // shows both: the 0.0.0.0 a replica binds is no address for anyone else, its service
+        // name is, on the compose network.
+        for (bound, advertised) in [
+            ("DATA_STREAMS_HTTP_ADDR", "DATA_STREAMS_ADVERTISE_HTTP_ADDR"),
+            (
+                "DATA_STREAMS_WORKER_ADDR",
+                "DATA_STREAMS_ADVERTISE_WORKER_ADDR",
+            ),
+        ] {
+            let port = port_of(&env_value(name, bound)).to_owned();
+            assert_eq!(
+                env_value(name, advertised),
+                format!("{name}:{port}"),
+                "{name} should advertise its service name and its {bound} port"
+            );
+        }
+    }
+    // A worker may land on either replica, and console sessions are signed with a key derived
+    // from the API token: every replica needs the same ones.
+    for variable in ["DATA_STREAMS_WORKER_TOKEN", "DATA_STREAMS_API_TOKEN"] {
+        let values: BTreeSet<String> = SUPERVISORS
+            .iter()
+            .map(|name| env_value(name, variable))
+            .collect();
+        assert_eq!(
+            values.len(),
+            1,
+            "the supervisors should read one {variable}, not {values:?}"
         );
     }
 }
 
 #[test]
-fn workers_are_two_replicas_dialing_the_supervisor_with_its_token() {
+fn workers_are_two_replicas_dialing_every_supervisor_with_its_token() {
     let replicas = service("worker")
         .get("deploy")
         .and_then(|d| d.get("replicas"))
         .and_then(scalar);
     assert_eq!(replicas.as_deref(), Some("2"), "worker deploy.replicas");
 
-    let supervisor_port =
-        port_of(&env_value("data-streams", "DATA_STREAMS_WORKER_ADDR")).to_owned();
+    // Every supervisor, in turn: whichever leads is reached directly or through a redirect, and
+    // one that is down is skipped.
+    let supervisors: Vec<String> = SUPERVISORS
+        .iter()
+        .map(|name| {
+            let port = port_of(&env_value(name, "DATA_STREAMS_WORKER_ADDR")).to_owned();
+            format!("{name}:{port}")
+        })
+        .collect();
     assert_eq!(
         env_value("worker", "DATA_STREAMS_WORKER_ADDR"),
-        format!("data-streams:{supervisor_port}"),
-        "workers should dial the data-streams service's worker port"
+        supervisors.join(","),
+        "workers should dial every supervisor's worker port"
     );
-    assert_eq!(
-        env_value("worker", "DATA_STREAMS_WORKER_TOKEN"),
-        env_value("data-streams", "DATA_STREAMS_WORKER_TOKEN"),
-        "both sides of the worker link should read the same token"
-    );
+    for &name in SUPERVISORS {
+        assert_eq!(
+            env_value("worker", "DATA_STREAMS_WORKER_TOKEN"),
+            env_value(name, "DATA_STREAMS_WORKER_TOKEN"),
+            "both sides of the worker link should read the same token ({name})"
+        );
+        assert!(
+            depends_on("worker").contains_key(name),
+            "workers should start after {name}"
+        );
+    }
     // Replicas tell themselves apart by their host names; a fixed one would make them one worker.
     assert!(
         !environment("worker").contains_key("WORKER_ID"),
@@ -632,10 +776,6 @@ fn workers_are_two_replicas_dialing_the_supervisor_with_its_token() {
             "worker sets {key}, which replicas cannot share"
         );
     }
-    assert!(
-        depends_on("worker").contains_key("data-streams"),
-        "workers should start after data-streams"
-    );
 }
 
 #[test]
