@@ -40,27 +40,18 @@ impl Duties {
     /// duty and waits for them (bounded).
     async fn lead(&self, term: Option<Term>, until: CancellationToken) {
         let supervisor = &self.supervisor;
-        // Alone (SQLite), the process leads from its start: its role is left as it is.
-        if term.is_some() {
-            supervisor.lead(term);
+        if let Some(term) = term {
+            // A new term starts with no worker of its own: whatever the database says is
+            // connected was the previous leader's (or this process's before a restart). Each
+            // gets one heartbeat timeout from now to reconnect before its streams move. Done
+            // before this process takes workers, so no new connection is marked.
+            if let Err(err) = cluster::in_term(term, mark_disconnected(&self.db)).await {
+                tracing::warn!("cannot mark the previous term's workers disconnected: {err}");
+            }
+            supervisor.lead(Some(term));
         }
-        // A new term starts with no worker of its own: whatever the database says is
-        // connected was the previous leader's (or this process's before a restart). Each gets
-        // one heartbeat timeout from now to reconnect before its streams move.
-        let marked = supervisor
-            .as_leader(async {
-                let workers = self.db.list_workers().await?;
-                for w in workers.iter().filter(|w| w.connected) {
-                    self.db
-                        .set_worker_disconnected(&w.id, common::now_ms())
-                        .await?;
-                }
-                Ok::<_, crate::db::DbError>(())
-            })
-            .await;
-        if let Some(Err(err)) = marked {
-            tracing::warn!("cannot mark the previous term's workers disconnected: {err}");
-        }
+        // Alone (SQLite), the process leads from its start, and its workers were marked
+        // disconnected before its port opened (`Application::build`).
         let tasks = TaskTracker::new();
         let spawn = |work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
             match term {
@@ -123,13 +114,16 @@ impl Duties {
             if let Some(term) = leadership.term() {
                 let until = shutdown.child_token();
                 let watch = async {
-                    // Ends when the term does: another term, none, or the elector ended.
+                    // Ends when the term does: another term, none, or the elector ended. The
+                    // role changes at once (sessions close, writes stop), and the duties are
+                    // then stopped.
                     loop {
                         match leadership.changed().await {
                             Ok(Some(next)) if next == term => continue,
                             _ => break,
                         }
                     }
+                    self.supervisor.follow(None);
                     until.cancel();
                 };
                 tracing::info!(epoch = term.epoch, "leading");
@@ -141,7 +135,13 @@ impl Duties {
             self.refresh_follower(&pool).await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = leadership.changed() => {}
+                changed = leadership.changed() => {
+                    if changed.is_err() {
+                        // The elector ended (only at shutdown): nothing more to follow.
+                        shutdown.cancelled().await;
+                        break;
+                    }
+                }
                 () = tokio::time::sleep(FOLLOWER_REFRESH) => {}
             }
         }
@@ -165,4 +165,12 @@ impl Duties {
             Err(err) => tracing::debug!("cannot read the leader's workers: {err}"),
         }
     }
+}
+
+/// Marks every worker the database calls connected as disconnected, as of now.
+pub(crate) async fn mark_disconnected(db: &Db) -> Result<(), crate::db::DbError> {
+    for w in db.list_workers().await?.iter().filter(|w| w.connected) {
+        db.set_worker_disconnected(&w.id, common::now_ms()).await?;
+    }
+    Ok(())
 }

@@ -136,9 +136,16 @@ impl Application {
             reconciler.suspects(),
             live.clone(),
         );
-        if let Db::Postgres(_) = db {
+        match db {
             // Until the elector says otherwise: several replicas may share this database.
-            supervisor.follow(None);
+            Db::Postgres(_) => supervisor.follow(None),
+            // Alone on its file: nothing is connected to a process that just started.
+            Db::Sqlite(_) => leading::mark_disconnected(&db).await.map_err(|source| {
+                StartupError::DatabaseSetup {
+                    target: settings.database_target(),
+                    source,
+                }
+            })?,
         }
         Ok(Application {
             settings,

@@ -387,6 +387,16 @@ async fn persist(
                 metrics::counter!("ds_failures_inserted_total").increment(stats.failures_inserted);
                 break;
             }
+            // Deposed (or no longer leading): retrying here would be refused forever. The
+            // session ends unacknowledged, and the worker replays the batch to the leader.
+            Err(err) if matches!(err, DbError::Fenced(_)) || !supervisor.is_leader() => {
+                tracing::warn!(
+                    worker_id,
+                    events = batch.len(),
+                    "not acknowledging events: this supervisor no longer leads ({err}); the worker replays them to the leader"
+                );
+                return false;
+            }
             Err(err) => {
                 metrics::counter!("ds_persist_errors_total").increment(1);
                 tracing::error!(

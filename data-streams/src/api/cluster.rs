@@ -46,8 +46,23 @@ const LEADER_ROUTES: &[&str] = &["/reconciler", "/reconciler/audit", "/tables/co
 /// Marks a request a follower forwarded: the receiver never forwards it again.
 const FORWARDED: &str = "x-data-streams-forwarded";
 
-/// How long a forwarded request may take (an audit pass on a big bucket is slow).
-const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The largest body forwarded (these routes take a few bytes of JSON).
+const FORWARD_MAX_BODY: usize = 64 * 1024;
+
+/// Request headers that belong to one connection, not to the request: never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+/// How long a forwarded request may take: the API's own request timeout bounds it anyway.
+const FORWARD_TIMEOUT: std::time::Duration = super::REQUEST_TIMEOUT;
 
 /// Middleware: on a replica that does not lead, a request to one of [`LEADER_ROUTES`] goes to
 /// the leader (its answer is passed back as it is); 503 with `Retry-After` while no replica
@@ -58,8 +73,18 @@ pub(super) async fn to_leader(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if state.supervisor.is_leader() || !LEADER_ROUTES.contains(&request.uri().path()) {
+    if !LEADER_ROUTES.contains(&request.uri().path()) {
         return next.run(request).await;
+    }
+    if state.supervisor.is_leader() {
+        // The leader's own work: its writes are fenced by its term.
+        if let Some(answer) = state.supervisor.as_leader(next.run(request)).await {
+            return answer;
+        }
+        return ApiError::Unavailable(
+            "this replica stopped leading while it served the request; try again".into(),
+        )
+        .into_response();
     }
     if request.headers().contains_key(FORWARDED) {
         return ApiError::Unavailable(
@@ -100,7 +125,7 @@ async fn forward(
             .expect("an HTTP client")
     });
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
+    let body = axum::body::to_bytes(body, FORWARD_MAX_BODY)
         .await
         .map_err(|err| {
             ApiError::BadRequest(
@@ -113,7 +138,9 @@ async fn forward(
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
     let mut headers = parts.headers.clone();
-    headers.remove(axum::http::header::HOST);
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
     headers.insert(
         FORWARDED,
         axum::http::HeaderValue::from_str(&me.to_string()).expect("a UUID is a header value"),

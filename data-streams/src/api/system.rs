@@ -102,7 +102,7 @@ pub(super) async fn reconciler_audit(
 ) -> Result<Json<ReconcilerView>, ApiError> {
     // On its own task: a client that leaves, or the request timeout, does not cut it short.
     let reconciler = state.reconciler.clone();
-    let findings = tokio::spawn(async move { reconciler.run_audit().await })
+    let findings = crate::cluster::spawn_in_term(async move { reconciler.run_audit().await })
         .await
         .map_err(ApiError::internal)?
         .map_err(|ReconcileError::Db(e)| ApiError::from(e))?;

@@ -28,15 +28,19 @@ const MAX_PAYLOAD: usize = 7_999;
 /// Messages sent in one statement.
 const BATCH: usize = 256;
 
-/// `origin stream text`, the stream being `-` for messages about no stream.
-fn payload(origin: Uuid, stream_id: Option<Uuid>, text: &str) -> String {
+/// `origin seq stream text`, the stream being `-` for messages about no stream. The sequence
+/// number keeps two equal messages apart: PostgreSQL delivers equal payloads of one
+/// transaction once.
+fn payload(origin: Uuid, seq: u64, stream_id: Option<Uuid>, text: &str) -> String {
     let stream = stream_id.map_or_else(|| "-".to_owned(), |id| id.to_string());
-    format!("{origin} {stream} {text}")
+    format!("{origin} {seq} {stream} {text}")
 }
 
-/// The parts of a payload; `None` if it is not one.
+/// The parts of a payload (origin, stream, text); `None` if it is not one.
 fn parse(payload: &str) -> Option<(Uuid, Option<Uuid>, &str)> {
     let (origin, rest) = payload.split_once(' ')?;
+    let (seq, rest) = rest.split_once(' ')?;
+    seq.parse::<u64>().ok()?;
     let (stream, text) = rest.split_once(' ')?;
     let stream = match stream {
         "-" => None,
@@ -53,6 +57,7 @@ pub async fn send(
     until: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut seq: u64 = 0;
     loop {
         let received = tokio::select! {
             () = until.cancelled() => return,
@@ -63,7 +68,10 @@ pub async fn send(
         }
         let payloads: Vec<String> = batch
             .drain(..)
-            .map(|(stream, text)| payload(origin, stream, text.as_str()))
+            .map(|(stream, text)| {
+                seq += 1;
+                payload(origin, seq, stream, text.as_str())
+            })
             .filter(|p| {
                 let fits = p.len() <= MAX_PAYLOAD;
                 if !fits {
@@ -140,11 +148,16 @@ mod tests {
     fn a_payload_reads_back_as_it_was_written() {
         let (origin, stream) = (Uuid::now_v7(), Uuid::now_v7());
         let text = r#"{"type":"result","x":"a b"}"#;
-        let written = payload(origin, Some(stream), text);
+        let written = payload(origin, 7, Some(stream), text);
         assert_eq!(parse(&written), Some((origin, Some(stream), text)));
-        let none = payload(origin, None, "{}");
+        let none = payload(origin, 8, None, "{}");
         assert_eq!(parse(&none), Some((origin, None, "{}")));
+        assert_ne!(
+            payload(origin, 1, None, "{}"),
+            payload(origin, 2, None, "{}")
+        );
         assert_eq!(parse("garbage"), None);
-        assert_eq!(parse("not-a-uuid - {}"), None);
+        assert_eq!(parse("not-a-uuid 1 - {}"), None);
+        assert_eq!(parse(&format!("{origin} x - {{}}")), None);
     }
 }

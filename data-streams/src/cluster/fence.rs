@@ -1,14 +1,16 @@
 //! The fence of the write path: a leader-only write transaction first takes the lease row
-//! `FOR SHARE` and goes on only while the lease is still its term's.
+//! `FOR KEY SHARE` and goes on only while the lease is still its term's.
 //!
-//! The shared row lock is what makes this a fence and not a mere check: taking the lease over
-//! is an `UPDATE` of that row, which waits until every transaction holding it `FOR SHARE`
-//! ends. So every write that passed the fence under epoch N commits (or rolls back) before
-//! epoch N+1 begins, and every write after that finds N+1 and is refused. Expiry is not
-//! checked here: an expired lease that nobody took yet still belongs to the same term, and the
-//! moment someone takes it is ordered by the lock. The cost is the same lock on the other side:
-//! a fenced transaction holds off its own leader's renewals too, so it must stay short
-//! (seconds, well under the lease's TTL less its margin).
+//! The row lock is what makes this a fence and not a mere check: taking the lease over changes
+//! the epoch, which is a key of the row (a unique index), so the takeover's `UPDATE` waits until
+//! every transaction holding the row `FOR KEY SHARE` ends. So every write that passed the fence
+//! under epoch N commits (or rolls back) before epoch N+1 begins, and every write after that
+//! finds N+1 and is refused. A renewal changes only `expires_at`, not a key, and does not wait
+//! for fenced writes: a busy leader keeps its lease. Expiry is not checked here: an expired
+//! lease that nobody took yet still belongs to the same term, and the moment someone takes it is
+//! ordered by the lock. Fenced transactions must still stay short (seconds): a takeover waits
+//! for them, and a frozen one is ended by the server after 10 s idle
+//! (`idle_in_transaction_session_timeout`).
 
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -38,14 +40,14 @@ pub enum FenceError {
     Db(#[from] sqlx::Error),
 }
 
-/// Checks, inside `tx`, that the lease is still `term`'s, and holds the lease row `FOR SHARE`
+/// Checks, inside `tx`, that the lease is still `term`'s, and holds the lease row `FOR KEY SHARE`
 /// until `tx` ends so that no other term can begin before it commits. Call it first in every
 /// leader-only write transaction; on an error, roll back (drop `tx`). Each refusal counts in
 /// `ds_cluster_fenced_writes_total`.
 #[tracing::instrument(level = "debug", skip_all, fields(epoch = term.epoch))]
 pub async fn fence(tx: &mut Transaction<'_, Postgres>, term: &Term) -> Result<(), FenceError> {
     let row: Option<(i64, Uuid)> =
-        sqlx::query_as("SELECT epoch, holder FROM leader_lease WHERE id = 1 FOR SHARE")
+        sqlx::query_as("SELECT epoch, holder FROM leader_lease WHERE id = 1 FOR KEY SHARE")
             .fetch_optional(&mut **tx)
             .await?;
     let refused = match row {
@@ -59,7 +61,7 @@ pub async fn fence(tx: &mut Transaction<'_, Postgres>, term: &Term) -> Result<()
     };
     metrics::counter!("ds_cluster_fenced_writes_total").increment(1);
     tracing::warn!("a leader-only write was fenced off: {refused}");
-    DEPOSED.notify_waiters();
+    DEPOSED.notify_one();
     Err(refused)
 }
 

@@ -41,7 +41,7 @@ const UPDATE_STREAM: &str = "UPDATE streams SET adapter = $2, endpoint = $3, sec
      source = $14, \
      window_end = CASE WHEN COALESCE(start_at, -1) <> COALESCE($15, -1) THEN NULL \
        ELSE window_end END, \
-     start_at = $15 \
+     start_at = $15, reconfigure = $16 \
      WHERE id = $1 RETURNING ";
 
 // $3: error to record (or NULL); $4: clear last_error when no error is given.
@@ -274,6 +274,18 @@ impl Db {
         spec: &StreamSpec,
         now_ms: i64,
     ) -> Result<Option<StreamRow>, DbError> {
+        self.update_stream_marked(id, spec, now_ms, false).await
+    }
+
+    /// [`Db::update_stream`], and with `reconfigure` marked for the leader: its worker needs
+    /// the new config ([`Db::streams_to_reconfigure`]).
+    pub async fn update_stream_marked(
+        &self,
+        id: Uuid,
+        spec: &StreamSpec,
+        now_ms: i64,
+        reconfigure: bool,
+    ) -> Result<Option<StreamRow>, DbError> {
         let c = SpecColumns::of(spec);
         let sql = format!("{UPDATE_STREAM}{STREAM_COLUMNS}");
         let row = dispatch!(Db, self, |pool| {
@@ -281,10 +293,36 @@ impl Db {
                 .bind(now_ms)
                 .bind(c.source.as_str())
                 .bind(c.start_at)
+                .bind(reconfigure)
                 .fetch_optional(pool)
                 .await?
         });
         Ok(row)
+    }
+
+    /// Streams marked for a new config on their worker, at most `limit`, by id.
+    pub async fn streams_to_reconfigure(&self, limit: i64) -> Result<Vec<StreamRow>, DbError> {
+        let sql =
+            format!("SELECT {STREAM_COLUMNS} FROM streams WHERE reconfigure ORDER BY id LIMIT $1");
+        let rows = dispatch!(Db, self, |pool| {
+            sqlx::query_as(&sql)
+                .bind(limit.max(0))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Clears the mark of `id` if it was not changed again since `updated_at`.
+    pub async fn reconfigured(&self, id: Uuid, updated_at: i64) -> Result<(), DbError> {
+        leader_write!(self, |pool| {
+            sqlx::query("UPDATE streams SET reconfigure = FALSE WHERE id = $1 AND updated_at = $2")
+                .bind(id)
+                .bind(updated_at)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
     }
 
     /// Deletes a stream with its references, readings and failed runs (the foreign keys

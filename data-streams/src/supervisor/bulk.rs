@@ -48,7 +48,13 @@ impl Supervisor {
         } else {
             None
         };
-        let sessions = self.inner.sessions.snapshot();
+        // Only the leader places (under its term); a follower stores the streams pending.
+        let leading = self.leading();
+        let sessions = if leading.is_some() {
+            self.inner.sessions.snapshot()
+        } else {
+            Vec::new()
+        };
         let mut placed: Vec<Option<usize>> = vec![None; items.len()];
         if guard.is_some() && !sessions.is_empty() {
             let (counts, mut homes) = self.placement_state(&sessions).await?;
@@ -82,7 +88,7 @@ impl Supervisor {
         let now = now_ms();
         // Assignments are the leader's writes: fenced by its term.
         let insert = self.inner.db.insert_streams(&streams, now);
-        let inserted = match (placed.iter().any(Option::is_some), self.term()) {
+        let inserted = match (placed.iter().any(Option::is_some), leading.flatten()) {
             (true, Some(term)) => crate::cluster::in_term(term, insert).await?,
             _ => insert.await?,
         };

@@ -185,13 +185,23 @@ impl Supervisor {
     /// Runs `work` if this process leads, as leader-only work of its term (its writes fenced);
     /// `None` when it follows.
     pub(crate) async fn as_leader<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
-        if !self.is_leader() {
-            return None;
-        }
-        Some(match self.term() {
+        Some(match self.leading()? {
             Some(term) => crate::cluster::in_term(term, work).await,
             None => work.await,
         })
+    }
+
+    /// `Some` while this process leads, with the term its writes are fenced by (`None` inside:
+    /// alone on SQLite). On PostgreSQL a leader without a term (a moment of a change of role)
+    /// does not lead.
+    pub(crate) fn leading(&self) -> Option<Option<Term>> {
+        if !self.is_leader() {
+            return None;
+        }
+        match (self.term(), &self.inner.db) {
+            (None, Db::Postgres(_)) => None,
+            (term, _) => Some(term),
+        }
     }
 
     /// On a follower (PostgreSQL): tells the leader that `stream`'s desired state changed
@@ -307,7 +317,8 @@ impl Supervisor {
         let row = self
             .inner
             .db
-            .update_stream(id, &spec, now_ms())
+            // On a follower, marked: the leader hands the worker the config.
+            .update_stream_marked(id, &spec, now_ms(), !self.is_leader())
             .await?
             .ok_or(SupervisorError::NotFound(id))?;
         self.reconfigure(&row).await;
@@ -328,7 +339,15 @@ impl Supervisor {
             .set_state(id, StreamState::Stopped, None, false, now_ms())
             .await?;
         self.stop_on_worker(&row).await;
-        if !self.is_leader() && row.worker_id.is_some() {
+        // Read again after the stop: the leader may have placed it meanwhile, and a follower
+        // leaves the worker to the leader.
+        if self
+            .inner
+            .db
+            .get_stream(id)
+            .await?
+            .is_some_and(|now| now.worker_id.is_some())
+        {
             self.await_release(id).await?;
         }
         self.inner.db.delete_stream(id).await?;

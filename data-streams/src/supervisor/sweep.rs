@@ -85,7 +85,28 @@ impl Supervisor {
             Err(err) => tracing::warn!("housekeeping cannot read workers: {err}"),
         }
         self.stop_stopped().await;
+        self.reconfigure_marked().await;
         self.assign_pending().await;
+    }
+
+    /// Hands their workers the config of streams changed on a follower (whose notification
+    /// may have been lost), and clears the marks.
+    pub(crate) async fn reconfigure_marked(&self) {
+        match self.inner.db.streams_to_reconfigure(STOP_BATCH).await {
+            Ok(rows) => {
+                for row in rows {
+                    self.reconfigure_and_clear(&row).await;
+                }
+            }
+            Err(err) => tracing::warn!("housekeeping cannot read changed streams: {err}"),
+        }
+    }
+
+    async fn reconfigure_and_clear(&self, row: &crate::stream::StreamRow) {
+        self.reconfigure(row).await;
+        if let Err(err) = self.inner.db.reconfigured(row.id, row.updated_at).await {
+            tracing::warn!(stream_id = %row.id, "cannot clear the stream's reconfigure mark: {err}");
+        }
     }
 
     /// Stops on their workers the streams that are desired stopped but still assigned (a
@@ -111,12 +132,13 @@ impl Supervisor {
         }
         let Some(id) = stream else {
             self.stop_stopped().await;
+            self.reconfigure_marked().await;
             self.assign_soon();
             return;
         };
         match self.inner.db.get_stream(id).await {
             Ok(Some(row)) => match (row.state == StreamState::Running, row.worker_id.is_some()) {
-                (true, true) => self.reconfigure(&row).await,
+                (true, true) => self.reconfigure_and_clear(&row).await,
                 (true, false) => self.assign_soon(),
                 (false, true) => self.stop_on_worker(&row).await,
                 (false, false) => {}
