@@ -32,6 +32,8 @@ crate::on_both_backends! {
             => assignable_streams_read_on_after_a_cursor,
         crate::streams::key_streams_move_under_their_generation
             => key_streams_move_under_their_generation,
+        crate::streams::a_followers_changes_wait_for_the_leader
+            => a_followers_changes_wait_for_the_leader,
         crate::streams::assigned_counts_per_worker => assigned_counts_per_worker,
         crate::streams::workers_lifecycle => workers_lifecycle,
         crate::streams::corrupt_rows_are_reported_as_corrupt

@@ -666,3 +666,62 @@ pub async fn reconnect_keeps_data(url: String) {
     assert_eq!(db.get_stream(s.id).await.expect("get"), Some(s));
     db.close().await;
 }
+
+/// What a follower leaves for the leader: a stop of an assigned stream is found by
+/// `stopped_assigned` until the assignment is cleared; a change made with the mark is found by
+/// `streams_to_reconfigure` until the leader clears it, and a clear made after a newer change
+/// leaves the mark.
+pub async fn a_followers_changes_wait_for_the_leader(db: Db) {
+    let running = stream(&db, T0).await;
+    let stopped = stream(&db, T0 + 1).await;
+    for row in [&running, &stopped] {
+        db.assign(row.id, "w").await.expect("assign");
+    }
+    db.set_state(stopped.id, StreamState::Stopped, None, false, T0 + 2)
+        .await
+        .expect("stop");
+    let found = db.stopped_assigned(10).await.expect("stopped and assigned");
+    assert_eq!(
+        found
+            .iter()
+            .map(|c| (c.id, c.worker_id.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![(stopped.id, Some("w"))]
+    );
+    db.clear_stopped("w", &[stopped.id]).await.expect("clear");
+    assert!(db.stopped_assigned(10).await.expect("none left").is_empty());
+
+    assert!(db
+        .streams_to_reconfigure(10)
+        .await
+        .expect("none")
+        .is_empty());
+    let mut body = stream_body();
+    body["secret_key"] = json!("sk-rotated");
+    let changed = db
+        .update_stream_marked(running.id, &spec_of(body.clone()), T0 + 3, true)
+        .await
+        .expect("update")
+        .expect("exists");
+    let marked = db.streams_to_reconfigure(10).await.expect("marked");
+    assert_eq!(
+        marked.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![running.id]
+    );
+    assert_eq!(marked[0].spec.secret_key().expose(), "sk-rotated");
+    // Changed again before the leader cleared: the stale clear leaves the mark.
+    body["secret_key"] = json!("sk-again");
+    db.update_stream_marked(running.id, &spec_of(body), T0 + 4, true)
+        .await
+        .expect("update again");
+    db.reconfigured(running.id, changed.updated_at)
+        .await
+        .expect("stale clear");
+    assert_eq!(db.streams_to_reconfigure(10).await.expect("still").len(), 1);
+    db.reconfigured(running.id, T0 + 4).await.expect("clear");
+    assert!(db
+        .streams_to_reconfigure(10)
+        .await
+        .expect("cleared")
+        .is_empty());
+}
