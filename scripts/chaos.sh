@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# Chaos run: "nothing lost, nobody let in". Starts iqair-sim, the backends, data-streams and two
-# workers, creates ~10 streams at 1-2 s intervals, then for the duration rotates simulator faults
-# (never the auth faults, which would legitimately stop streams), SIGKILLs and restarts workers
-# and the supervisor at random moments, restarts the database once (throwaway cluster only) and
+# Chaos run: "nothing lost, nobody let in". Starts iqair-sim, the backends, data-streams (one
+# process, or --replicas N on PostgreSQL) and two workers, creates ~10 streams at 1-2 s
+# intervals, then for the duration rotates simulator faults (never the auth faults, which would
+# legitimately stop streams), SIGKILLs and restarts workers and the supervisor (with replicas:
+# the current leader) at random moments, restarts the database once (throwaway cluster only) and
 # the object store once (production backend only). Then it lets everything settle and checks with
 # GET /audit that every object has exactly one reference and every stream runs again, and with an
 # audit pass (POST /reconciler/audit) that the watermarked passes left nothing behind.
 #
-#   scripts/chaos.sh [--duration SECS] [--backend embedded|production]
+#   scripts/chaos.sh [--duration SECS] [--backend embedded|production] [--replicas N]
 #
 #   --duration   seconds of chaos (default 300, or CHAOS_DURATION)
 #   --backend    production: PostgreSQL (a throwaway cluster from scripts/pg.sh when initdb is
 #                there, so it can be restarted; else the server pg.sh finds) with a fresh
 #                database, and the s3-test-server binary; embedded: SQLite + a folder. Default:
 #                production when scripts/pg.sh finds PostgreSQL, else embedded.
+#   --replicas   supervisor processes on the one database (default 1, or CHAOS_REPLICAS); more
+#                than one needs the production backend. Each supervisor kill is then a SIGKILL
+#                of the leader (>= 10 at 300 s, at least 3), restarted on its ports as a
+#                follower; workers list every replica's address.
 #
-# The last line printed is exactly
-#   objects=N references=N orphans=0 dangling=0 duplicates=0 streams_running=M/M
-# and the exit status is non-zero when orphans, dangling or duplicates are not 0, objects differ
+# The last line printed is
+#   objects=N references=N orphans=0 dangling=0 duplicates=0 streams_running=M/M \
+#     longest_result_gap_ms=G longest_leaderless_ms=L
+# (G: the longest time any stream went without a stored result during the chaos, faults and
+# worker kills included; L: the longest time from a leader kill until another replica led, 0
+# with one replica, whose kills are restarts) and the exit status is non-zero when orphans, dangling or duplicates are not 0, objects differ
 # from references, or not every stream runs. Logs live under a temp folder printed at the start,
 # kept on failure. Every process started here is stopped on exit.
 set -euo pipefail
@@ -25,19 +33,25 @@ cd "$(dirname "$0")/.."
 
 DURATION=${CHAOS_DURATION:-300}
 BACKEND=${CHAOS_BACKEND:-}
+REPLICAS=${CHAOS_REPLICAS:-1}
 while (($#)); do
   case $1 in
     --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
     --duration=*) DURATION=${1#*=}; shift ;;
     --backend) BACKEND=${2:?--backend needs embedded or production}; shift 2 ;;
     --backend=*) BACKEND=${1#*=}; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --replicas) REPLICAS=${2:?--replicas needs a count}; shift 2 ;;
+    --replicas=*) REPLICAS=${1#*=}; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "chaos: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 10 ]] || { echo "chaos: --duration must be >= 10 s" >&2; exit 2; }
 [[ -z $BACKEND || $BACKEND == embedded || $BACKEND == production ]] \
   || { echo "chaos: --backend is embedded or production" >&2; exit 2; }
+[[ $REPLICAS =~ ^[1-9]$ ]] || { echo "chaos: --replicas is 1 to 9" >&2; exit 2; }
+((REPLICAS == 1)) || [[ $BACKEND != embedded ]] \
+  || { echo "chaos: --replicas $REPLICAS needs the production backend (SQLite takes one supervisor)" >&2; exit 2; }
 
 LOG=$(mktemp -d -t ds-chaos.XXXXXX)
 echo "chaos: logs under $LOG"
@@ -51,6 +65,9 @@ WORKER_TOKEN=chaos-worker-token
 IQAIR_KEYS=(chaos-key-a chaos-key-b)
 
 declare -A PID=()
+# The supervisor processes' names (data-streams, or data-streams-1..N), and each one's addresses.
+SUPERVISORS=()
+declare -A SUP_HTTP=() SUP_WORKERS=()
 FAULT_LOOP=
 PG_DIR=
 PG_BINDIR=
@@ -73,7 +90,7 @@ cleanup() {
   CLEANED=1
   if [[ -n $FAULT_LOOP ]]; then kill "$FAULT_LOOP" 2>/dev/null || true; wait "$FAULT_LOOP" 2>/dev/null || true; fi
   local name
-  for name in worker-1 worker-2 data-streams iqair-sim s3-test-server; do
+  for name in worker-1 worker-2 "${SUPERVISORS[@]}" iqair-sim s3-test-server; do
     [[ -n ${PID[$name]:-} ]] && stop_pid "${PID[$name]}"
   done
   if [[ -n $DB_NAME && -z $PG_DIR && -n $PG_URL ]]; then
@@ -120,9 +137,16 @@ wait_line() { # name, pattern, seconds: the last matching line of the log (since
   fail "$name did not print '$pattern' within $3 s"
 }
 
-api() { # path [curl args...]: the body, or nothing when the supervisor does not answer
-  local path=$1; shift
-  curl -sS --max-time 30 -H "Authorization: Bearer $API_TOKEN" "$@" "http://$HTTP_ADDR$path" 2>/dev/null || true
+api() { # path [curl args...]: the body from the first supervisor that answers, or nothing
+  local path=$1 name body; shift
+  for name in "${SUPERVISORS[@]}"; do
+    [[ -n ${SUP_HTTP[$name]:-} ]] || continue
+    body=$(curl -sS --fail-with-body --max-time 30 -H "Authorization: Bearer $API_TOKEN" "$@" \
+      "http://${SUP_HTTP[$name]}$path" 2>/dev/null) && { echo "$body"; return 0; }
+    # A 503 from a follower while nobody leads: the next replica may know more.
+    [[ -n $body && $body != *'"unavailable"'* ]] && { echo "$body"; return 0; }
+  done
+  return 0
 }
 
 num() { # field: the number of "field": in the JSON on stdin (nothing when absent)
@@ -173,6 +197,8 @@ fi
 [[ -n $BACKEND ]] || BACKEND=embedded
 
 STORE_ENV=()
+((REPLICAS == 1)) || [[ $BACKEND == production ]] \
+  || fail "--replicas $REPLICAS needs PostgreSQL, and scripts/pg.sh found none"
 if [[ $BACKEND == production ]]; then
   DATABASE_URL="${PG_URL%/*}/$DB_NAME"
   S3_ROOT="$LOG/s3"
@@ -196,22 +222,35 @@ start iqair-sim env IQAIR_SIM_ADDR=127.0.0.1:0 IQAIR_SIM_KEYS="$(IFS=,; echo "${
   IQAIR_SIM_LIMITS=off "$BIN/iqair-sim"
 SIM_ADDR=$(wait_line iqair-sim "listening on" 30 | sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p')
 
-HTTP_ADDR=127.0.0.1:0
-WORKER_ADDR=127.0.0.1:0
-start_supervisor() {
-  start data-streams env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_HTTP_ADDR="$HTTP_ADDR" \
-    DATA_STREAMS_WORKER_ADDR="$WORKER_ADDR" DATA_STREAMS_WORKER_TOKEN="$WORKER_TOKEN" \
+if ((REPLICAS == 1)); then
+  SUPERVISORS=(data-streams)
+else
+  for i in $(seq 1 "$REPLICAS"); do SUPERVISORS+=("data-streams-$i"); done
+fi
+start_supervisor() { # name: on its ports from the last start, or free ones the first time
+  local name=$1 line http workers
+  start "$name" env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_HTTP_ADDR="${SUP_HTTP[$name]:-127.0.0.1:0}" \
+    DATA_STREAMS_WORKER_ADDR="${SUP_WORKERS[$name]:-127.0.0.1:0}" DATA_STREAMS_WORKER_TOKEN="$WORKER_TOKEN" \
     DATA_STREAMS_API_TOKEN="$API_TOKEN" DATABASE_URL="$DATABASE_URL" "${STORE_ENV[@]}" \
     HEARTBEAT_INTERVAL_MS=500 HEARTBEAT_TIMEOUT_MS=3000 ASSIGN_INTERVAL_MS=1000 \
     RECONCILE_INTERVAL_MS=2000 DATABASE_CONNECT_RETRY_SECS=60 "$BIN/data-streams"
-  local line
-  line=$(wait_line data-streams "data-streams listening" 90)
-  HTTP_ADDR=$(sed -n 's/.*listening: http:\/\/\([^ ]*\) (API).*/\1/p' <<<"$line")
-  WORKER_ADDR=$(sed -n 's/.*(API), \([^ ]*\) (workers).*/\1/p' <<<"$line")
-  [[ -n $HTTP_ADDR && -n $WORKER_ADDR ]] || fail "cannot read the supervisor's addresses from: $line"
+  line=$(wait_line "$name" "data-streams listening" 90)
+  http=$(sed -n 's/.*listening: http:\/\/\([^ ]*\) (API).*/\1/p' <<<"$line")
+  workers=$(sed -n 's/.*(API), \([^ ]*\) (workers).*/\1/p' <<<"$line")
+  [[ -n $http && -n $workers ]] || fail "cannot read $name's addresses from: $line"
+  SUP_HTTP[$name]=$http SUP_WORKERS[$name]=$workers
 }
+leader() { # the name of the supervisor GET /cluster names the leader (nothing while none leads)
+  local http name
+  http=$(api /cluster | { grep -o '"leader":{[^}]*"http_addr":"[^"]*"' || true; } | sed 's/.*"http_addr":"\([^"]*\)"/\1/')
+  for name in "${SUPERVISORS[@]}"; do [[ ${SUP_HTTP[$name]} == "$http" ]] && { echo "$name"; return 0; }; done
+  return 0
+}
+epoch() { api /cluster | { grep -o '"epoch":[0-9]*' || true; } | head -1 | cut -d: -f2; }
 start_worker() { # 1 or 2
-  start "worker-$1" env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_WORKER_ADDR="$WORKER_ADDR" \
+  local addrs name
+  addrs=$(for name in "${SUPERVISORS[@]}"; do echo "${SUP_WORKERS[$name]}"; done | paste -sd,)
+  start "worker-$1" env RUST_LOG="${RUST_LOG:-info}" DATA_STREAMS_WORKER_ADDR="$addrs" \
     DATA_STREAMS_WORKER_TOKEN="$WORKER_TOKEN" WORKER_ID="chaos-worker-$1" "${STORE_ENV[@]}" \
     WORKER_RECONNECT_MAX_MS=1000 "$BIN/worker"
 }
@@ -220,8 +259,16 @@ start_s3() {
   wait_line s3-test-server "s3-test-server listening on" 30 >/dev/null
 }
 
-start_supervisor
-say "data-streams: http://$HTTP_ADDR (API), $WORKER_ADDR (workers); iqair-sim: $SIM_ADDR"
+for name in "${SUPERVISORS[@]}"; do
+  start_supervisor "$name"
+  say "$name: http://${SUP_HTTP[$name]} (API), ${SUP_WORKERS[$name]} (workers)"
+  # The first one leads before the others start, so every run begins the same way.
+  if [[ $name == "${SUPERVISORS[0]}" ]]; then
+    for _ in $(seq 1 100); do [[ -n $(leader) ]] && break; sleep 0.2; done
+    [[ -n $(leader) ]] || fail "no supervisor leads 20 s after the first started"
+  fi
+done
+say "iqair-sim: $SIM_ADDR"
 start_worker 1
 start_worker 2
 wait_line worker-1 "connected to the supervisor" 60 >/dev/null
@@ -246,6 +293,8 @@ say "created $STREAMS streams (1-2 s intervals, keys ${IQAIR_KEYS[*]}, no local 
 # Supervisor kills: >= 5 at 300 s, at least 3. One database and one object store restart.
 N_WORKER=$((DURATION * 24 / 300)); ((N_WORKER < 6)) && N_WORKER=6
 N_SUPER=$((DURATION * 6 / 300)); ((N_SUPER < 3)) && N_SUPER=3
+# With replicas: >= 10 leader kills at 300 s.
+((REPLICAS > 1)) && { N_SUPER=$((DURATION * 10 / 300)); ((N_SUPER < 3)) && N_SUPER=3; }
 events=()
 spread() { # kind, count: one event at a random moment in each of `count` equal slots
   local kind=$1 n=$2 span=$((DURATION - 6)) i
@@ -292,9 +341,10 @@ fault_loop &
 FAULT_LOOP=$!
 
 # --- chaos -------------------------------------------------------------------------------------
-say "chaos for $DURATION s: ${#events[@]} events ($N_WORKER worker kills, $N_SUPER supervisor kills$([[ -n $PG_DIR ]] && echo ", 1 database restart")$([[ $BACKEND == production ]] && echo ", 1 object store restart")), faults rotating"
-KILLS_W=0 KILLS_S=0 RESTARTS_D=0 RESTARTS_O=0
+say "chaos for $DURATION s: ${#events[@]} events ($N_WORKER worker kills, $N_SUPER $( ((REPLICAS > 1)) && echo leader || echo supervisor) kills$([[ -n $PG_DIR ]] && echo ", 1 database restart")$([[ $BACKEND == production ]] && echo ", 1 object store restart")), faults rotating"
+KILLS_W=0 KILLS_S=0 RESTARTS_D=0 RESTARTS_O=0 LONGEST_LEADERLESS=0
 t0=$(date +%s%3N)
+CHAOS_START_MS=$t0
 for ev in "${events[@]}"; do
   at=${ev%% *} kind=${ev#* }
   left=$((t0 + at - $(date +%s%3N)))
@@ -309,11 +359,35 @@ for ev in "${events[@]}"; do
       say "SIGKILL worker-$w, restarted ($KILLS_W)"
       ;;
     S)
-      kill9 data-streams
-      sleep "$((RANDOM % 2)).$((RANDOM % 10))"
-      start_supervisor
-      KILLS_S=$((KILLS_S + 1))
-      say "SIGKILL data-streams, restarted on the same ports ($KILLS_S)"
+      if ((REPLICAS == 1)); then
+        kill9 data-streams
+        sleep "$((RANDOM % 2)).$((RANDOM % 10))"
+        start_supervisor data-streams
+        KILLS_S=$((KILLS_S + 1))
+        say "SIGKILL data-streams, restarted on the same ports ($KILLS_S)"
+      else
+        victim=$(leader)
+        if [[ -z $victim ]]; then
+          say "no leader to kill right now (a takeover under way): skipped"
+          continue
+        fi
+        before=$(epoch)
+        killed_at=$(date +%s%3N)
+        kill9 "$victim"
+        sleep "0.$((RANDOM % 10))"
+        start_supervisor "$victim"
+        KILLS_S=$((KILLS_S + 1))
+        # Until another replica leads (or 40 s): the leaderless time.
+        while :; do
+          now_epoch=$(epoch)
+          [[ -n $now_epoch && -n $before && $now_epoch -gt $before ]] && break
+          (($(date +%s%3N) - killed_at > 40000)) && fail "no new leader 40 s after killing $victim"
+          sleep 0.2
+        done
+        leaderless=$(($(date +%s%3N) - killed_at))
+        ((leaderless > LONGEST_LEADERLESS)) && LONGEST_LEADERLESS=$leaderless
+        say "SIGKILL leader $victim (epoch $before), restarted as a follower; $(leader) leads at epoch $now_epoch after ${leaderless} ms ($KILLS_S)"
+      fi
       ;;
     D)
       say "restarting PostgreSQL (pg_ctl restart -m fast)"
@@ -339,7 +413,8 @@ FAULT_LOOP=
 curl -sS -o /dev/null --max-time 5 -X DELETE "http://$SIM_ADDR/admin/faults" || fail "cannot clear the faults"
 FAULTS_ON=$(grep -c ' on ' "$LOG/faults.log" || true)
 CHAOS_END=$(now_iso)
-say "chaos over: $KILLS_W worker kills, $KILLS_S supervisor kills, $RESTARTS_D database restart(s), $RESTARTS_O object store restart(s), $FAULTS_ON faults switched on ($(grep -o ' on .*' "$LOG/faults.log" | sort | uniq -c | awk '{printf "%s%s x%s", s, $3, $1; s=", "}'))"
+CHAOS_END_MS=$(date +%s%3N)
+say "chaos over: $KILLS_W worker kills, $KILLS_S $( ((REPLICAS > 1)) && echo leader || echo supervisor) kills (longest leaderless ${LONGEST_LEADERLESS} ms), $RESTARTS_D database restart(s), $RESTARTS_O object store restart(s), $FAULTS_ON faults switched on ($(grep -o ' on .*' "$LOG/faults.log" | sort | uniq -c | awk '{printf "%s%s x%s", s, $3, $1; s=", "}'))"
 for s in "${SKIPPED[@]}"; do say "skipped $s"; done
 
 # --- settle ------------------------------------------------------------------------------------
@@ -403,11 +478,22 @@ pass_inserted=$(num inserted <<<"$pass"); pass_dangling=$(num dangling <<<"$pass
 ((pass_dangling > dangling)) && dangling=$pass_dangling
 curl -sS -o /dev/null --max-time 5 -X DELETE "http://$SIM_ADDR/admin/faults" || true
 
+# The longest time a stream went without a stored result during the chaos, from the objects
+# themselves: each file's name is its result id, a UUIDv7 whose first 48 bits are the slot's ms.
+OBJECT_ROOT=$LOG/objects
+[[ $BACKEND == production ]] && OBJECT_ROOT=$S3_ROOT
+GAP=$(find "$OBJECT_ROOT" -type f -path '*stream_id=*' -name '*.json' 2>/dev/null \
+  | sed -n 's|.*stream_id=\([0-9a-f-]*\)/.*/\([0-9a-f]\{8\}\)-\([0-9a-f]\{4\}\)-[^/]*\.json$|\1 \2\3|p' \
+  | while read -r stream hex; do echo "$stream $((16#$hex))"; done \
+  | sort -k1,1 -k2,2n \
+  | awk -v a="$CHAOS_START_MS" -v b="$CHAOS_END_MS" \
+      '$2 >= a && $2 <= b { if ($1 == p && $2 - last > g) g = $2 - last; p = $1; last = $2 } END { print g + 0 }')
+
 ok=1
 [[ $orphans == 0 && $dangling == 0 && $duplicates == 0 && $unlisted == 0 ]] || ok=0
 [[ $pass_inserted == 0 ]] || { say "the audit pass indexed $pass_inserted objects the periodic passes missed"; ok=0; }
 [[ $objects == "$references" && $running == "$total" && $total == "$STREAMS" ]] || ok=0
 ((ok)) && PASSED=1
 cleanup
-echo "objects=$objects references=$references orphans=$orphans dangling=$dangling duplicates=$duplicates streams_running=$running/$total"
+echo "objects=$objects references=$references orphans=$orphans dangling=$dangling duplicates=$duplicates streams_running=$running/$total longest_result_gap_ms=$GAP longest_leaderless_ms=$LONGEST_LEADERLESS"
 ((ok))
