@@ -108,6 +108,9 @@ impl Application {
     /// Connect to the database (retrying for `DATABASE_CONNECT_RETRY_SECS`), open the object
     /// store, and bind both ports.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        // Installed before anything records: a metric set earlier (the elector's first term,
+        // say) would be lost.
+        let _ = metrics_handle();
         // Checked first: a half-configured TLS must not start a plaintext port.
         let worker_tls = match settings.worker_tls() {
             Ok(Some((cert, key))) => {

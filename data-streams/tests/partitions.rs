@@ -19,21 +19,6 @@ use support::{
     IQAIR_KEY,
 };
 
-/// A counter or gauge from `GET /metrics` (0 when never set).
-async fn metric(api: &Api, name: &str) -> f64 {
-    let (status, body) = api.get_bytes("/metrics").await;
-    assert_eq!(status, 200);
-    String::from_utf8(body)
-        .expect("UTF-8 metrics")
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key == name).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
 /// The workers of `ids` as `api` shows them, once every stream runs on `worker`.
 async fn all_on(api: &Api, ids: &[String], worker: &str, within: Duration) {
     eventually(
@@ -152,20 +137,7 @@ async fn a_worker_cut_off_from_every_supervisor_stores_each_slot_once() {
             );
         }
     }
-    let audit = eventually(Duration::from_secs(60), "a clean audit", || async {
-        let (status, audit) = a.api.get("/audit").await;
-        let clean = status == 200
-            && audit["orphans"] == 0
-            && audit["dangling"] == 0
-            && audit["duplicates"] == 0
-            && audit["objects"] == audit["references"];
-        if clean {
-            Ok(audit)
-        } else {
-            Err(audit.to_string())
-        }
-    })
-    .await;
+    let audit = a.api.clean_audit(Duration::from_secs(60)).await;
     eprintln!("audit after the partition: {audit}");
     assert_eq!(
         audit["objects"].as_u64(),
@@ -183,7 +155,7 @@ async fn a_leader_cut_off_from_postgres_stops_acting_before_another_takes_over()
     let cut_off_env = supervisor_env(&database.url_via(&to_postgres.address.to_string()), &store);
     let a = Supervisor::start_named(logs, "a", &cut_off_env);
     eventually(Duration::from_secs(20), "a leads", || async {
-        (metric(&a.api, "ds_cluster_leader").await == 1.0).then_some(())
+        (a.api.metric("ds_cluster_leader").await == 1.0).then_some(())
     })
     .await;
     let b = Supervisor::start_named(logs, "b", &supervisor_env(&database.url, &store));
@@ -199,7 +171,7 @@ async fn a_leader_cut_off_from_postgres_stops_acting_before_another_takes_over()
             cut.elapsed() < Duration::from_secs(40),
             "after 40 s: a stopped leading at {a_stopped:?}, b took over at {b_took_over:?}"
         );
-        if a_stopped.is_none() && metric(&a.api, "ds_cluster_leader").await == 0.0 {
+        if a_stopped.is_none() && a.api.metric("ds_cluster_leader").await == 0.0 {
             a_stopped = Some(cut.elapsed());
         }
         if b_took_over.is_none() {
@@ -233,5 +205,5 @@ async fn a_leader_cut_off_from_postgres_stops_acting_before_another_takes_over()
         (status == 200 && cluster["leader"]["http_addr"] == b.http.as_str()).then_some(())
     })
     .await;
-    assert_eq!(metric(&a.api, "ds_cluster_leader").await, 0.0);
+    assert_eq!(a.api.metric("ds_cluster_leader").await, 0.0);
 }

@@ -96,22 +96,6 @@ impl Replicas {
     }
 }
 
-/// A counter or gauge from `GET /metrics` (0 when it was never set).
-async fn metric(api: &Api, name: &str) -> f64 {
-    let (status, body) = api.get_bytes("/metrics").await;
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body).expect("UTF-8 metrics");
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key == name || key.starts_with(&format!("{name}{{")))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .unwrap_or(0.0)
-}
-
 /// Each stream's (worker, generation) as `via` shows them, once all run.
 async fn all_running(
     api: &Api,
@@ -326,12 +310,12 @@ async fn three_replicas_hand_over_fail_over_and_fence_a_paused_leader() {
     eventually(
         Duration::from_secs(10),
         "the paused leader steps down",
-        || async { (metric(&paused.api, "ds_cluster_leader").await == 0.0).then_some(()) },
+        || async { (paused.api.metric("ds_cluster_leader").await == 0.0).then_some(()) },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Whatever it tried in the moment it ran before it saw the lease gone: each refused.
-    let fenced = metric(&paused.api, "ds_cluster_fenced_writes_total").await;
+    let fenced = paused.api.metric("ds_cluster_fenced_writes_total").await;
     eprintln!("FIGURE fenced_writes_after_sigcont={fenced}");
     let (_, cluster) = paused.api.get("/cluster").await;
     assert_eq!(
@@ -351,20 +335,7 @@ async fn three_replicas_hand_over_fail_over_and_fence_a_paused_leader() {
     for id in &ids {
         watcher.stop_and_settle(id, Duration::from_secs(30)).await;
     }
-    let audit = eventually(Duration::from_secs(60), "a clean audit", || async {
-        let (status, audit) = watcher.get("/audit").await;
-        let clean = status == 200
-            && audit["orphans"] == 0
-            && audit["dangling"] == 0
-            && audit["duplicates"] == 0
-            && audit["objects"] == audit["references"];
-        if clean {
-            Ok(audit)
-        } else {
-            Err(audit.to_string())
-        }
-    })
-    .await;
+    let audit = watcher.clean_audit(Duration::from_secs(60)).await;
     eprintln!("audit after the failovers: {audit}");
     assert_eq!(
         audit["objects"].as_u64(),

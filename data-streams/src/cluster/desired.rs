@@ -7,9 +7,6 @@
 //! until then. Notifications are a shortcut only. The leader's sweep also finds what was
 //! missed: pending streams, and streams stopped but still assigned.
 
-use std::time::Duration;
-
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,48 +31,15 @@ pub async fn announce(pool: &PgPool, stream: Option<Uuid>) -> Result<(), sqlx::E
 /// The leader's listener: applies every announced change until `until` is cancelled, and
 /// everything at once after each (re)connection, since what was announced meanwhile is lost.
 pub async fn listen(pool: PgPool, supervisor: Supervisor, until: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let subscribe = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(DESIRED_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let subscribed = tokio::select! {
-            () = until.cancelled() => return,
-            subscribed = subscribe => subscribed,
-        };
-        let mut listener = match subscribed {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::debug!("cannot listen for desired-state changes: {err}");
-                tokio::select! {
-                    () = until.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(250);
-        supervisor.apply_desired(None).await;
-        loop {
-            let received = tokio::select! {
-                () = until.cancelled() => return,
-                received = listener.try_recv() => received,
-            };
-            match received {
-                Ok(Some(notification)) => {
-                    let stream = notification.payload().parse::<Uuid>().ok();
-                    supervisor.apply_desired(stream).await;
-                }
-                // The connection was lost and made again: something may have been missed.
-                Ok(None) => supervisor.apply_desired(None).await,
-                Err(err) => {
-                    tracing::debug!("listening for desired-state changes failed: {err}");
-                    break;
-                }
-            }
-        }
-    }
+    super::listen::listen(
+        &pool,
+        DESIRED_CHANNEL,
+        &until,
+        || supervisor.apply_desired(None),
+        |payload| {
+            let supervisor = supervisor.clone();
+            async move { supervisor.apply_desired(payload.parse::<Uuid>().ok()).await }
+        },
+    )
+    .await;
 }

@@ -8,10 +8,7 @@
 //! loses its listening connection misses what was sent meanwhile, as a client that lags
 //! does; clients page the list API to catch up either way.
 
-use std::time::Duration;
-
 use axum::extract::ws::Utf8Bytes;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -95,49 +92,21 @@ pub async fn send(
 /// Hands what the other replicas publish to this replica's clients until `until` is
 /// cancelled (listening again after a lost connection).
 pub async fn receive(pool: PgPool, origin: Uuid, live: Live, until: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        let subscribe = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(LIVE_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            () = until.cancelled() => return,
-            subscribed = subscribe => match subscribed {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::debug!("cannot listen for other replicas' live messages: {err}");
-                    tokio::select! {
-                        () = until.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(250);
-        loop {
-            let received = tokio::select! {
-                () = until.cancelled() => return,
-                received = listener.recv() => received,
-            };
-            match received {
-                Ok(notification) => match parse(notification.payload()) {
-                    Some((from, _, _)) if from == origin => {}
-                    Some((_, stream, text)) => {
-                        live.deliver(stream, &Utf8Bytes::from(text.to_owned()));
-                    }
-                    None => tracing::debug!("a live message from another replica does not parse"),
-                },
-                Err(err) => {
-                    tracing::debug!("listening for other replicas' live messages failed: {err}");
-                    break;
-                }
+    super::listen::listen(
+        &pool,
+        LIVE_CHANNEL,
+        &until,
+        || async {},
+        |payload| {
+            match parse(&payload) {
+                Some((from, _, _)) if from == origin => {}
+                Some((_, stream, text)) => live.deliver(stream, &Utf8Bytes::from(text.to_owned())),
+                None => tracing::debug!("a live message from another replica does not parse"),
             }
-        }
-    }
+            async {}
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod elector;
 pub mod fanout;
 mod fence;
 pub mod lease;
+mod listen;
 mod replicas;
 mod single;
 

@@ -177,6 +177,40 @@ impl Api {
         .await
     }
 
+    /// A counter or gauge without labels from `GET /metrics` (0 when it was never set).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, body) = self.get_bytes("/metrics").await;
+        assert_eq!(status, 200);
+        String::from_utf8(body)
+            .expect("UTF-8 metrics")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (key, value) = line.rsplit_once(' ')?;
+                (key == name).then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// `GET /audit` once it is clean (no orphans, dangling or duplicate references, as many
+    /// references as objects), within `within`; the last unclean one in the panic otherwise.
+    pub async fn clean_audit(&self, within: Duration) -> Value {
+        eventually(within, "a clean audit", || async {
+            let (status, audit) = self.get("/audit").await;
+            let clean = status == 200
+                && audit["orphans"] == 0
+                && audit["dangling"] == 0
+                && audit["duplicates"] == 0
+                && audit["objects"] == audit["references"];
+            if clean {
+                Ok(audit)
+            } else {
+                Err(audit.to_string())
+            }
+        })
+        .await
+    }
+
     /// `GET /workers` as (id → (connected, streams)).
     pub async fn workers(&self) -> BTreeMap<String, (bool, i64)> {
         let (status, body) = self.get("/workers").await;
