@@ -10,14 +10,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{
     eventually, folder_store_url, iqair_stream, nearest_city, object_files, sim_env, start_sim,
-    start_worker, supervisor_env, unlimited, worker_env, Api, Env, Proc, Supervisor, TestDatabase,
+    start_worker, supervisor_env, unlimited, worker_env, Env, Proc, Supervisor, TestDatabase,
     IQAIR_KEY, WORKER_CONNECTED,
 };
 
@@ -120,27 +119,6 @@ fn port(addr: &str) -> &str {
     addr.rsplit_once(':').expect("host:port").1
 }
 
-/// Every stream of `ids` running on `worker`, as `api` shows it.
-async fn all_on(api: &Api, ids: &[String], worker: &str, within: Duration) {
-    eventually(
-        within,
-        &format!("every stream running on {worker}"),
-        || async {
-            for id in ids {
-                let stream = api.stream(id).await;
-                if stream["status"] != "running" || stream["worker_id"] != worker {
-                    return Err(format!(
-                        "{id}: {} on {}",
-                        stream["status"], stream["worker_id"]
-                    ));
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_in_its_own_namespace_cut_off_from_every_supervisor_stores_each_slot_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -176,7 +154,9 @@ async fn a_worker_in_its_own_namespace_cut_off_from_every_supervisor_stores_each
         let created = b.api.create_stream(&body).await;
         ids.push(created["id"].as_str().expect("an id").to_owned());
     }
-    all_on(&a.api, &ids, "w1", Duration::from_secs(20)).await;
+    a.api
+        .all_running_on(&ids, "w1", Duration::from_secs(20))
+        .await;
     let _w2 = start_worker(logs, "w2", &worker_env(&via("127.0.0.1"), &store));
     for id in &ids {
         a.api.results_at_least(id, 2, Duration::from_secs(15)).await;
@@ -185,7 +165,9 @@ async fn a_worker_in_its_own_namespace_cut_off_from_every_supervisor_stores_each
     let objects_before = object_files(&root).len();
     ns.supervisors_reachable(false);
     let cut = Instant::now();
-    all_on(&a.api, &ids, "w2", Duration::from_secs(30)).await;
+    a.api
+        .all_running_on(&ids, "w2", Duration::from_secs(30))
+        .await;
     let moved = cut.elapsed();
     // Both run them now; w1 still stores (it reaches the API and the folder).
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -207,17 +189,7 @@ async fn a_worker_in_its_own_namespace_cut_off_from_every_supervisor_stores_each
         b.api.stop_and_settle(id, Duration::from_secs(30)).await;
     }
 
-    let mut slots: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for id in &ids {
-        for object in support::stream_objects(&root, id) {
-            let (secs, nanos) = object.get_timestamp().expect("a UUIDv7").to_unix();
-            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!(
-                slots.entry(id.clone()).or_default().insert(ms),
-                "stream {id}: slot {ms} stored twice"
-            );
-        }
-    }
+    support::assert_each_slot_once(&root, &ids);
     let audit = a.api.clean_audit(Duration::from_secs(60)).await;
     eprintln!("audit after the namespace partition: {audit}");
     assert_eq!(

@@ -9,36 +9,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{
     eventually, folder_store_url, iqair_stream, nearest_city, object_files, sim_env, start_sim,
-    start_worker, supervisor_env, unlimited, worker_env, Api, Supervisor, TcpProxy, TestDatabase,
+    start_worker, supervisor_env, unlimited, worker_env, Supervisor, TcpProxy, TestDatabase,
     IQAIR_KEY,
 };
-
-/// The workers of `ids` as `api` shows them, once every stream runs on `worker`.
-async fn all_on(api: &Api, ids: &[String], worker: &str, within: Duration) {
-    eventually(
-        within,
-        &format!("every stream running on {worker}"),
-        || async {
-            for id in ids {
-                let stream = api.stream(id).await;
-                if stream["status"] != "running" || stream["worker_id"] != worker {
-                    return Err(format!(
-                        "{id}: {} on {}",
-                        stream["status"], stream["worker_id"]
-                    ));
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
-}
 
 /// How many requests the simulator has answered.
 async fn sim_requests(sim: &str) -> u64 {
@@ -80,7 +58,9 @@ async fn a_worker_cut_off_from_every_supervisor_stores_each_slot_once() {
         let created = b.api.create_stream(&body).await;
         ids.push(created["id"].as_str().expect("an id").to_owned());
     }
-    all_on(&a.api, &ids, "w1", Duration::from_secs(20)).await;
+    a.api
+        .all_running_on(&ids, "w1", Duration::from_secs(20))
+        .await;
     let direct = format!("{},{}", b.workers, a.workers);
     let _w2 = start_worker(logs, "w2", &worker_env(&direct, &store));
     for id in &ids {
@@ -93,7 +73,9 @@ async fn a_worker_cut_off_from_every_supervisor_stores_each_slot_once() {
     to_a.freeze();
     to_b.freeze();
     let cut = Instant::now();
-    all_on(&a.api, &ids, "w2", Duration::from_secs(30)).await;
+    a.api
+        .all_running_on(&ids, "w2", Duration::from_secs(30))
+        .await;
     eprintln!(
         "FIGURE partition_streams_moved_ms={} (heartbeat timeout 3 s, then 3 s of grace)",
         cut.elapsed().as_millis()
@@ -126,17 +108,7 @@ async fn a_worker_cut_off_from_every_supervisor_stores_each_slot_once() {
     );
 
     // Each slot once: one object per (stream, slot time), one reference per object.
-    let mut slots: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for id in &ids {
-        for object in support::stream_objects(&root, id) {
-            let (secs, nanos) = object.get_timestamp().expect("a UUIDv7").to_unix();
-            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!(
-                slots.entry(id.clone()).or_default().insert(ms),
-                "stream {id}: slot {ms} stored twice"
-            );
-        }
-    }
+    support::assert_each_slot_once(&root, &ids);
     let audit = a.api.clean_audit(Duration::from_secs(60)).await;
     eprintln!("audit after the partition: {audit}");
     assert_eq!(

@@ -211,6 +211,27 @@ impl Api {
         .await
     }
 
+    /// Waits (at most `within`) until every stream of `ids` runs on `worker`.
+    pub async fn all_running_on(&self, ids: &[String], worker: &str, within: Duration) {
+        eventually(
+            within,
+            &format!("every stream running on {worker}"),
+            || async {
+                for id in ids {
+                    let stream = self.stream(id).await;
+                    if stream["status"] != "running" || stream["worker_id"] != worker {
+                        return Err(format!(
+                            "{id}: {} on {}",
+                            stream["status"], stream["worker_id"]
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+    }
+
     /// `GET /workers` as (id → (connected, streams)).
     pub async fn workers(&self) -> BTreeMap<String, (bool, i64)> {
         let (status, body) = self.get("/workers").await;

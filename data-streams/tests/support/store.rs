@@ -43,3 +43,17 @@ pub fn stream_objects(root: &Path, stream_id: &str) -> Vec<Uuid> {
     out.sort();
     out
 }
+
+/// Panics if any stream of `ids` has two objects for one slot under a folder store `root`: a
+/// slot's result id is a UUIDv7 whose time is the slot, so two fetches of one slot that were
+/// both stored would show as two ids with the same time.
+pub fn assert_each_slot_once(root: &Path, ids: &[String]) {
+    for id in ids {
+        let mut slots = std::collections::BTreeSet::new();
+        for object in stream_objects(root, id) {
+            let (secs, nanos) = object.get_timestamp().expect("a UUIDv7").to_unix();
+            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!(slots.insert(ms), "stream {id}: slot {ms} stored twice");
+        }
+    }
+}
