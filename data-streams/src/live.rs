@@ -114,6 +114,20 @@ struct Hub {
     by_stream: HashMap<Uuid, HashMap<u64, Outlet>>,
 }
 
+impl Hub {
+    /// Offers `text` to the clients that want everything and to those of `stream_id`,
+    /// forgetting clients that have gone.
+    fn offer(&mut self, stream_id: Option<Uuid>, text: &Utf8Bytes) {
+        self.everything.retain(|_, outlet| outlet.offer(text));
+        if let Some(id) = stream_id {
+            if let Some(outlets) = self.by_stream.get_mut(&id) {
+                outlets.retain(|_, outlet| outlet.offer(text));
+            }
+        }
+        metrics::counter!("ds_live_messages_total").increment(1);
+    }
+}
+
 /// A message for the other replicas: its stream (if any) and its text.
 pub type Shared = (Option<Uuid>, Utf8Bytes);
 
@@ -222,27 +236,13 @@ impl Live {
         if hub.everything.is_empty() && watchers == 0 {
             return;
         }
-        let text = message.text();
-        hub.everything.retain(|_, outlet| outlet.offer(&text));
-        if let Some(id) = stream_id {
-            if let Some(outlets) = hub.by_stream.get_mut(&id) {
-                outlets.retain(|_, outlet| outlet.offer(&text));
-            }
-        }
-        metrics::counter!("ds_live_messages_total").increment(1);
+        hub.offer(stream_id, &message.text());
     }
 
     /// Hands an already serialized message to this process's clients that want it (a message
     /// another replica published).
     pub fn deliver(&self, stream_id: Option<Uuid>, text: &Utf8Bytes) {
-        let mut hub = self.hub();
-        hub.everything.retain(|_, outlet| outlet.offer(text));
-        if let Some(id) = stream_id {
-            if let Some(outlets) = hub.by_stream.get_mut(&id) {
-                outlets.retain(|_, outlet| outlet.offer(text));
-            }
-        }
-        metrics::counter!("ds_live_messages_total").increment(1);
+        self.hub().offer(stream_id, text);
     }
 
     /// From now on every message published here is also queued on the returned receiver, for
